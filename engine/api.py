@@ -1,0 +1,97 @@
+"""The engine's front door: what the CLI and the GUI call. One `Library` object per thread."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from . import paths as P
+from .catalog import Catalog, Folder, Photo
+from .library import LibraryPaths, default_library_path, setup_logging
+from .pipeline import MISSING, Pipeline, PipelineReport, ProgressCallback, ProgressEvent
+from .scanner import Scanner, ScanReport
+from .stages import REGISTRY
+
+log = logging.getLogger(__name__)
+
+
+class FolderNotFound(FileNotFoundError):
+    pass
+
+
+class Library:
+    """A library folder opened for use: its catalog, scanner and pipeline."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.paths = LibraryPaths(Path(root).expanduser().absolute() if root else default_library_path())
+        self.paths.ensure()
+        setup_logging(self.paths)
+        self.catalog = Catalog(self.paths)
+        self._pipeline: Pipeline | None = None
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    def __enter__(self) -> Library:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- folders ----------------------------------------------------------------------------------------------------
+
+    def add_folder(self, path: P.PathLike) -> Folder:
+        pb = P.normalize(path)
+        if not os.path.isdir(P.to_fs(pb)):
+            raise FolderNotFound(f"not a folder: {P.display(pb)}")
+        if P.is_within(P.normalize(self.paths.root), pb):
+            raise ValueError(f"{P.display(pb)} contains this library's own folder; choose the photo folders inside it")
+        folder = self.catalog.add_folder(pb)
+        log.info("watching folder %s", folder.path)
+        return folder
+
+    def folders(self) -> list[Folder]:
+        return self.catalog.folders()
+
+    # -- work -------------------------------------------------------------------------------------------------------
+
+    def scan(self, targets: Iterable[P.PathLike] | None = None,
+             progress: Callable[[str, int, int, str], None] | None = None) -> ScanReport:
+        scanner = Scanner(self.catalog, progress=progress)
+        return scanner.scan_all() if targets is None else scanner.scan_paths(targets)
+
+    def pipeline(self, stages: Iterable[str] | None = None) -> Pipeline:
+        return Pipeline(self.catalog, REGISTRY.create(stages))
+
+    def process(self, mode: str = MISSING, stages: Iterable[str] | None = None,
+                progress: ProgressCallback | None = None, pipeline: Pipeline | None = None) -> PipelineReport:
+        pipe = pipeline or self.pipeline(stages)
+        if progress:
+            pipe.subscribe(progress)
+        self._pipeline = pipe
+        try:
+            return pipe.run(mode)
+        finally:
+            self._pipeline = None
+
+    def cancel(self) -> None:
+        """Stop the running pipeline after the photos in flight (thread-safe)."""
+        if self._pipeline is not None:
+            self._pipeline.cancel()
+
+    # -- reading ----------------------------------------------------------------------------------------------------
+
+    def stage_versions(self) -> list[tuple[str, int]]:
+        return [(s.name, s.version) for s in REGISTRY.create()]
+
+    def status(self) -> dict[str, Any]:
+        return self.catalog.status_summary(self.stage_versions())
+
+    def photos(self, **filters: Any) -> list[Photo]:
+        return self.catalog.photos(**filters)
+
+
+__all__ = ["Library", "FolderNotFound", "ProgressEvent", "ScanReport", "PipelineReport"]

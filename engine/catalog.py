@@ -1,0 +1,512 @@
+"""The catalog: one SQLite database (`library.db`) that is the single source of truth of a library.
+
+Several processes (the GUI, a `myvlm` CLI) may open one library at once. WAL mode lets readers run while one
+writer writes; every write transaction starts with ``BEGIN IMMEDIATE`` so a second writer waits on the busy
+timeout instead of failing with "database is locked" when it upgrades a read to a write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlite_utils
+
+from . import paths as P
+from .library import LibraryPaths
+
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_MS = 120_000
+
+# Photo states. `offline` is not stored on photos: it is derived from their folder, so that an unplugged drive
+# never changes what the catalog knows about its photos.
+PENDING, OK, ERROR, UNSUPPORTED, GONE = "pending", "ok", "error", "unsupported", "gone"
+OFFLINE = "offline"
+FOLDER_ONLINE, FOLDER_OFFLINE = "online", "offline"
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Schema: forward-only migrations, numbered by PRAGMA user_version. Later issues append to MIGRATIONS.
+
+def _m1_foundation(db: sqlite_utils.Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE folders (
+            id INTEGER PRIMARY KEY,
+            path TEXT NOT NULL,                 -- display text
+            path_bytes BLOB NOT NULL UNIQUE,    -- exact OS path
+            status TEXT NOT NULL DEFAULT 'online',
+            added_at TEXT NOT NULL,
+            last_scan_at TEXT,
+            last_error TEXT
+        );
+        CREATE TABLE photos (
+            id INTEGER PRIMARY KEY,
+            folder_id INTEGER NOT NULL REFERENCES folders(id),
+            path TEXT NOT NULL,
+            path_bytes BLOB NOT NULL UNIQUE,
+            name TEXT NOT NULL,
+            kind TEXT NOT NULL DEFAULT 'image', -- image | video | raw | other
+            content_hash TEXT,
+            size INTEGER,
+            mtime_ns INTEGER,
+            width INTEGER,                      -- displayed size: after EXIF orientation
+            height INTEGER,
+            orientation INTEGER,                -- EXIF orientation tag, 1..8
+            format TEXT,
+            date_taken TEXT,
+            date_source TEXT,                   -- exif | file
+            user_rotation INTEGER NOT NULL DEFAULT 0,  -- degrees clockwise on top of EXIF; the file is never touched
+            status TEXT NOT NULL DEFAULT 'pending',
+            last_error TEXT,
+            added_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            gone_at TEXT
+        );
+        CREATE INDEX photos_hash ON photos(content_hash);
+        CREATE INDEX photos_folder ON photos(folder_id);
+        CREATE INDEX photos_status ON photos(status);
+        CREATE INDEX photos_date ON photos(date_taken);
+        CREATE TABLE stage_status (
+            photo_id INTEGER NOT NULL REFERENCES photos(id) ON DELETE CASCADE,
+            stage TEXT NOT NULL,
+            state TEXT NOT NULL,                -- done | error
+            version INTEGER NOT NULL,
+            error TEXT,
+            runs INTEGER NOT NULL DEFAULT 0,    -- times the stage's work was really done (not shared from a duplicate)
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (photo_id, stage)
+        ) WITHOUT ROWID;
+        CREATE INDEX stage_status_stage ON stage_status(stage, state);
+        CREATE TABLE settings (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        );
+        """
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_foundation]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaTooNew(RuntimeError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Folder:
+    id: int
+    path: str
+    path_bytes: bytes
+    status: str
+    added_at: str
+    last_scan_at: str | None
+    last_error: str | None
+
+    @property
+    def fs_path(self) -> str:
+        return P.to_fs(self.path_bytes)
+
+
+@dataclass
+class Photo:
+    id: int
+    folder_id: int
+    path: str
+    path_bytes: bytes
+    name: str
+    kind: str
+    content_hash: str | None
+    size: int | None
+    mtime_ns: int | None
+    width: int | None
+    height: int | None
+    orientation: int | None
+    format: str | None
+    date_taken: str | None
+    date_source: str | None
+    user_rotation: int
+    status: str
+    last_error: str | None
+    added_at: str
+    updated_at: str
+    gone_at: str | None
+    folder_status: str = FOLDER_ONLINE
+
+    @property
+    def fs_path(self) -> str:
+        return P.to_fs(self.path_bytes)
+
+    @property
+    def effective_status(self) -> str:
+        """What the user sees: photos of an unplugged folder are offline, whatever they were."""
+        if self.folder_status == FOLDER_OFFLINE and self.status != GONE:
+            return OFFLINE
+        return self.status
+
+    def to_json(self) -> dict[str, Any]:
+        """Stable JSON shape of `myvlm photos --json` (documented in docs/cli-json.md)."""
+        return {
+            "id": self.id,
+            "path": self.path,
+            "name": self.name,
+            "folder_id": self.folder_id,
+            "kind": self.kind,
+            "status": self.effective_status,
+            "error": self.last_error,
+            "content_hash": self.content_hash,
+            "size": self.size,
+            "mtime_ns": self.mtime_ns,
+            "width": self.width,
+            "height": self.height,
+            "orientation": self.orientation,
+            "user_rotation": self.user_rotation,
+            "format": self.format,
+            "date_taken": self.date_taken,
+            "date_source": self.date_source,
+            "added_at": self.added_at,
+            "gone_at": self.gone_at,
+        }
+
+
+_PHOTO_COLUMNS = [f for f in Photo.__dataclass_fields__ if f != "folder_status"]
+_PHOTO_SELECT = ", ".join(f"p.{c}" for c in _PHOTO_COLUMNS) + ", f.status AS folder_status"
+
+
+def _photo(row: sqlite3.Row) -> Photo:
+    return Photo(**{k: row[k] for k in row.keys()})
+
+
+class Catalog:
+    """One connection to a library's catalog. Open one per thread; they coordinate through SQLite."""
+
+    def __init__(self, paths: LibraryPaths, *, readonly: bool = False):
+        self.paths = paths
+        paths.ensure()
+        conn = sqlite3.connect(paths.db, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        self.conn = conn
+        self.db = sqlite_utils.Database(conn)
+        self._thread = threading.get_ident()
+        self._depth = 0
+        if not readonly:
+            self._migrate()
+
+    # -- plumbing -------------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite_utils.Database]:
+        """A write transaction. Takes the write lock up front (waits, never fails, while another writer holds it)."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield self.db
+            finally:
+                self._depth -= 1
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield self.db
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+        else:
+            self.conn.execute("COMMIT")
+        finally:
+            self._depth = 0
+
+    def query(self, sql: str, params: Iterable[Any] | dict[str, Any] = ()) -> list[sqlite3.Row]:
+        return self.conn.execute(sql, params).fetchall()
+
+    def scalar(self, sql: str, params: Iterable[Any] | dict[str, Any] = ()) -> Any:
+        row = self.conn.execute(sql, params).fetchone()
+        return None if row is None else row[0]
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.scalar("PRAGMA user_version"))
+
+    def _migrate(self) -> None:
+        if self.schema_version > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"{self.paths.db} was written by a newer MyVLM Desktop (schema {self.schema_version}, this version "
+                f"knows {SCHEMA_VERSION}). Update the app, or choose another library with --library."
+            )
+        if self.schema_version == SCHEMA_VERSION:
+            return
+        with self.write():
+            current = self.schema_version  # re-read under the lock: another process may have migrated meanwhile
+            for number in range(current + 1, SCHEMA_VERSION + 1):
+                log.info("migrating catalog %s to schema %d", self.paths.db, number)
+                MIGRATIONS[number - 1](self.db)
+                self.conn.execute(f"PRAGMA user_version = {number}")
+
+    def integrity_check(self) -> str:
+        return str(self.scalar("PRAGMA integrity_check"))
+
+    # -- settings ---------------------------------------------------------------------------------------------------
+
+    def get_setting(self, key: str, default: Any = None) -> Any:
+        value = self.scalar("SELECT value FROM settings WHERE key = ?", [key])
+        return default if value is None else json.loads(value)
+
+    def set_setting(self, key: str, value: Any) -> None:
+        with self.write():
+            self.conn.execute(
+                "INSERT INTO settings(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [key, json.dumps(value)],
+            )
+
+    # -- folders ----------------------------------------------------------------------------------------------------
+
+    def folders(self) -> list[Folder]:
+        return [Folder(**dict(r)) for r in self.query("SELECT * FROM folders ORDER BY path_bytes")]
+
+    def folder(self, folder_id: int) -> Folder | None:
+        rows = self.query("SELECT * FROM folders WHERE id = ?", [folder_id])
+        return Folder(**dict(rows[0])) if rows else None
+
+    def folder_for(self, path: P.PathLike) -> Folder | None:
+        """The watched folder that contains `path` (or is it)."""
+        pb = P.normalize(path)
+        for f in self.folders():
+            if P.is_within(pb, f.path_bytes):
+                return f
+        return None
+
+    def add_folder(self, path: P.PathLike) -> Folder:
+        """Watch a folder. A folder inside a watched one is already covered; a parent absorbs watched children."""
+        pb = P.normalize(path)
+        with self.write():
+            existing = self.folder_for(pb)
+            if existing is not None:
+                return existing
+            cur = self.conn.execute(
+                "INSERT INTO folders(path, path_bytes, status, added_at) VALUES (?, ?, 'online', ?)",
+                [P.display(pb), pb, now()],
+            )
+            new_id = cur.lastrowid
+            for child in self.folders():
+                if child.id != new_id and P.is_within(child.path_bytes, pb):
+                    self.conn.execute("UPDATE photos SET folder_id = ? WHERE folder_id = ?", [new_id, child.id])
+                    self.conn.execute("DELETE FROM folders WHERE id = ?", [child.id])
+        folder = self.folder(new_id)
+        assert folder is not None
+        return folder
+
+    def remove_folder(self, folder_id: int) -> int:
+        """Stop watching a folder and forget its photos and everything derived from them. Returns photos removed."""
+        with self.write():
+            n = self.conn.execute("DELETE FROM photos WHERE folder_id = ?", [folder_id]).rowcount
+            self.conn.execute("DELETE FROM folders WHERE id = ?", [folder_id])
+        return n
+
+    def set_folder_state(self, folder_id: int, status: str, error: str | None = None, scanned: bool = False) -> None:
+        with self.write():
+            if scanned:
+                self.conn.execute(
+                    "UPDATE folders SET status = ?, last_error = ?, last_scan_at = ? WHERE id = ?",
+                    [status, error, now(), folder_id],
+                )
+            else:
+                self.conn.execute("UPDATE folders SET status = ?, last_error = ? WHERE id = ?", [status, error, folder_id])
+
+    # -- photos -----------------------------------------------------------------------------------------------------
+
+    def photo(self, photo_id: int) -> Photo | None:
+        rows = self.query(
+            f"SELECT {_PHOTO_SELECT} FROM photos p JOIN folders f ON f.id = p.folder_id WHERE p.id = ?", [photo_id]
+        )
+        return _photo(rows[0]) if rows else None
+
+    def photo_by_path(self, path: P.PathLike) -> Photo | None:
+        rows = self.query(
+            f"SELECT {_PHOTO_SELECT} FROM photos p JOIN folders f ON f.id = p.folder_id WHERE p.path_bytes = ?",
+            [P.normalize(path)],
+        )
+        return _photo(rows[0]) if rows else None
+
+    def photos(
+        self,
+        *,
+        status: str | None = None,
+        kind: str | None = None,
+        folder_id: int | None = None,
+        errors_only: bool = False,
+        order: str = "path",
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[Photo]:
+        where, params = ["1"], []
+        if status == OFFLINE:
+            where.append("f.status = 'offline' AND p.status != 'gone'")
+        elif status is not None:
+            where.append("p.status = ? AND (f.status = 'online' OR p.status = 'gone')")
+            params.append(status)
+        if kind is not None:
+            where.append("p.kind = ?")
+            params.append(kind)
+        if folder_id is not None:
+            where.append("p.folder_id = ?")
+            params.append(folder_id)
+        if errors_only:
+            where.append(
+                "(p.last_error IS NOT NULL OR EXISTS (SELECT 1 FROM stage_status s WHERE s.photo_id = p.id AND s.state = 'error'))"
+            )
+        order_sql = {"path": "p.path_bytes", "date": "p.date_taken, p.path_bytes", "id": "p.id"}[order]
+        sql = f"SELECT {_PHOTO_SELECT} FROM photos p JOIN folders f ON f.id = p.folder_id WHERE {' AND '.join(where)} ORDER BY {order_sql}"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)} OFFSET {int(offset)}"
+        return [_photo(r) for r in self.query(sql, params)]
+
+    def set_user_rotation(self, photo_id: int, degrees: int) -> None:
+        if degrees % 90:
+            raise ValueError("rotation must be a multiple of 90 degrees")
+        with self.write():
+            self.conn.execute(
+                "UPDATE photos SET user_rotation = ?, updated_at = ? WHERE id = ?", [degrees % 360, now(), photo_id]
+            )
+
+    def purge_gone(self) -> int:
+        """Forget photos marked gone, with everything derived from them (the user asked for it)."""
+        with self.write():
+            return self.conn.execute("DELETE FROM photos WHERE status = 'gone'").rowcount
+
+    # -- stage status -----------------------------------------------------------------------------------------------
+
+    def stage_rows(self, photo_id: int) -> dict[str, sqlite3.Row]:
+        return {r["stage"]: r for r in self.query("SELECT * FROM stage_status WHERE photo_id = ?", [photo_id])}
+
+    def pending_for_stage(
+        self, stage: str, version: int, requires: Iterable[str] = (), *, retry_errors: bool = False
+    ) -> list[sqlite3.Row]:
+        """Photos a stage still has to process: never done, done by an older stage version, or (on request) failed."""
+        requires = list(requires)
+        req_sql = "".join(
+            f" AND EXISTS (SELECT 1 FROM stage_status r{i} WHERE r{i}.photo_id = p.id AND r{i}.stage = ? AND r{i}.state = 'done')"
+            for i, _ in enumerate(requires)
+        )
+        retry_sql = " OR s.state = 'error'" if retry_errors else ""
+        sql = f"""
+            SELECT p.id, p.path_bytes, p.content_hash, p.name FROM photos p JOIN folders f ON f.id = p.folder_id
+            LEFT JOIN stage_status s ON s.photo_id = p.id AND s.stage = ?
+            WHERE p.kind = 'image' AND p.status IN ('pending', 'ok', 'error') AND f.status = 'online'
+              AND p.content_hash IS NOT NULL
+              AND (s.photo_id IS NULL OR s.version != ?{retry_sql}){req_sql}
+            ORDER BY p.id
+        """
+        return self.query(sql, [stage, version, *requires])
+
+    def done_for_hash(self, stage: str, version: int, content_hash: str) -> int | None:
+        """A photo with this content whose stage result can be shared (duplicates run models once)."""
+        return self.scalar(
+            """SELECT s.photo_id FROM stage_status s JOIN photos p ON p.id = s.photo_id
+               WHERE p.content_hash = ? AND s.stage = ? AND s.version = ? AND s.state = 'done' LIMIT 1""",
+            [content_hash, stage, version],
+        )
+
+    def mark_stage(
+        self, photo_id: int, stage: str, version: int, state: str, error: str | None = None, ran: bool = True
+    ) -> None:
+        self.conn.execute(
+            """INSERT INTO stage_status(photo_id, stage, state, version, error, runs, updated_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT(photo_id, stage) DO UPDATE SET state = excluded.state, version = excluded.version,
+                   error = excluded.error, runs = stage_status.runs + excluded.runs, updated_at = excluded.updated_at""",
+            [photo_id, stage, state, version, error, int(ran), now()],
+        )
+
+    def reset_stages(self, photo_ids: Iterable[int], stages: Iterable[str] | None = None) -> None:
+        """Forget stage results so the pipeline redoes them ("redo all", or a file changed in place)."""
+        ids = list(photo_ids)
+        with self.write():
+            for i in range(0, len(ids), 500):
+                chunk = ids[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                if stages is None:
+                    self.conn.execute(f"DELETE FROM stage_status WHERE photo_id IN ({marks})", chunk)
+                else:
+                    st = list(stages)
+                    self.conn.execute(
+                        f"DELETE FROM stage_status WHERE photo_id IN ({marks}) AND stage IN ({','.join('?' * len(st))})",
+                        chunk + st,
+                    )
+
+    def reset_stage_everywhere(self, stage: str) -> None:
+        with self.write():
+            self.conn.execute("DELETE FROM stage_status WHERE stage = ?", [stage])
+
+    # -- summaries --------------------------------------------------------------------------------------------------
+
+    def status_summary(self, stages: Iterable[tuple[str, int]] = ()) -> dict[str, Any]:
+        """Counts for `myvlm status` and the GUI status bar (shape documented in docs/cli-json.md)."""
+        counts = {s: 0 for s in (PENDING, OK, ERROR, UNSUPPORTED, GONE, OFFLINE)}
+        for r in self.query(
+            """SELECT CASE WHEN f.status = 'offline' AND p.status != 'gone' THEN 'offline' ELSE p.status END AS st,
+                      COUNT(*) AS n
+               FROM photos p JOIN folders f ON f.id = p.folder_id GROUP BY st"""
+        ):
+            counts[r["st"]] = r["n"]
+        folders = []
+        for f in self.folders():
+            n = self.scalar("SELECT COUNT(*) FROM photos WHERE folder_id = ? AND status != 'gone'", [f.id])
+            folders.append(
+                {"id": f.id, "path": f.path, "status": f.status, "photos": n, "last_scan_at": f.last_scan_at,
+                 "error": f.last_error}
+            )
+        stage_info = {}
+        eligible = self.scalar(
+            """SELECT COUNT(*) FROM photos p JOIN folders f ON f.id = p.folder_id
+               WHERE p.kind = 'image' AND p.status IN ('pending','ok','error') AND f.status = 'online'"""
+        )
+        for name, version in stages:
+            row = self.query(
+                """SELECT SUM(s.state = 'done' AND s.version = ?) AS done, SUM(s.state = 'error' AND s.version = ?) AS err
+                   FROM stage_status s JOIN photos p ON p.id = s.photo_id JOIN folders f ON f.id = p.folder_id
+                   WHERE s.stage = ? AND p.kind = 'image' AND p.status IN ('pending','ok','error') AND f.status = 'online'""",
+                [version, version, name],
+            )[0]
+            done, err = row["done"] or 0, row["err"] or 0
+            stage_info[name] = {"done": done, "errors": err, "pending": max(0, eligible - done - err)}
+        errors = [
+            {"id": r["id"], "path": r["path"], "error": r["last_error"]}
+            for r in self.query("SELECT id, path, last_error FROM photos WHERE last_error IS NOT NULL ORDER BY path_bytes")
+        ]
+        return {
+            "library": str(self.paths.root),
+            "schema_version": self.schema_version,
+            "photos": {"total": sum(counts.values()), **counts},
+            "folders": folders,
+            "stages": stage_info,
+            "errors": errors,
+        }

@@ -1,0 +1,11 @@
+"""The pipeline's stages, registered in order. Each later feature adds its stage to `REGISTRY`."""
+
+from __future__ import annotations
+
+from ..pipeline import StageRegistry
+from .thumbnails import ThumbnailStage
+
+REGISTRY = StageRegistry()
+REGISTRY.register(ThumbnailStage.name, ThumbnailStage)
+
+__all__ = ["REGISTRY", "ThumbnailStage"]
