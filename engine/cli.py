@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 import threading
@@ -46,7 +45,7 @@ class _Bars:
         return bar
 
     def scan(self, stage: str, done: int, total: int, current: str) -> None:
-        bar = self._bar("hash", total)
+        bar = self._bar("scan", total)
         bar.n = done
         bar.refresh()
 
@@ -62,6 +61,7 @@ class _Bars:
     def close(self) -> None:
         for bar in self.bars.values():
             bar.close()
+        self.bars.clear()
 
 
 def _install_interrupt(lib: Library) -> threading.Event:
@@ -107,6 +107,7 @@ def cmd_index(args: argparse.Namespace, lib: Library) -> int:
     bars = _Bars(enabled=not args.no_progress)
     try:
         scan = lib.scan(progress=bars.scan)
+        bars.close()
         if not args.json:
             print(f"scanned {scan.seen} files in {scan.seconds:.1f}s: {scan.new} new, {scan.changed} changed, "
                   f"{scan.moved} moved, {scan.gone} gone, {scan.duplicates} duplicates, {scan.unsupported} unsupported, "
@@ -339,7 +340,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"myvlm: cannot open the library: {exc}", file=sys.stderr)
         return 1
     with lib:
-        return int(args.func(args, lib) or 0)
+        try:
+            return int(args.func(args, lib) or 0)
+        except BrokenPipeError:  # `myvlm photos | head` is fine
+            sys.stderr.close()
+            return 0
 
 
 if __name__ == "__main__":

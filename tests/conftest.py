@@ -1,0 +1,54 @@
+"""Shared fixtures. Real test photos come from scripts/fetch_test_data.py (run by `make test`)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_DATA = Path(os.environ.get("MYVLM_TEST_DATA", ROOT / ".cache" / "test-data"))
+
+
+@pytest.fixture(scope="session")
+def test_data() -> Path:
+    """The real photos; fetched on first use if `make test` did not fetch them already."""
+    if not (TEST_DATA / "kphotoalbum" / "index.xml").exists():
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "fetch_test_data.py")], check=True)
+    return TEST_DATA
+
+
+@pytest.fixture
+def kphotoalbum(test_data: Path) -> Path:
+    return test_data / "kphotoalbum"
+
+
+@pytest.fixture
+def library_dir(tmp_path: Path) -> Path:
+    return tmp_path / "library"
+
+
+@pytest.fixture
+def library(library_dir: Path):
+    from engine.api import Library
+
+    lib = Library(library_dir)
+    yield lib
+    lib.close()
+
+
+def myvlm(*args: str, library: Path | None = None, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    """Run the real `myvlm` CLI in a subprocess (as a user would)."""
+    cmd = [sys.executable, "-m", "engine.cli"]
+    if library is not None:
+        cmd += ["--library", str(library)]
+    cmd += list(args)
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, **kw)
+    if check and res.returncode != 0:
+        raise AssertionError(f"myvlm {' '.join(args)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
+    return res
