@@ -44,11 +44,10 @@ class Library:
     # -- folders ----------------------------------------------------------------------------------------------------
 
     def add_folder(self, path: P.PathLike) -> Folder:
+        """Watch a folder (a library kept inside it is skipped by scans and the watcher)."""
         pb = P.normalize(path)
         if not os.path.isdir(P.to_fs(pb)):
             raise FolderNotFound(f"not a folder: {P.display(pb)}")
-        if P.is_within(P.normalize(self.paths.root), pb):
-            raise ValueError(f"{P.display(pb)} contains this library's own folder; choose the photo folders inside it")
         folder = self.catalog.add_folder(pb)
         log.info("watching folder %s", folder.path)
         return folder

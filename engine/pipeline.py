@@ -124,6 +124,11 @@ class PipelineReport:
     stages: dict[str, StageReport] = field(default_factory=dict)
     cancelled: bool = False
 
+    @property
+    def work(self) -> int:
+        """Photos handled by any stage in this run (0: everything was already done)."""
+        return sum(s.processed + s.shared + s.cached + s.errors for s in self.stages.values())
+
     def to_json(self) -> dict:
         return {
             "cancelled": self.cancelled,
@@ -186,11 +191,12 @@ class Pipeline:
         for stage in self.stages:
             if self.cancelled:
                 break
-            report.stages[stage.name] = self._run_stage(stage, retry_errors=(mode == ERRORS))
+            # "redo all" really redoes: results left on disk by an interrupted run are not reused
+            report.stages[stage.name] = self._run_stage(stage, retry_errors=(mode == ERRORS), reuse=(mode != ALL))
         report.cancelled = self.cancelled
         return report
 
-    def _run_stage(self, stage: Stage, retry_errors: bool) -> StageReport:
+    def _run_stage(self, stage: Stage, retry_errors: bool, reuse: bool = True) -> StageReport:
         cat = self.catalog
         rep = StageReport()
         start = time.perf_counter()
@@ -259,7 +265,7 @@ class Pipeline:
         self._emit(ProgressEvent(stage.name, done, total, "", 0))
 
         def run_one(job: Job) -> tuple[Any, bool]:
-            cached = stage.cached(job)
+            cached = stage.cached(job) if reuse else None
             if cached is not None:
                 return cached, False
             return stage.process(job), True

@@ -1,0 +1,109 @@
+"""The `myvlm` command line as a script would use it: stable JSON, clear messages, exit codes."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from engine import __version__
+from engine.catalog import SCHEMA_VERSION, Catalog, SchemaTooNew
+from engine.library import LibraryPaths
+
+from .conftest import myvlm
+from .helpers import write_jpeg
+
+
+@pytest.fixture
+def album(tmp_path: Path) -> Path:
+    for i in range(3):
+        write_jpeg(tmp_path / "album" / f"{i}.jpg", seed=i)
+    return tmp_path / "album"
+
+
+def test_version_and_help():
+    assert myvlm("--version").stdout.strip() == f"myvlm {__version__}"
+    out = myvlm("--help").stdout
+    for cmd in ("index", "watch", "status", "photos", "doctor"):
+        assert cmd in out
+
+
+def test_index_status_photos_json(tmp_path: Path, album: Path):
+    lib = tmp_path / "lib"
+    out = json.loads(myvlm("index", str(album), "--json", "--no-progress", library=lib).stdout)
+    assert out["scan"]["new"] == 3 and out["pipeline"]["stages"]["thumbnail"]["processed"] == 3
+    st = json.loads(myvlm("status", "--json", library=lib).stdout)
+    assert st["photos"]["ok"] == 3 and st["stages"]["thumbnail"] == {"done": 3, "errors": 0, "pending": 0}
+    assert st["folders"][0]["path"] == str(album) and st["schema_version"] == SCHEMA_VERSION
+    photos = json.loads(myvlm("photos", "--json", library=lib).stdout)
+    assert [p["name"] for p in photos] == ["0.jpg", "1.jpg", "2.jpg"]
+    assert photos[0]["width"] == 320 and photos[0]["status"] == "ok"
+    # a second index run with no path re-indexes the watched folders and finds nothing to do
+    again = json.loads(myvlm("index", "--json", "--no-progress", library=lib).stdout)
+    assert again["scan"]["new"] == 0 and again["pipeline"]["stages"]["thumbnail"]["processed"] == 0
+    # the human-readable forms
+    assert "3 ready" in myvlm("status", library=lib).stdout
+    assert "0.jpg" in myvlm("photos", library=lib).stdout
+    assert (lib / "logs" / "myvlm.log").read_text().count("stage thumbnail") >= 1
+
+
+def test_index_missing_folder_is_a_clear_error(tmp_path: Path):
+    res = myvlm("index", str(tmp_path / "nope"), library=tmp_path / "lib", check=False)
+    assert res.returncode == 2 and "not a folder" in res.stderr
+
+
+def test_index_without_pictures_folder_explains(tmp_path: Path):
+    env = {"HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin", "XDG_PICTURES_DIR": str(tmp_path / "none")}
+    import os
+
+    res = myvlm("index", library=tmp_path / "lib", env={**os.environ, **env})
+    assert "no Pictures folder" in res.stderr
+
+
+def test_rotate_purge_folders(tmp_path: Path, album: Path):
+    lib = tmp_path / "lib"
+    myvlm("index", str(album), "--no-progress", library=lib)
+    myvlm("rotate", "1", "90", library=lib)
+    photo = next(p for p in json.loads(myvlm("photos", "--json", library=lib).stdout) if p["id"] == 1)
+    assert photo["user_rotation"] == 90
+    (album / "0.jpg").unlink()
+    myvlm("index", "--no-progress", library=lib)
+    assert json.loads(myvlm("purge", "--json", library=lib).stdout) == {"purged": 1}
+    folders = json.loads(myvlm("folders", "--json", library=lib).stdout)
+    assert folders[0]["photos"] == 2
+    myvlm("folders", "--remove", str(folders[0]["id"]), library=lib)
+    assert json.loads(myvlm("folders", "--json", library=lib).stdout) == []
+    assert sorted(p.name for p in album.iterdir()) == ["1.jpg", "2.jpg"]  # files untouched
+
+
+def test_doctor(tmp_path: Path):
+    rep = json.loads(myvlm("doctor", "--json", library=tmp_path / "lib").stdout)
+    assert rep["myvlm_desktop"] == __version__
+    assert rep["packages"]["torch"] and rep["packages"]["sqlite-utils"]
+    assert rep["device"]["kind"] in ("cpu", "cuda", "mps")
+    assert rep["models"]["dlib_face"]["state"] == "present"  # installs from PyPI with the app
+    hub = {m["name"]: m for m in rep["models"]["hub"]}
+    blip = hub["Salesforce/blip2-flan-t5-xl"]
+    assert blip["state"] in ("present", "missing")
+    if blip["state"] == "missing":
+        assert "huggingface-cli download" in blip["fix"]
+    text = myvlm("doctor", library=tmp_path / "lib").stdout
+    assert "Device:" in text and "Face models (dlib, CC0): present" in text
+
+
+def test_schema_migrations_and_newer_schema(tmp_path: Path):
+    paths = LibraryPaths(tmp_path / "lib")
+    with Catalog(paths) as cat:
+        assert cat.schema_version == SCHEMA_VERSION
+        assert cat.scalar("PRAGMA journal_mode") == "wal"
+        assert cat.integrity_check() == "ok"
+    conn = sqlite3.connect(paths.db)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.commit()
+    conn.close()
+    with pytest.raises(SchemaTooNew, match="newer MyVLM Desktop"):
+        Catalog(paths)
+    res = myvlm("status", library=tmp_path / "lib", check=False)
+    assert res.returncode == 1 and "newer MyVLM Desktop" in res.stderr
