@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ class Library:
         setup_logging(self.paths)
         self.catalog = Catalog(self.paths)
         self._pipeline: Pipeline | None = None
+        self._scan_cancel = threading.Event()
 
     def close(self) -> None:
         self.catalog.close()
@@ -58,8 +60,11 @@ class Library:
     # -- work -------------------------------------------------------------------------------------------------------
 
     def scan(self, targets: Iterable[P.PathLike] | None = None,
-             progress: Callable[[str, int, int, str], None] | None = None) -> ScanReport:
-        scanner = Scanner(self.catalog, progress=progress)
+             progress: Callable[[str, int, int, str], None] | None = None,
+             cancel: threading.Event | None = None) -> ScanReport:
+        """Reconcile the catalog with the disk: every watched folder, or just `targets` (sub-folders)."""
+        self._scan_cancel = cancel or threading.Event()
+        scanner = Scanner(self.catalog, progress=progress, cancel=self._scan_cancel)
         return scanner.scan_all() if targets is None else scanner.scan_paths(targets)
 
     def pipeline(self, stages: Iterable[str] | None = None) -> Pipeline:
@@ -77,7 +82,8 @@ class Library:
             self._pipeline = None
 
     def cancel(self) -> None:
-        """Stop the running pipeline after the photos in flight (thread-safe)."""
+        """Stop a running scan, and the running pipeline after the photos in flight (thread-safe)."""
+        self._scan_cancel.set()
         if self._pipeline is not None:
             self._pipeline.cancel()
 

@@ -136,8 +136,8 @@ def cmd_watch(args: argparse.Namespace, lib: Library) -> int:
     if not lib.folders():
         print("myvlm: no folders to watch; give one: myvlm watch PATH", file=sys.stderr)
         return 2
-    if args.polling:
-        lib.catalog.set_setting("watch_polling", True)
+    if args.polling is not None:
+        lib.catalog.set_setting("watch_polling", bool(args.polling))
     done = threading.Event()
 
     def on_update(update: Any) -> None:
@@ -150,7 +150,7 @@ def cmd_watch(args: argparse.Namespace, lib: Library) -> int:
         else:
             print(line, file=sys.stderr, flush=True)
 
-    watcher = FolderWatcher(lib.paths.root, polling=args.polling or None, poll_interval=args.interval,
+    watcher = FolderWatcher(lib.paths.root, poll_interval=args.interval,
                             on_update=on_update)
 
     def handler(signum: int, frame: Any) -> None:
@@ -288,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("watch", help="follow folders as files come and go, until Ctrl-C")
     s.add_argument("paths", nargs="*", metavar="PATH")
-    s.add_argument("--polling", action="store_true", help="poll instead of OS events (network shares)")
+    s.add_argument("--polling", action=argparse.BooleanOptionalAction, default=None,
+                   help="poll instead of OS events (network shares); remembered for this library")
     s.add_argument("--interval", type=float, default=2.0, help="polling interval in seconds")
     s.add_argument("--json", action="store_true", help="one JSON line per update on stdout")
     s.set_defaults(func=cmd_watch)

@@ -89,6 +89,8 @@ def walk(root: bytes, skip: Iterable[bytes] = ()) -> tuple[list[FoundFile], list
     issues: list[ScanIssue] = []
     try:
         st = os.stat(root)
+    except FileNotFoundError:
+        return found, issues  # a sub-folder deleted since the hint: everything that was in it is gone
     except OSError as exc:
         return found, [ScanIssue(root, f"cannot read folder: {exc.strerror or exc}")]
     visited = {(st.st_dev, st.st_ino)}
@@ -181,14 +183,22 @@ class Scanner:
         """Rescan only these sub-folders (the watcher's hints); nested targets are folded into their parents."""
         total = ScanReport()
         start = time.perf_counter()
-        norm = sorted({P.normalize(t) for t in targets})
+        folders = self.catalog.folders()
+        norm: set[bytes] = set()
+        for t in {P.normalize(t) for t in targets}:
+            owner = next((f for f in folders if P.is_within(t, f.path_bytes)), None)
+            if owner is None:
+                # above the watched folders (e.g. a parent of a root): stands for the roots inside it
+                norm |= {f.path_bytes for f in folders if P.is_within(f.path_bytes, t)}
+            elif not _hidden_below(t, owner.path_bytes):
+                norm.add(t)  # hidden folders are skipped by full scans, so partial scans skip them too
         minimal: list[bytes] = []
-        for t in norm:
+        for t in sorted(norm):
             if not any(P.is_within(t, m) for m in minimal):
                 minimal.append(t)
         by_folder: dict[int, tuple[Folder, list[bytes]]] = {}
         for t in minimal:
-            folder = self.catalog.folder_for(t)
+            folder = next((f for f in folders if P.is_within(t, f.path_bytes)), None)
             if folder is None:
                 continue
             by_folder.setdefault(folder.id, (folder, []))[1].append(t)
@@ -419,6 +429,11 @@ class Scanner:
 
 # A record that comes back keeps what it had: ok when it was decoded, error when decoding failed, else pending.
 _REVIVED_STATUS = "(CASE WHEN width IS NOT NULL THEN 'ok' WHEN last_error IS NOT NULL THEN 'error' ELSE 'pending' END)"
+
+
+def _hidden_below(path: bytes, root: bytes) -> bool:
+    rel = path[len(root.rstrip(b"/")):].strip(b"/")
+    return any(part.startswith(b".") for part in rel.split(b"/") if part)
 
 
 def _hash_error(exc: Exception) -> str:

@@ -195,3 +195,17 @@ def test_two_catalog_connections_see_each_other(library: Library, album: Path):
         assert len(other.photos()) == len(library.photos())
     finally:
         other.close()
+
+
+def test_partial_scan_targets(library: Library, album: Path):
+    """Watcher hints: a parent of a root stands for the root; hidden and deleted sub-folders are handled quietly."""
+    _index(library, album)
+    write_jpeg(album / "trip" / "new.jpg", seed=50)
+    scan = library.scan([album.parent, album / "trip"])  # above the watched folder, plus one inside it
+    assert scan.folders == 1 and scan.new == 1
+    write_jpeg(album / ".hidden" / "more.jpg", seed=51)
+    assert library.scan([album / ".hidden"]).seen == 0  # full scans skip hidden folders, so partial ones do too
+    shutil.rmtree(album / "trip")
+    scan = library.scan([album / "trip"])  # the folder the hint named is gone
+    assert scan.gone == 4 and scan.errors == 0  # beach, new, the video and the RAW file
+    assert not [p for p in library.photos() if p.kind == "other"]
