@@ -50,6 +50,8 @@ class Library:
         pb = P.normalize(path)
         if not os.path.isdir(P.to_fs(pb)):
             raise FolderNotFound(f"not a folder: {P.display(pb)}")
+        if P.is_within(pb, P.normalize(self.paths.root)):
+            raise ValueError(f"{P.display(pb)} is this library's own folder (thumbnails, database), not a photo folder")
         folder = self.catalog.add_folder(pb)
         log.info("watching folder %s", folder.path)
         return folder

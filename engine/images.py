@@ -191,6 +191,8 @@ def decode(path: str, max_side: int = 1440, max_pixels: int = MAX_PIXELS) -> Dec
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise PhotoReadError(f"image too large to decode safely: {exc}") from exc
         except OSError as exc:
+            if "truncated" in str(exc).lower():
+                raise PhotoReadError("truncated file: the image data ends early (incomplete copy or download?)") from exc
             raise PhotoReadError(f"unreadable image header: {exc}") from exc
         except Exception as exc:  # noqa: BLE001 - plugin bugs must not take the run down
             raise PhotoReadError(f"unreadable image header: {type(exc).__name__}: {exc}") from exc

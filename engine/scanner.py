@@ -82,7 +82,8 @@ class ScanReport:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-def walk(root: bytes, skip: Iterable[bytes] = ()) -> tuple[list[FoundFile], list[ScanIssue]]:
+def walk(root: bytes, skip: Iterable[bytes] = (), cancel: threading.Event | None = None,
+         ) -> tuple[list[FoundFile], list[ScanIssue]]:
     """Every photo-like file under `root` (hidden entries skipped), following folder links without looping."""
     skip = {s.rstrip(b"/") for s in skip}
     found: list[FoundFile] = []
@@ -96,6 +97,8 @@ def walk(root: bytes, skip: Iterable[bytes] = ()) -> tuple[list[FoundFile], list
     visited = {(st.st_dev, st.st_ino)}
     stack: list[tuple[bytes, frozenset]] = [(root, frozenset(visited))]
     while stack:
+        if cancel is not None and cancel.is_set():
+            break
         folder, ancestors = stack.pop()
         try:
             with os.scandir(folder) as it:
@@ -269,18 +272,23 @@ class Scanner:
             except Exception as exc:  # noqa: BLE001 - recorded per file
                 return f.path, exc
 
-        with ThreadPoolExecutor(self.hash_workers, thread_name_prefix="hash") as pool:
-            for i, (path, result) in enumerate(pool.map(one, files, chunksize=16), 1):
+        pool = ThreadPoolExecutor(self.hash_workers, thread_name_prefix="hash")
+        try:
+            for i, (path, result) in enumerate(pool.map(one, files), 1):
                 out[path] = result
                 if i % 200 == 0 or i == len(files):
                     self._emit(i, len(files), path)
                 if self.cancel.is_set():
                     break
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # a cancel does not wait for the queued files
         return out
 
     def _scan_target(self, folder: Folder, target: bytes, skip: list[bytes], report: ScanReport) -> None:
         cat = self.catalog
-        found_list, issues = walk(target, skip)
+        found_list, issues = walk(target, skip, self.cancel)
+        if self.cancel.is_set():
+            return  # a partial walk must not mark the rest as gone
         found = {f.path: f for f in found_list}
         known = self._known(target)
         report.seen += len(found)

@@ -209,3 +209,21 @@ def test_partial_scan_targets(library: Library, album: Path):
     scan = library.scan([album / "trip"])  # the folder the hint named is gone
     assert scan.gone == 4 and scan.errors == 0  # beach, new, the video and the RAW file
     assert not [p for p in library.photos() if p.kind == "other"]
+
+
+def test_library_folder_is_not_a_photo_folder(library: Library):
+    with pytest.raises(ValueError, match="library's own folder"):
+        library.add_folder(library.paths.root)
+    with pytest.raises(ValueError, match="library's own folder"):
+        library.add_folder(library.paths.thumbs)
+
+
+def test_cancelled_scan_marks_nothing_gone(library: Library, album: Path):
+    import threading
+
+    _index(library, album)
+    cancel = threading.Event()
+    cancel.set()
+    scan = library.scan(cancel=cancel)
+    assert scan.gone == 0 and scan.seen == 0
+    assert all(p.status != "gone" for p in library.photos())

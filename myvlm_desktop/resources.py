@@ -1,0 +1,64 @@
+"""Icons and the stylesheet, loaded by path from the repository's `resources/` folder (optional: the app works
+without it, falling back to the style's own icons)."""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+from pathlib import Path
+
+from PySide6.QtGui import QIcon
+from PySide6.QtWidgets import QApplication, QStyle
+
+log = logging.getLogger(__name__)
+
+APP_ICON = "myvlm-desktop.svg"
+STYLESHEET = "style.qss"
+
+
+def resources_dir() -> Path | None:
+    """`resources/` beside the package (a source checkout or an editable install), or None when absent."""
+    d = Path(__file__).resolve().parents[1] / "resources"
+    return d if d.is_dir() else None
+
+
+def resource_path(name: str) -> Path | None:
+    d = resources_dir()
+    if d is None:
+        return None
+    p = d / name
+    return p if p.is_file() else None
+
+
+@cache
+def app_icon() -> QIcon:
+    """The app icon: our SVG, else the theme's icon by name, else the style's generic computer icon."""
+    p = resource_path(APP_ICON)
+    if p is not None:
+        icon = QIcon(str(p))
+        if not icon.isNull():
+            return icon
+    icon = QIcon.fromTheme("myvlm-desktop")
+    if not icon.isNull():
+        return icon
+    return QApplication.style().standardIcon(QStyle.StandardPixmap.SP_ComputerIcon)
+
+
+def stylesheet() -> str:
+    p = resource_path(STYLESHEET)
+    if p is None:
+        return ""
+    try:
+        return p.read_text(encoding="utf-8")
+    except OSError as exc:
+        log.warning("cannot read stylesheet %s: %s", p, exc)
+        return ""
+
+
+def themed_icon(names: str | tuple[str, ...], fallback: QStyle.StandardPixmap) -> QIcon:
+    """A freedesktop theme icon when the desktop has one, else a standard icon of the current style."""
+    for name in (names,) if isinstance(names, str) else names:
+        icon = QIcon.fromTheme(name)
+        if not icon.isNull():
+            return icon
+    return QApplication.style().standardIcon(fallback)
