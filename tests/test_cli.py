@@ -107,3 +107,17 @@ def test_schema_migrations_and_newer_schema(tmp_path: Path):
         Catalog(paths)
     res = myvlm("status", library=tmp_path / "lib", check=False)
     assert res.returncode == 1 and "newer MyVLM Desktop" in res.stderr
+
+
+def test_engine_never_imports_qt():
+    import subprocess
+    import sys
+
+    code = (
+        "import pkgutil, importlib, sys, engine\n"
+        "for m in pkgutil.walk_packages(engine.__path__, 'engine.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "print(sorted(k for k in sys.modules if k.startswith(('PySide', 'PyQt', 'shiboken'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
