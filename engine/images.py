@@ -72,7 +72,11 @@ _ORIENT_TRANSPOSE = {
 
 def classify(name: str | bytes) -> tuple[str | None, str | None]:
     """(kind, unsupported_reason) from a file name: kind is image/video/raw, or None for files we ignore."""
-    ext = os.path.splitext(os.fsdecode(name))[1].lower()
+    if isinstance(name, bytes):  # the scanner's hot path: no full decode of every name
+        dot = name.rfind(b".")
+        ext = name[dot:].lower().decode("ascii", "replace") if dot > 0 else ""
+    else:
+        ext = os.path.splitext(name)[1].lower()
     if ext in IMAGE_EXTENSIONS:
         return "image", None
     if ext in VIDEO_EXTENSIONS:

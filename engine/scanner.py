@@ -26,7 +26,8 @@ from .catalog import Catalog, Folder
 log = logging.getLogger(__name__)
 
 HASH_CHUNK = 1 << 20
-WRITE_CHUNK = 2000  # rows per write transaction: keeps the write lock short for other processes
+WRITE_CHUNK = 2000
+HASH_BATCH = 64  # rows per write transaction: keeps the write lock short for other processes
 
 
 def content_hash(path: str) -> str:
@@ -266,18 +267,25 @@ class Scanner:
         if not files:
             return out
 
-        def one(f: FoundFile) -> tuple[bytes, str | Exception]:
-            try:
-                return f.path, content_hash(P.to_fs(f.path))
-            except Exception as exc:  # noqa: BLE001 - recorded per file
-                return f.path, exc
+        def batch(chunk: list[FoundFile]) -> list[tuple[bytes, str | Exception]]:
+            out_chunk: list[tuple[bytes, str | Exception]] = []
+            for f in chunk:
+                if self.cancel.is_set():
+                    break
+                try:
+                    out_chunk.append((f.path, content_hash(P.to_fs(f.path))))
+                except Exception as exc:  # noqa: BLE001 - recorded per file
+                    out_chunk.append((f.path, exc))
+            return out_chunk
 
+        # Batches, not one task per file: for small files the task overhead would cost more than the hashing.
+        chunks = [files[i : i + HASH_BATCH] for i in range(0, len(files), HASH_BATCH)]
         pool = ThreadPoolExecutor(self.hash_workers, thread_name_prefix="hash")
         try:
-            for i, (path, result) in enumerate(pool.map(one, files), 1):
-                out[path] = result
-                if i % 200 == 0 or i == len(files):
-                    self._emit(i, len(files), path)
+            for results in pool.map(batch, chunks):
+                for path, result in results:
+                    out[path] = result
+                self._emit(len(out), len(files), results[-1][0] if results else b"")
                 if self.cancel.is_set():
                     break
         finally:
@@ -369,11 +377,11 @@ class Scanner:
                     "name": P.display(os.path.basename(f.path)), "kind": f.kind, "size": f.size,
                     "mtime_ns": f.mtime_ns, "added_at": ts, "updated_at": ts}
             if f.kind != "image":
-                cat.db["photos"].insert({**base, "status": C.UNSUPPORTED})
+                _insert_photo(cat, {**base, "status": C.UNSUPPORTED})
                 report.unsupported += 1
                 return
             if isinstance(h, Exception):
-                cat.db["photos"].insert({**base, "status": C.ERROR, "last_error": _hash_error(h)})
+                _insert_photo(cat, {**base, "status": C.ERROR, "last_error": _hash_error(h)})
                 report.errors += 1
                 return
             origin = self._move_origin(h, missing)
@@ -386,7 +394,7 @@ class Scanner:
                 return
             if cat.scalar("SELECT 1 FROM photos WHERE content_hash = ? AND status != 'gone' LIMIT 1", [h]):
                 report.duplicates += 1
-            cat.db["photos"].insert({**base, "content_hash": h, "status": C.PENDING})
+            _insert_photo(cat, {**base, "content_hash": h, "status": C.PENDING})
             report.new += 1
 
         write_chunks(new, apply_new)
@@ -398,7 +406,7 @@ class Scanner:
                 cat.conn.execute("UPDATE photos SET status = 'error', last_error = ?, updated_at = ? WHERE id = ?",
                                  [issue.message, ts, row["id"]])
             else:
-                cat.db["photos"].insert({"folder_id": folder.id, "path": P.display(issue.path),
+                _insert_photo(cat, {"folder_id": folder.id, "path": P.display(issue.path),
                                          "path_bytes": issue.path, "name": P.display(os.path.basename(issue.path)),
                                          "kind": "other", "status": C.ERROR, "last_error": issue.message,
                                          "added_at": ts, "updated_at": ts})
@@ -437,6 +445,16 @@ class Scanner:
 
 # A record that comes back keeps what it had: ok when it was decoded, error when decoding failed, else pending.
 _REVIVED_STATUS = "(CASE WHEN width IS NOT NULL THEN 'ok' WHEN last_error IS NOT NULL THEN 'error' ELSE 'pending' END)"
+
+
+_INSERT_COLUMNS = ("folder_id", "path", "path_bytes", "name", "kind", "size", "mtime_ns", "added_at", "updated_at",
+                   "content_hash", "status", "last_error")
+_INSERT_SQL = f"INSERT INTO photos({', '.join(_INSERT_COLUMNS)}) VALUES ({', '.join('?' * len(_INSERT_COLUMNS))})"
+
+
+def _insert_photo(cat: Catalog, row: dict) -> None:
+    """One prepared statement (scans insert up to hundreds of thousands of rows)."""
+    cat.conn.execute(_INSERT_SQL, [row.get(c) for c in _INSERT_COLUMNS])
 
 
 def _hidden_below(path: bytes, root: bytes) -> bool:
