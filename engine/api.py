@@ -12,6 +12,7 @@ from typing import Any
 from . import paths as P
 from .catalog import Catalog, Folder, Photo
 from .library import LibraryPaths, default_library_path, setup_logging
+from .people import People
 from .pipeline import MISSING, Pipeline, PipelineReport, ProgressCallback, ProgressEvent
 from .scanner import Scanner, ScanReport
 from .stages import REGISTRY
@@ -33,6 +34,7 @@ class Library:
         self.catalog = Catalog(self.paths)
         self._pipeline: Pipeline | None = None
         self._scan_cancel = threading.Event()
+        self.options: dict[str, Any] = {}  # per-run choices from the front door, e.g. {"face_backend": "dlib"}
 
     def close(self) -> None:
         self.catalog.close()
@@ -70,7 +72,10 @@ class Library:
         return scanner.scan_all() if targets is None else scanner.scan_paths(targets)
 
     def pipeline(self, stages: Iterable[str] | None = None) -> Pipeline:
-        return Pipeline(self.catalog, REGISTRY.create(stages))
+        created = REGISTRY.create(stages)
+        for stage in created:
+            stage.configure(**self.options)
+        return Pipeline(self.catalog, created)
 
     def process(self, mode: str = MISSING, stages: Iterable[str] | None = None,
                 progress: ProgressCallback | None = None, pipeline: Pipeline | None = None) -> PipelineReport:
@@ -92,7 +97,25 @@ class Library:
     # -- reading ----------------------------------------------------------------------------------------------------
 
     def stage_versions(self) -> list[tuple[str, int]]:
-        return [(s.name, s.version) for s in REGISTRY.create()]
+        out = []
+        for stage in self.pipeline().stages:
+            try:
+                stage.setup(self.catalog)
+            except Exception as exc:  # noqa: BLE001 - e.g. a missing model: the status still shows the rest
+                log.warning("stage %s unavailable: %s", stage.name, exc)
+            out.append((stage.name, stage.version))
+        return out
+
+    def rotate(self, photo_id: int, degrees: int) -> None:
+        """Show a photo turned (clockwise, on top of EXIF); stages that look at pixels see it anew."""
+        photo = self.catalog.photo(photo_id)
+        if photo is None:
+            raise KeyError(f"no photo with id {photo_id}")
+        self.catalog.set_user_rotation(photo_id, photo.user_rotation + degrees)
+        self.catalog.reset_stages([photo_id], [n for n in REGISTRY.names() if n != "thumbnail"])
+
+    def people(self) -> People:
+        return People(self.catalog)
 
     def status(self) -> dict[str, Any]:
         return self.catalog.status_summary(self.stage_versions())

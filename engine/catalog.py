@@ -98,7 +98,46 @@ def _m1_foundation(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_foundation]
+def _m2_faces(db: sqlite_utils.Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE people (
+            id INTEGER PRIMARY KEY,
+            name TEXT,                          -- NULL: an unnamed cluster waiting for "Who is this?"
+            hidden INTEGER NOT NULL DEFAULT 0,  -- strangers the user does not want to see
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE UNIQUE INDEX people_name ON people(name COLLATE NOCASE) WHERE name IS NOT NULL;
+        CREATE TABLE faces (
+            id INTEGER PRIMARY KEY,
+            photo_id INTEGER NOT NULL REFERENCES photos(id) ON DELETE CASCADE,
+            backend TEXT NOT NULL,              -- embedding space; embeddings of different backends never mix
+            x REAL NOT NULL, y REAL NOT NULL, w REAL NOT NULL, h REAL NOT NULL,  -- displayed frame, full size
+            landmarks BLOB,                     -- (5, 2) float32, displayed frame
+            score REAL NOT NULL,
+            quality INTEGER NOT NULL DEFAULT 0, -- big and sharp enough to found a cluster
+            embedding BLOB,                     -- float32, L2-normalised; NULL once forgotten
+            person_id INTEGER REFERENCES people(id) ON DELETE SET NULL,
+            state TEXT NOT NULL DEFAULT 'unknown',  -- unknown | suggested | confirmed | rejected | ignored
+            similarity REAL,                    -- of a suggestion
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE INDEX faces_photo ON faces(photo_id);
+        CREATE INDEX faces_person ON faces(person_id);
+        CREATE INDEX faces_backend_state ON faces(backend, state);
+        CREATE TABLE face_rejections (          -- "not this person", remembered forever
+            face_id INTEGER NOT NULL REFERENCES faces(id) ON DELETE CASCADE,
+            person_id INTEGER NOT NULL REFERENCES people(id) ON DELETE CASCADE,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (face_id, person_id)
+        ) WITHOUT ROWID;
+        """
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_foundation, _m2_faces]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

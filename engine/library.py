@@ -58,6 +58,10 @@ class LibraryPaths:
         return self.root / "concepts"
 
     @property
+    def faces(self) -> Path:
+        return self.root / "faces"
+
+    @property
     def logs(self) -> Path:
         return self.root / "logs"
 
@@ -66,7 +70,7 @@ class LibraryPaths:
         return self.logs / "myvlm.log"
 
     def ensure(self) -> None:
-        for d in (self.root, self.thumbs, self.previews, self.models, self.concepts, self.logs):
+        for d in (self.root, self.thumbs, self.previews, self.faces, self.models, self.concepts, self.logs):
             d.mkdir(parents=True, exist_ok=True)
 
 

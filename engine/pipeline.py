@@ -47,8 +47,14 @@ class Stage:
     requires: tuple[str, ...] = ()
     workers: int = 2
 
+    def configure(self, **options: Any) -> None:
+        """Options from the front door (e.g. `--face-backend`); unknown ones are ignored."""
+
     def setup(self, catalog: Catalog) -> None:
-        """Called once before a run that has work (load models here, lazily)."""
+        """Called before each run of the stage, before its pending photos are listed (cheap: load models lazily)."""
+
+    def before_work(self, catalog: Catalog, jobs: list[Job]) -> None:
+        """Called on the writer thread with the jobs about to run: read what workers will need from the catalog."""
 
     def cached(self, job: Job) -> Any | None:
         """A result already on disk from an interrupted run (so a kill never causes work twice), else None."""
@@ -200,11 +206,11 @@ class Pipeline:
         cat = self.catalog
         rep = StageReport()
         start = time.perf_counter()
+        stage.setup(cat)
         rows = cat.pending_for_stage(stage.name, stage.version, stage.requires, retry_errors=retry_errors)
         total = len(rows)
         if total == 0:
             return rep
-        stage.setup(cat)
         groups: dict[str, list[Job]] = defaultdict(list)
         for r in rows:
             groups[r["content_hash"]].append(Job(r["id"], r["path_bytes"], r["content_hash"], r["name"]))
@@ -261,6 +267,7 @@ class Pipeline:
             else:
                 work.append(jobs)
         flush(force=True)
+        stage.before_work(cat, [j for jobs in work for j in jobs])
 
         self._emit(ProgressEvent(stage.name, done, total, "", 0))
 

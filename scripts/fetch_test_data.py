@@ -4,6 +4,9 @@
 For the test suite only; users never need it. Idempotent: an existing, complete cache is left alone.
   - kphotoalbum/  the KPhotoAlbum demo album (24 real photos + index.xml) from Debian's `kphotoalbum` package
   - face_recognition/  the face_recognition 1.3.0 test images (Obama, Biden) from its PyPI source distribution
+  - scrfd/  scrfd.onnx (InsightFace's SCRFD-2.5G face detector, 5 keypoints, 640x640) + the package's LICENSE/README,
+            from the `scrfd` 0.3.0 PyPI source distribution (weights are InsightFace's: non-commercial research only)
+  - insightface/  t1.jpg (a group photo, 6 faces) from the `insightface` 2.1 PyPI wheel
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,10 +78,75 @@ def fetch_face_recognition() -> None:
     print(f"fetched the face_recognition test images into {target}")
 
 
+def _pip_download(spec: str, dest: str, *, sdist: bool) -> list[str]:
+    """`pip download --no-deps` one distribution into dest; the paths of what it wrote (exits on failure)."""
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", dest]
+    cmd += ["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]
+    res = run(cmd + [spec])
+    files = sorted(glob.glob(os.path.join(dest, "*")))
+    if res.returncode != 0 or not files:
+        sys.exit(f"fetch_test_data: pip download {spec} failed:\n{res.stderr}")
+    return files
+
+
+def _write_atomic(target: Path, data: bytes) -> None:
+    """Write through a temporary name, so an interrupted fetch never leaves a truncated model or photo."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.part")
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
+
+
+def fetch_scrfd() -> None:
+    """scrfd==0.3.0's source distribution carries models/scrfd.onnx (InsightFace SCRFD-2.5G with keypoints)."""
+    target = CACHE / "scrfd"
+    if (target / "scrfd.onnx").is_file():
+        return
+    wanted = {"models/scrfd.onnx": "scrfd.onnx", "LICENSE": "LICENSE", "README.md": "README.md"}
+    with tempfile.TemporaryDirectory() as tmp:
+        archives = [f for f in _pip_download("scrfd==0.3.0", tmp, sdist=True) if f.endswith(".tar.gz")]
+        if not archives:
+            sys.exit("fetch_test_data: pip download scrfd==0.3.0 gave no source distribution")
+        found: dict[str, bytes] = {}
+        with tarfile.open(archives[0]) as tar:
+            for member in tar.getmembers():
+                rel = member.name.split("/", 1)[1] if "/" in member.name else member.name
+                if rel in wanted and member.isfile():
+                    data = tar.extractfile(member)
+                    if data is not None:
+                        found[wanted[rel]] = data.read()
+    if "scrfd.onnx" not in found:
+        sys.exit("fetch_test_data: models/scrfd.onnx is missing from the scrfd 0.3.0 source distribution")
+    # the model last: its presence marks a complete fetch
+    for name, data in sorted(found.items(), key=lambda kv: kv[0] == "scrfd.onnx"):
+        _write_atomic(target / name, data)
+    print(f"fetched the SCRFD face detector into {target}")
+
+
+def fetch_insightface_images() -> None:
+    """insightface==2.1's wheel carries insightface/data/images/t1.jpg (the group photo of its README, 6 faces)."""
+    target = CACHE / "insightface"
+    if (target / "t1.jpg").is_file():
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        wheels = [f for f in _pip_download("insightface==2.1", tmp, sdist=False) if f.endswith(".whl")]
+        if not wheels:
+            sys.exit("fetch_test_data: pip download insightface==2.1 gave no wheel")
+        with zipfile.ZipFile(wheels[0]) as whl:
+            try:
+                data = whl.read("insightface/data/images/t1.jpg")
+            except KeyError:
+                sys.exit("fetch_test_data: insightface/data/images/t1.jpg is missing from the insightface 2.1 wheel")
+    _write_atomic(target / "t1.jpg", data)
+    print(f"fetched InsightFace's t1.jpg into {target}")
+
+
 def main() -> None:
     CACHE.mkdir(parents=True, exist_ok=True)
     fetch_kphotoalbum()
     fetch_face_recognition()
+    fetch_scrfd()
+    fetch_insightface_images()
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ TEST_DATA = Path(os.environ.get("MYVLM_TEST_DATA", ROOT / ".cache" / "test-data"
 @pytest.fixture(scope="session")
 def test_data() -> Path:
     """The real photos; fetched on first use if `make test` did not fetch them already."""
-    if not (TEST_DATA / "kphotoalbum" / "index.xml").exists():
+    needed = ["kphotoalbum/index.xml", "face_recognition/obama.jpg", "scrfd/scrfd.onnx", "insightface/t1.jpg"]
+    if not all((TEST_DATA / n).exists() for n in needed):
         subprocess.run([sys.executable, str(ROOT / "scripts" / "fetch_test_data.py")], check=True)
     return TEST_DATA
 

@@ -34,9 +34,10 @@ def test_progress_events(library: Library, album: Path):
     library.add_folder(album)
     library.scan()
     events: list[ProgressEvent] = []
-    report = library.process(progress=events.append)
+    report = library.process(progress=events.append, stages=["thumbnail"])
     assert report.stages["thumbnail"].processed == 12
     assert events[-1].state == "finished" and events[-1].done == events[-1].total == 12
+    assert {e.stage for e in events} == {"thumbnail"}
     dones = [e.done for e in events]
     assert dones == sorted(dones)  # monotonic
     assert any(e.current.endswith(".jpg") for e in events)

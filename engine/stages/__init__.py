@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from ..pipeline import StageRegistry
+from .faces import FaceStage
 from .thumbnails import ThumbnailStage
 
 REGISTRY = StageRegistry()
 REGISTRY.register(ThumbnailStage.name, ThumbnailStage)
+REGISTRY.register(FaceStage.name, FaceStage)
 
-__all__ = ["REGISTRY", "ThumbnailStage"]
+__all__ = ["REGISTRY", "FaceStage", "ThumbnailStage"]

@@ -1,0 +1,25 @@
+"""Faces: detection and embedding backends (dlib's CC0 models offline, InsightFace packs when installed)."""
+
+from .backends import (
+    DetectedFace,
+    DlibBackend,
+    FaceBackend,
+    FaceBackendError,
+    FaceThresholds,
+    InsightFaceBackend,
+    cosine_distance,
+    create_backend,
+    find_insightface_packs,
+)
+
+__all__ = [
+    "DetectedFace",
+    "DlibBackend",
+    "FaceBackend",
+    "FaceBackendError",
+    "FaceThresholds",
+    "InsightFaceBackend",
+    "cosine_distance",
+    "create_backend",
+    "find_insightface_packs",
+]

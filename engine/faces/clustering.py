@@ -1,0 +1,209 @@
+"""Incremental face clustering, Immich-style: a new face joins the person its nearest neighbours belong to, or
+founds a new (unnamed) person when it is a good face with enough close neighbours, or waits for more faces.
+
+The user's word is law: confirmed faces are never moved, a rejected person is never proposed again for that face,
+and a photo holds at most one face of each person.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import faiss
+import numpy as np
+
+from ..catalog import Catalog, now
+from .backends import FaceThresholds
+
+log = logging.getLogger(__name__)
+
+MIN_CLUSTER_SIZE = 3  # faces within the threshold, the face itself included: three photos of one person make a person
+NEIGHBOURS = 16
+
+ASSIGNABLE_STATES = ("unknown", "rejected")  # faces clustering may place; suggested and confirmed ones are placed
+
+
+def to_blob(vec: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vec, dtype=np.float32).tobytes()
+
+
+def from_blob(blob: bytes, dim: int | None = None) -> np.ndarray:
+    v = np.frombuffer(blob, dtype=np.float32)
+    return v if dim is None else v.reshape(-1, dim)
+
+
+class FaceIndex:
+    """Inner product over L2-normalised embeddings (= cosine similarity), keyed by face id. A cache of the catalog."""
+
+    def __init__(self, dim: int):
+        self.dim = dim
+        self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+
+    @classmethod
+    def load(cls, catalog: Catalog, backend: str, dim: int) -> FaceIndex:
+        idx = cls(dim)
+        rows = catalog.query(
+            "SELECT id, embedding FROM faces WHERE backend = ? AND embedding IS NOT NULL AND state != 'ignored'",
+            [backend],
+        )
+        if rows:
+            ids = np.fromiter((r["id"] for r in rows), dtype=np.int64, count=len(rows))
+            vecs = np.frombuffer(b"".join(r["embedding"] for r in rows), dtype=np.float32).reshape(len(rows), dim)
+            idx.add(ids, vecs)
+        return idx
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    def add(self, ids: np.ndarray, vecs: np.ndarray) -> None:
+        self.index.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), np.asarray(ids, dtype=np.int64))
+
+    def remove(self, ids: list[int]) -> None:
+        if ids:
+            self.index.remove_ids(np.asarray(ids, dtype=np.int64))
+
+    def search(self, vecs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(similarities, ids), each (n, k); missing neighbours have id -1."""
+        k = max(1, min(k, len(self))) if len(self) else 1
+        return self.index.search(np.ascontiguousarray(vecs, dtype=np.float32).reshape(-1, self.dim), k)
+
+
+@dataclass
+class _Face:
+    id: int
+    photo_id: int
+    person_id: int | None
+    state: str
+    quality: bool
+
+
+@dataclass
+class ClusterReport:
+    joined: int = 0
+    founded_people: int = 0
+    founding_faces: int = 0
+    deferred: int = 0
+    seconds: float = 0.0
+    new_people: list[int] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {k: getattr(self, k) for k in ("joined", "founded_people", "founding_faces", "deferred", "seconds")}
+
+
+class FaceClusterer:
+    """Places unassigned faces of one backend. Call `run()` after new faces arrive, `recluster()` to start over."""
+
+    def __init__(self, catalog: Catalog, backend: str, dim: int, thresholds: FaceThresholds,
+                 index: FaceIndex | None = None):
+        self.catalog = catalog
+        self.backend = backend
+        self.dim = dim
+        self.min_sim = 1.0 - thresholds.cluster_distance
+        self.index = index if index is not None else FaceIndex.load(catalog, backend, dim)
+
+    # -- state of the catalog, held in memory for one run ------------------------------------------------------------
+
+    def _load(self) -> None:
+        rows = self.catalog.query(
+            "SELECT id, photo_id, person_id, state, quality FROM faces WHERE backend = ? AND embedding IS NOT NULL "
+            "AND state != 'ignored'", [self.backend])
+        self.faces = {r["id"]: _Face(r["id"], r["photo_id"], r["person_id"], r["state"], bool(r["quality"])) for r in rows}
+        self.photo_people: dict[int, set[int]] = defaultdict(set)
+        for f in self.faces.values():
+            if f.person_id is not None:
+                self.photo_people[f.photo_id].add(f.person_id)
+        self.rejected: dict[int, set[int]] = defaultdict(set)
+        for r in self.catalog.query("SELECT face_id, person_id FROM face_rejections"):
+            self.rejected[r["face_id"]].add(r["person_id"])
+
+    def _vectors(self, ids: list[int]) -> np.ndarray:
+        return np.stack([self.index.index.reconstruct(int(i)) for i in ids]) if ids else np.zeros((0, self.dim), np.float32)
+
+    def _assign(self, face: _Face, person_id: int, similarity: float) -> None:
+        self.catalog.conn.execute(
+            "UPDATE faces SET person_id = ?, state = 'suggested', similarity = ?, updated_at = ? WHERE id = ?",
+            [person_id, similarity, now(), face.id])
+        face.person_id, face.state = person_id, "suggested"
+        self.photo_people[face.photo_id].add(person_id)
+
+    # -- the algorithm -------------------------------------------------------------------------------------------------
+
+    def run(self) -> ClusterReport:
+        start = time.perf_counter()
+        report = ClusterReport()
+        if len(self.index) == 0:
+            return report
+        self._load()
+        queue = [f for f in self.faces.values() if f.person_id is None and f.state in ASSIGNABLE_STATES]
+        queue.sort(key=lambda f: (not f.quality, f.id))  # good faces first: they may found people
+        with self.catalog.write():
+            while queue:
+                deferred = []
+                progress = False
+                sims, ids = self.index.search(self._vectors([f.id for f in queue]), NEIGHBOURS + 1)
+                for face, srow, irow in zip(queue, sims, ids, strict=True):
+                    if face.person_id is not None:
+                        continue  # placed meanwhile as a neighbour of a founding face
+                    outcome = self._place(face, srow, irow, report)
+                    if outcome:
+                        progress = True
+                    else:
+                        deferred.append(face)
+                if not progress:
+                    report.deferred = len(deferred)
+                    break
+                queue = deferred  # retry what waited: the people it needed may exist now
+        report.seconds = time.perf_counter() - start
+        return report
+
+    def _place(self, face: _Face, srow: np.ndarray, irow: np.ndarray, report: ClusterReport) -> bool:
+        neighbours = [(int(i), float(s)) for i, s in zip(irow, srow, strict=True)
+                      if i != -1 and i != face.id and s >= self.min_sim and int(i) in self.faces]
+        blocked = self.rejected.get(face.id, set()) | self.photo_people.get(face.photo_id, set())
+        votes: dict[int, float] = defaultdict(float)
+        best_sim: dict[int, float] = defaultdict(float)
+        for nid, sim in neighbours:
+            pid = self.faces[nid].person_id
+            if pid is not None and pid not in blocked:
+                votes[pid] += sim
+                best_sim[pid] = max(best_sim[pid], sim)
+        if votes:
+            pid = max(votes, key=votes.__getitem__)
+            self._assign(face, pid, best_sim[pid])
+            report.joined += 1
+            return True
+        if face.quality and 1 + len(neighbours) >= MIN_CLUSTER_SIZE:
+            members = [face]
+            photos = {face.photo_id}
+            for nid, _sim in neighbours:
+                n = self.faces[nid]
+                if n.person_id is None and n.state in ASSIGNABLE_STATES and n.photo_id not in photos:
+                    members.append(n)
+                    photos.add(n.photo_id)
+            if len(members) < MIN_CLUSTER_SIZE:
+                return False
+            ts = now()
+            pid = int(self.catalog.conn.execute(
+                "INSERT INTO people(name, hidden, created_at, updated_at) VALUES (NULL, 0, ?, ?)", [ts, ts]).lastrowid)
+            for m in members:
+                sim = 1.0 if m is face else next(s for i, s in neighbours if i == m.id)
+                self._assign(m, pid, sim)
+            report.founded_people += 1
+            report.founding_faces += len(members)
+            report.new_people.append(pid)
+            return True
+        return False
+
+    def recluster(self) -> ClusterReport:
+        """Start over, keeping every confirmed face, every name and every rejection."""
+        with self.catalog.write():
+            self.catalog.conn.execute(
+                "UPDATE faces SET person_id = NULL, state = 'unknown', similarity = NULL, updated_at = ? "
+                "WHERE backend = ? AND state = 'suggested'", [now(), self.backend])
+            self.catalog.conn.execute(
+                "DELETE FROM people WHERE name IS NULL AND hidden = 0 AND NOT EXISTS "
+                "(SELECT 1 FROM faces f WHERE f.person_id = people.id)")
+        return self.run()

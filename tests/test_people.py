@@ -1,0 +1,239 @@
+"""Clustering and the naming workflow on synthetic identity embeddings (fast, exact ground truth).
+
+Real faces through the real dlib models are tested in test_faces_real.py; here the embeddings are drawn around one
+random centre per identity, so every rule (found, join, defer, one face per person per photo, the user's word is
+law) can be checked exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.catalog import now
+from engine.faces.backends import FaceThresholds
+from engine.faces.clustering import FaceClusterer, to_blob
+from engine.people import People, PeopleError
+
+DIM = 64
+BACKEND = "test-space"
+TH = FaceThresholds(cluster_distance=0.35, suggest_distance=0.5, concept_distance=0.45, min_face_px=20,
+                    found_min_px=40, min_score=0.0, found_min_score=0.0)
+
+
+class World:
+    """Photos and faces written straight into a real catalog."""
+
+    def __init__(self, library, seed: int = 0):
+        self.lib = library
+        self.cat = library.catalog
+        self.rng = np.random.default_rng(seed)
+        self.centres: dict[str, np.ndarray] = {}
+        self.truth: dict[int, str] = {}
+        ts = now()
+        with self.cat.write():
+            self.folder = self.cat.conn.execute(
+                "INSERT INTO folders(path, path_bytes, status, added_at) VALUES ('/album', ?, 'online', ?)",
+                [b"/album", ts]).lastrowid
+        self.n_photos = 0
+
+    def photo(self) -> int:
+        self.n_photos += 1
+        ts = now()
+        with self.cat.write():
+            return int(self.cat.conn.execute(
+                "INSERT INTO photos(folder_id, path, path_bytes, name, content_hash, status, added_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, 'ok', ?, ?)",
+                [self.folder, f"/album/{self.n_photos}.jpg", f"/album/{self.n_photos}.jpg".encode(),
+                 f"{self.n_photos}.jpg", f"h{self.n_photos}", ts, ts]).lastrowid)
+
+    def face(self, who: str, photo: int | None = None, size: float = 80, noise: float = 0.05) -> int:
+        if who not in self.centres:
+            c = self.rng.normal(size=DIM)
+            self.centres[who] = c / np.linalg.norm(c)
+        v = self.centres[who] + self.rng.normal(scale=noise, size=DIM)
+        v /= np.linalg.norm(v)
+        photo = photo or self.photo()
+        ts = now()
+        with self.cat.write():
+            fid = int(self.cat.conn.execute(
+                "INSERT INTO faces(photo_id, backend, x, y, w, h, score, quality, embedding, state, created_at, "
+                "updated_at) VALUES (?, ?, 10, 10, ?, ?, 0.9, ?, ?, 'unknown', ?, ?)",
+                [photo, BACKEND, size, size, int(size >= TH.found_min_px), to_blob(v.astype(np.float32)), ts,
+                 ts]).lastrowid)
+        self.truth[fid] = who
+        return fid
+
+    def cluster(self):
+        return FaceClusterer(self.cat, BACKEND, DIM, TH).run()
+
+    def recluster(self):
+        return FaceClusterer(self.cat, BACKEND, DIM, TH).recluster()
+
+    def person_of(self, fid: int) -> int | None:
+        return self.cat.scalar("SELECT person_id FROM faces WHERE id = ?", [fid])
+
+    def state_of(self, fid: int) -> str:
+        return self.cat.scalar("SELECT state FROM faces WHERE id = ?", [fid])
+
+    def groups(self) -> dict[int, set[str]]:
+        out: dict[int, set[str]] = {}
+        for r in self.cat.query("SELECT id, person_id FROM faces WHERE person_id IS NOT NULL"):
+            out.setdefault(r["person_id"], set()).add(self.truth[r["id"]])
+        return out
+
+
+@pytest.fixture
+def world(library):
+    return World(library)
+
+
+def test_three_photos_make_a_person_and_singletons_wait(world: World):
+    for who in ("alex", "bella", "sam"):
+        for _ in range(5):
+            world.face(who)
+    lone = world.face("stranger")
+    report = world.cluster()
+    groups = world.groups()
+    assert sorted(map(sorted, groups.values())) == [["alex"], ["bella"], ["sam"]]  # pure, one group each
+    assert report.founded_people == 3 and report.deferred == 1
+    assert world.person_of(lone) is None
+    # two more photos of the stranger: now three, so a person is founded
+    world.face("stranger")
+    world.face("stranger")
+    world.cluster()
+    assert world.person_of(lone) is not None and len(world.groups()) == 4
+
+
+def test_small_faces_join_but_never_found(world: World):
+    small = [world.face("kid", size=25) for _ in range(4)]
+    world.cluster()
+    assert all(world.person_of(f) is None for f in small)  # too small to found a person
+    big = world.face("kid", size=90)
+    world.face("kid", size=90)
+    world.face("kid", size=90)
+    world.cluster()
+    pid = world.person_of(big)
+    assert pid is not None and all(world.person_of(f) == pid for f in small)
+
+
+def test_at_most_one_face_per_person_per_photo(world: World):
+    for _ in range(4):
+        world.face("twin")
+    shared = world.photo()
+    a = world.face("twin", photo=shared)
+    b = world.face("twin", photo=shared, noise=0.03)
+    world.cluster()
+    assert world.person_of(a) is None or world.person_of(b) is None or world.person_of(a) != world.person_of(b)
+
+
+def test_naming_confirms_and_new_faces_are_suggested(world: World):
+    faces = [world.face("alex") for _ in range(4)]
+    world.cluster()
+    people = People(world.cat)
+    pid = world.person_of(faces[0])
+    assert people.name(pid, "  Alex  ") == pid
+    assert {world.state_of(f) for f in faces} == {"confirmed"}
+    assert people.person(pid)["name"] == "Alex"
+    newcomer = world.face("alex")
+    world.cluster()
+    assert world.person_of(newcomer) == pid and world.state_of(newcomer) == "suggested"
+    people.confirm(newcomer)
+    assert world.state_of(newcomer) == "confirmed"
+    # automatic runs never change confirmed faces, even a full re-cluster
+    world.recluster()
+    assert all(world.person_of(f) == pid for f in faces + [newcomer])
+
+
+def test_typing_an_existing_name_merges(world: World):
+    a = [world.face("alex") for _ in range(3)]
+    b = [world.face("alex") for _ in range(3)]
+    people = People(world.cat)
+    world.cluster()
+    first = world.person_of(a[0])
+    people.name(first, "Alex")
+    # the user splits some faces off, then names the new group "alex": it merges back
+    new = people.split(first, b[:2])
+    assert people.name(new, "alex") == first
+    assert {world.person_of(f) for f in a + b[:2]} == {first}
+    with pytest.raises(PeopleError):
+        people.person(new)
+
+
+def test_reject_is_remembered_through_recluster(world: World):
+    faces = [world.face("alex") for _ in range(5)]
+    world.cluster()
+    people = People(world.cat)
+    pid = world.person_of(faces[0])
+    people.name(pid, "Alex")
+    people.reject(faces[4], pid)
+    assert world.person_of(faces[4]) is None and world.state_of(faces[4]) == "rejected"
+    world.cluster()
+    assert world.person_of(faces[4]) != pid
+    world.recluster()
+    assert world.person_of(faces[4]) != pid
+    assert all(world.person_of(f) == pid for f in faces[:4])
+
+
+def test_merge_move_hide_forget(world: World):
+    a = [world.face("alex") for _ in range(3)]
+    b = [world.face("bella") for _ in range(3)]
+    strangers = [world.face(f"s{i}") for i in range(2) for _ in range(3)]
+    world.cluster()
+    people = People(world.cat)
+    pa, pb = world.person_of(a[0]), world.person_of(b[0])
+    people.name(pa, "Alex")
+    people.name(pb, "Bella")
+    # move one of Bella's faces to Alex (the user knows better): confirmed there
+    people.move_faces([b[2]], pa)
+    assert world.person_of(b[2]) == pa and world.state_of(b[2]) == "confirmed"
+    # merge: Bella into Alex
+    people.merge(pa, [pb])
+    assert {world.person_of(f) for f in a + b} == {pa}
+    # hide all small unnamed groups at once (the strangers): they are hidden, not deleted
+    hidden = people.hide_small(3)
+    assert len(hidden) == 2 and all(people.person(h)["hidden"] for h in hidden)
+    assert [p["name"] for p in people.people()] == ["Alex"]
+    assert len(people.people(include_hidden=True)) == 3
+    # a new face of a hidden stranger joins the hidden group (stays out of sight)
+    world.face("s0")
+    world.cluster()
+    assert sum(p["face_count"] for p in people.people(include_hidden=True) if p["hidden"]) == 7
+    # forget: name and face data gone
+    n = people.forget(pa)
+    assert n == 6
+    assert world.cat.scalar("SELECT COUNT(*) FROM faces WHERE embedding IS NULL AND state = 'ignored'") == 6
+    assert people.find("Alex") is None
+    world.recluster()
+    assert all(world.person_of(f) is None for f in a + b)
+    assert strangers
+
+
+def test_suggestions_for_unnamed_group(world: World):
+    faces = [world.face("alex") for _ in range(6)]
+    other = [world.face("bella") for _ in range(3)]
+    world.cluster()
+    people = People(world.cat)
+    alex = world.person_of(faces[0])
+    people.name(alex, "Alex")
+    group = people.split(alex, faces[3:])  # an unnamed group that is really Alex
+    bella = world.person_of(other[0])
+    sugg = people.suggestions(group, TH.suggest_distance)
+    assert [s.name for s in sugg] == ["Alex"] and sugg[0].person_id == alex and sugg[0].similarity > 0.8
+    assert people.suggestions(bella, TH.suggest_distance) == []  # nobody like Bella is named
+    people.reject(faces[3], alex)  # "not Alex" for one of the group's faces: not suggested again
+    assert people.suggestions(group, TH.suggest_distance) == []
+
+
+def test_clear_errors(world: World):
+    people = People(world.cat)
+    with pytest.raises(PeopleError, match="no person with id 99"):
+        people.name(99, "Alex")
+    f = world.face("x")
+    with pytest.raises(PeopleError, match="belongs to nobody"):
+        people.confirm(f)
+    world.face("x")
+    world.face("x")
+    world.cluster()
+    with pytest.raises(PeopleError, match="cannot be empty"):
+        people.name(world.person_of(f), "   ")
