@@ -41,6 +41,24 @@ def iou(a: tuple[float, float, float, float], b: tuple[float, float, float, floa
     return inter / union if union > 0 else 0.0
 
 
+def same_face(a: tuple[float, float, float, float], b: tuple[float, float, float, float], same_backend: bool) -> float:
+    """How surely two boxes are one face (0: not the same). Same detector: IoU > 0.5. Different detectors frame
+    faces differently (dlib's HOG box is a tight square, SCRFD's a taller rectangle; IoU 0.53-0.76 measured on the
+    same faces), so across backends each box must also hold the other's centre, at a similar size."""
+    overlap = iou(a, b)
+    if overlap > IOU_SAME_FACE:
+        return overlap
+    if same_backend:
+        return 0.0
+
+    def holds(box: tuple[float, float, float, float], other: tuple[float, float, float, float]) -> bool:
+        cx, cy = other[0] + other[2] / 2, other[1] + other[3] / 2
+        return box[0] <= cx <= box[0] + box[2] and box[1] <= cy <= box[1] + box[3]
+
+    ratio = (a[2] * a[3]) / max(b[2] * b[3], 1e-6)
+    return overlap if holds(a, b) and holds(b, a) and 0.4 <= ratio <= 2.5 and overlap > 0.25 else 0.0
+
+
 @dataclass
 class FoundFace:
     bbox: tuple[float, float, float, float]  # displayed frame, full resolution
@@ -120,13 +138,12 @@ class FaceStage(Stage):
         disp_w, disp_h = (height, width) if rotation % 180 else (width, height)
         scale = disp_w / pixels.shape[1]  # preview -> full-resolution displayed frame
         th = self.backend.thresholds
-        detected = [f for f in self.backend.detect(pixels)
-                    if min(f.bbox[2], f.bbox[3]) >= th.min_face_px and f.score >= th.min_score]
+        detected = [f for f in self.backend.detect(pixels) if th.keep(f)]  # gates in preview pixels
         result = FacesResult()
         if detected:
             emb = self.backend.embed(pixels, detected)  # (n, dim)
             for f, e in zip(detected, emb, strict=True):
-                quality = min(f.bbox[2], f.bbox[3]) >= th.found_min_px and f.score >= th.found_min_score
+                quality = th.may_found(f)
                 result.faces.append(FoundFace(
                     tuple(float(v) * scale for v in f.bbox), np.asarray(f.landmarks, np.float32) * scale,
                     float(f.score), quality, e, _crop(preview, f.bbox)))
@@ -134,7 +151,7 @@ class FaceStage(Stage):
         for k in self._known.get(job.photo_id, []):
             if k.state != "confirmed" or k.landmarks is None:
                 continue
-            if any(iou(k.bbox, f.bbox) > IOU_SAME_FACE for f in result.faces):
+            if any(same_face(k.bbox, f.bbox, k.backend == self.backend.key) for f in result.faces):
                 continue
             lm = np.frombuffer(k.landmarks, np.float32).reshape(5, 2) / scale
             box = tuple(v / scale for v in k.bbox)
@@ -154,8 +171,9 @@ class FaceStage(Stage):
         for f in result.faces:
             face_id = f.keep_id
             if face_id is None:
-                best = max(((iou(k.bbox, f.bbox), k.id) for k in known.values() if k.id not in matched), default=(0, None))
-                face_id = best[1] if best[0] > IOU_SAME_FACE else None
+                best = max(((same_face(k.bbox, f.bbox, k.backend == key), k.id) for k in known.values()
+                            if k.id not in matched), default=(0.0, None))
+                face_id = best[1] if best[0] > 0 else None
             x, y, w, h = f.bbox
             if face_id is not None:
                 matched.add(face_id)
