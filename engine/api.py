@@ -117,6 +117,12 @@ class Library:
     def people(self) -> People:
         return People(self.catalog)
 
+    def face_backend(self):
+        """The face backend this library uses now (see engine.stages.faces.resolve_backend)."""
+        from .stages.faces import resolve_backend
+
+        return resolve_backend(self.catalog, self.options.get("face_backend"))
+
     def status(self) -> dict[str, Any]:
         return self.catalog.status_summary(self.stage_versions())
 

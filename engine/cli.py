@@ -250,19 +250,11 @@ def _face_json(f: dict[str, Any]) -> dict[str, Any]:
             round(f["w"], 1), round(f["h"], 1)], "score": round(f["score"], 4), "state": f["state"]}
 
 
-def _thresholds(lib: Library):
-    from .faces.backends import create_backend
-    from .stages.faces import SETTING_BACKEND
-
-    name = lib.options.get("face_backend") or lib.catalog.get_setting(SETTING_BACKEND) or "auto"
-    return create_backend(name, lib.paths.models).thresholds
-
-
 def cmd_people(args: argparse.Namespace, lib: Library) -> int:
     people = lib.people()
     named = True if args.named else (False if args.unnamed else None)
     rows = people.people(include_hidden=args.all, named=named)
-    max_dist = _thresholds(lib).suggest_distance
+    max_dist = lib.face_backend().thresholds.suggest_distance
     out = []
     for p in rows:
         faces = [_face_json(f) for f in people.faces_of(p["id"])]
@@ -375,12 +367,9 @@ def cmd_faces(args: argparse.Namespace, lib: Library) -> int:
 
 
 def cmd_recluster(args: argparse.Namespace, lib: Library) -> int:
-    from .faces.backends import create_backend
     from .faces.clustering import FaceClusterer
-    from .stages.faces import SETTING_BACKEND
 
-    name = lib.options.get("face_backend") or lib.catalog.get_setting(SETTING_BACKEND) or "auto"
-    backend = create_backend(name, lib.paths.models)
+    backend = lib.face_backend()
     report = FaceClusterer(lib.catalog, backend.key, backend.embedding_dim, backend.thresholds).recluster()
     if args.json:
         _print_json(report.to_json())

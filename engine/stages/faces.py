@@ -104,9 +104,8 @@ class FaceStage(Stage):
             self.backend_name = face_backend
 
     def setup(self, catalog: Catalog) -> None:
-        name = self.backend_name or catalog.get_setting(SETTING_BACKEND) or "auto"
         if self.backend is None:
-            self.backend = create_backend(name, catalog.paths.models)
+            self.backend = resolve_backend(catalog, self.backend_name)
         # Different backend, different embedding space: the version changes, so every photo is redone.
         self.version = zlib.crc32(f"{CODE_VERSION}:{self.backend.key}".encode()) & 0x7FFFFFFF
         self.cache = ImageCache(catalog.paths)
@@ -221,6 +220,11 @@ class FaceStage(Stage):
         assert self.backend is not None
         report = FaceClusterer(catalog, self.backend.key, self.backend.embedding_dim, self.backend.thresholds).run()
         log.info("clustering: %s", report.to_json())
+
+
+def resolve_backend(catalog: Catalog, override: str | None = None) -> FaceBackend:
+    """The backend a run uses: `--face-backend`, else the library's setting, else automatic (models load lazily)."""
+    return create_backend(override or catalog.get_setting(SETTING_BACKEND) or "auto", catalog.paths.models)
 
 
 def _crop(img: Image.Image, bbox: tuple[float, float, float, float]) -> bytes:
