@@ -97,13 +97,18 @@ class Library:
     # -- reading ----------------------------------------------------------------------------------------------------
 
     def stage_versions(self) -> list[tuple[str, int]]:
+        return [(name, version) for name, version, _ in self._stage_info()]
+
+    def _stage_info(self) -> list[tuple[str, int, str | None]]:
+        """(name, version, why it cannot run here or None) of every stage."""
         out = []
         for stage in self.pipeline().stages:
             try:
                 stage.setup(self.catalog)
-            except Exception as exc:  # noqa: BLE001 - e.g. a missing model: the status still shows the rest
-                log.warning("stage %s unavailable: %s", stage.name, exc)
-            out.append((stage.name, stage.version))
+                reason = stage.unavailable(self.catalog)
+            except Exception as exc:  # noqa: BLE001 - e.g. a broken model pack: the status still shows the rest
+                reason = str(exc)
+            out.append((stage.name, stage.version, reason))
         return out
 
     def rotate(self, photo_id: int, degrees: int) -> None:
@@ -124,7 +129,11 @@ class Library:
         return resolve_backend(self.catalog, self.options.get("face_backend"))
 
     def status(self) -> dict[str, Any]:
-        return self.catalog.status_summary(self.stage_versions())
+        info = self._stage_info()
+        st = self.catalog.status_summary([(n, v) for n, v, _ in info])
+        for name, _, reason in info:
+            st["stages"][name]["unavailable"] = reason
+        return st
 
     def photos(self, **filters: Any) -> list[Photo]:
         return self.catalog.photos(**filters)

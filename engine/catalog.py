@@ -137,7 +137,58 @@ def _m2_faces(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_foundation, _m2_faces]
+def _m3_clip_and_concepts(db: sqlite_utils.Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE clip_embeddings (
+            photo_id INTEGER PRIMARY KEY REFERENCES photos(id) ON DELETE CASCADE,
+            model TEXT NOT NULL,                -- embedding space (model/weights); spaces never mix
+            embedding BLOB NOT NULL             -- float32, L2-normalised
+        );
+        CREATE INDEX clip_embeddings_model ON clip_embeddings(model);
+        CREATE TABLE concepts (
+            id INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL CHECK (kind IN ('person', 'object')),
+            name TEXT NOT NULL,                 -- what the user sees ("Bella", "my red mug")
+            identifier TEXT NOT NULL,           -- the word used in prompts and captions
+            person_id INTEGER REFERENCES people(id) ON DELETE CASCADE,
+            head_state TEXT NOT NULL DEFAULT 'untrained',   -- untrained | ready | stale | error
+            head_revision INTEGER NOT NULL DEFAULT 0,       -- bumped at every (re)training: signals follow it
+            head_space TEXT,                    -- embedding space the head was trained in (face backend / CLIP)
+            threshold REAL,
+            metrics TEXT,                       -- JSON: precision/recall on held-out photos
+            embedding_state TEXT NOT NULL DEFAULT 'untrained',  -- the MyVLM concept embedding (personalisation)
+            last_error TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE UNIQUE INDEX concepts_name ON concepts(name COLLATE NOCASE);
+        CREATE UNIQUE INDEX concepts_person ON concepts(person_id) WHERE person_id IS NOT NULL;
+        CREATE TABLE concept_examples (         -- the photos that define a concept
+            id INTEGER PRIMARY KEY,
+            concept_id INTEGER NOT NULL REFERENCES concepts(id) ON DELETE CASCADE,
+            photo_id INTEGER REFERENCES photos(id) ON DELETE CASCADE,  -- an album photo...
+            path TEXT,                          -- ...or an imported image kept in the library
+            role TEXT NOT NULL DEFAULT 'positive',  -- positive | negative
+            captions TEXT,                      -- JSON list of target captions (research layout, review screen)
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX concept_examples_concept ON concept_examples(concept_id);
+        CREATE TABLE concept_signals (          -- what each head says about each photo
+            photo_id INTEGER NOT NULL REFERENCES photos(id) ON DELETE CASCADE,
+            concept_id INTEGER NOT NULL REFERENCES concepts(id) ON DELETE CASCADE,
+            revision INTEGER NOT NULL,          -- the head revision that produced it
+            score REAL NOT NULL,                -- object: p(concept); person: 1 - distance of the best face
+            fired INTEGER NOT NULL,
+            face_id INTEGER REFERENCES faces(id) ON DELETE SET NULL,  -- people: which face matched
+            PRIMARY KEY (photo_id, concept_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX concept_signals_concept ON concept_signals(concept_id, fired);
+        """
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_foundation, _m2_faces, _m3_clip_and_concepts]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

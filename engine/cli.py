@@ -179,7 +179,10 @@ def _print_status(st: dict[str, Any]) -> None:
     print(f"Photos: {p['total']} total — {p['ok']} ready, {p['pending']} pending, {p['error']} with errors, "
           f"{p['unsupported']} unsupported, {p['offline']} offline, {p['gone']} gone")
     for name, s in st["stages"].items():
-        print(f"  stage {name}: {s['done']} done, {s['pending']} pending, {s['errors']} errors")
+        if s.get("unavailable"):
+            print(f"  stage {name}: not available here — {s['unavailable']}")
+        else:
+            print(f"  stage {name}: {s['done']} done, {s['pending']} pending, {s['errors']} errors")
     errors = st["errors"]
     if errors:
         print(f"Problems ({len(errors)}):")

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .catalog import Catalog, now
-from .faces.clustering import from_blob
+from .vectors import from_blob
 
 log = logging.getLogger(__name__)
 

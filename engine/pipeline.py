@@ -7,6 +7,7 @@ missing. Photos with identical content share one run of each stage.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -46,6 +47,7 @@ class Stage:
     version: int = 1
     requires: tuple[str, ...] = ()
     workers: int = 2
+    batch_size: int = 1
 
     def configure(self, **options: Any) -> None:
         """Options from the front door (e.g. `--face-backend`); unknown ones are ignored."""
@@ -63,6 +65,22 @@ class Stage:
     def process(self, job: Job) -> Any:
         """The work, on a worker thread. Raise to record a per-photo error."""
         raise NotImplementedError
+
+    def process_batch(self, jobs: list[Job]) -> list[Any]:
+        """Several photos at once (stages with `batch_size` > 1, e.g. a model on a GPU). An exception in the list
+        is that photo's error."""
+        out: list[Any] = []
+        for job in jobs:
+            try:
+                out.append(self.process(job))
+            except Exception as exc:  # noqa: BLE001 - recorded per photo
+                out.append(exc)
+        return out
+
+    def unavailable(self, catalog: Catalog) -> str | None:
+        """Why this stage cannot run on this machine now (e.g. model weights not downloaded), or None. An
+        unavailable stage is skipped, with that reason shown, and the rest of the pipeline goes on."""
+        return None
 
     def commit(self, catalog: Catalog, job: Job, result: Any) -> None:
         """Store the result (inside a write transaction, on the writer thread)."""
@@ -106,7 +124,8 @@ class StageRegistry:
 
 @dataclass
 class ProgressEvent:
-    """What a progress bar (CLI or GUI) shows. `state`: running, paused, finished or cancelled."""
+    """What a progress bar (CLI or GUI) shows. `state`: running, paused, finished, cancelled or unavailable
+    (then `current` says why)."""
 
     stage: str
     done: int
@@ -123,6 +142,7 @@ class StageReport:
     cached: int = 0
     errors: int = 0
     seconds: float = 0.0
+    unavailable: str | None = None  # why the stage could not run here (then nothing was attempted)
 
 
 @dataclass
@@ -207,6 +227,12 @@ class Pipeline:
         rep = StageReport()
         start = time.perf_counter()
         stage.setup(cat)
+        reason = stage.unavailable(cat)
+        if reason:
+            rep.unavailable = reason
+            log.warning("stage %s skipped: %s", stage.name, reason)
+            self._emit(ProgressEvent(stage.name, 0, 0, reason, 0, "unavailable"))
+            return rep
         rows = cat.pending_for_stage(stage.name, stage.version, stage.requires, retry_errors=retry_errors)
         total = len(rows)
         if total == 0:
@@ -271,13 +297,26 @@ class Pipeline:
 
         self._emit(ProgressEvent(stage.name, done, total, "", 0))
 
-        def run_one(job: Job) -> tuple[Any, bool]:
-            cached = stage.cached(job) if reuse else None
-            if cached is not None:
-                return cached, False
-            return stage.process(job), True
+        def run_batch(leaders: list[Job]) -> list[tuple[Any, bool, Exception | None]]:
+            """(result, ran, error) per leader; a batch stage processes the uncached ones together."""
+            out: list[tuple[Any, bool, Exception | None] | None] = [None] * len(leaders)
+            todo = []
+            for i, job in enumerate(leaders):
+                try:
+                    cached = stage.cached(job) if reuse else None
+                except Exception:  # noqa: BLE001 - a broken cache entry is simply redone
+                    cached = None
+                if cached is not None:
+                    out[i] = (cached, False, None)
+                else:
+                    todo.append(i)
+            if todo:
+                results = stage.process_batch([leaders[i] for i in todo])
+                for i, res in zip(todo, results, strict=True):
+                    out[i] = (None, True, res) if isinstance(res, Exception) else (res, True, None)
+            return out  # type: ignore[return-value]
 
-        in_flight: dict[Future, list[Job]] = {}
+        in_flight: dict[Future, list[list[Job]]] = {}
         queue = iter(work)
         exhausted = False
         with ThreadPoolExecutor(max(1, stage.workers), thread_name_prefix=f"stage-{stage.name}") as pool:
@@ -290,30 +329,33 @@ class Pipeline:
                             self._running.wait()
                             continue
                         break
-                    jobs = next(queue, None)
-                    if jobs is None:
+                    batch = list(itertools.islice(queue, max(1, stage.batch_size)))
+                    if not batch:
                         exhausted = True
                         break
-                    in_flight[pool.submit(run_one, jobs[0])] = jobs
+                    in_flight[pool.submit(run_batch, [jobs[0] for jobs in batch])] = batch
                 if not in_flight:
                     break
                 finished, _ = wait(list(in_flight), timeout=0.5, return_when=FIRST_COMPLETED)
                 for fut in finished:
-                    jobs = in_flight.pop(fut)
-                    current = P.display(jobs[0].path_bytes)
+                    batch = in_flight.pop(fut)
                     try:
-                        result, ran = fut.result()
-                    except Exception as exc:  # noqa: BLE001 - recorded per photo
-                        record_failure(jobs, exc)
-                        rep.errors += len(jobs)
-                    else:
-                        record_success(jobs[0], jobs[1:], result, ran)
-                        if ran:
-                            rep.processed += 1
+                        outcomes = fut.result()
+                    except Exception as exc:  # noqa: BLE001 - the whole batch failed: recorded per photo
+                        outcomes = [(None, True, exc)] * len(batch)
+                    for jobs, (result, ran, error) in zip(batch, outcomes, strict=True):
+                        current = P.display(jobs[0].path_bytes)
+                        if error is not None:
+                            record_failure(jobs, error)
+                            rep.errors += len(jobs)
                         else:
-                            rep.cached += 1
-                        rep.shared += len(jobs) - 1
-                    done += len(jobs)
+                            record_success(jobs[0], jobs[1:], result, ran)
+                            if ran:
+                                rep.processed += 1
+                            else:
+                                rep.cached += 1
+                            rep.shared += len(jobs) - 1
+                        done += len(jobs)
                 flush()
         flush(force=True)
         stage.finish(cat)

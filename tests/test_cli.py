@@ -35,7 +35,9 @@ def test_index_status_photos_json(tmp_path: Path, album: Path):
     out = json.loads(myvlm("index", str(album), "--json", "--no-progress", library=lib).stdout)
     assert out["scan"]["new"] == 3 and out["pipeline"]["stages"]["thumbnail"]["processed"] == 3
     st = json.loads(myvlm("status", "--json", library=lib).stdout)
-    assert st["photos"]["ok"] == 3 and st["stages"]["thumbnail"] == {"done": 3, "errors": 0, "pending": 0}
+    assert st["photos"]["ok"] == 3
+    assert st["stages"]["thumbnail"] == {"done": 3, "errors": 0, "pending": 0, "unavailable": None}
+    assert "huggingface-cli download" in st["stages"]["clip"]["unavailable"]  # no CLIP weights here
     assert st["folders"][0]["path"] == str(album) and st["schema_version"] == SCHEMA_VERSION
     photos = json.loads(myvlm("photos", "--json", library=lib).stdout)
     assert [p["name"] for p in photos] == ["0.jpg", "1.jpg", "2.jpg"]

@@ -12,7 +12,8 @@ import pytest
 
 from engine.catalog import now
 from engine.faces.backends import FaceThresholds
-from engine.faces.clustering import FaceClusterer, to_blob
+from engine.faces.clustering import FaceClusterer
+from engine.vectors import to_blob
 from engine.people import People, PeopleError
 
 DIM = 64

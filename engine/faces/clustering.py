@@ -12,10 +12,10 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-import faiss
 import numpy as np
 
 from ..catalog import Catalog, now
+from ..vectors import VectorIndex, stack_blobs
 from .backends import FaceThresholds
 
 log = logging.getLogger(__name__)
@@ -26,21 +26,8 @@ NEIGHBOURS = 16
 ASSIGNABLE_STATES = ("unknown", "rejected")  # faces clustering may place; suggested and confirmed ones are placed
 
 
-def to_blob(vec: np.ndarray) -> bytes:
-    return np.ascontiguousarray(vec, dtype=np.float32).tobytes()
-
-
-def from_blob(blob: bytes, dim: int | None = None) -> np.ndarray:
-    v = np.frombuffer(blob, dtype=np.float32)
-    return v if dim is None else v.reshape(-1, dim)
-
-
-class FaceIndex:
-    """Inner product over L2-normalised embeddings (= cosine similarity), keyed by face id. A cache of the catalog."""
-
-    def __init__(self, dim: int):
-        self.dim = dim
-        self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+class FaceIndex(VectorIndex):
+    """The faces of one backend, by face id."""
 
     @classmethod
     def load(cls, catalog: Catalog, backend: str, dim: int) -> FaceIndex:
@@ -51,24 +38,8 @@ class FaceIndex:
         )
         if rows:
             ids = np.fromiter((r["id"] for r in rows), dtype=np.int64, count=len(rows))
-            vecs = np.frombuffer(b"".join(r["embedding"] for r in rows), dtype=np.float32).reshape(len(rows), dim)
-            idx.add(ids, vecs)
+            idx.add(ids, stack_blobs([r["embedding"] for r in rows], dim))
         return idx
-
-    def __len__(self) -> int:
-        return int(self.index.ntotal)
-
-    def add(self, ids: np.ndarray, vecs: np.ndarray) -> None:
-        self.index.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), np.asarray(ids, dtype=np.int64))
-
-    def remove(self, ids: list[int]) -> None:
-        if ids:
-            self.index.remove_ids(np.asarray(ids, dtype=np.int64))
-
-    def search(self, vecs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(similarities, ids), each (n, k); missing neighbours have id -1."""
-        k = max(1, min(k, len(self))) if len(self) else 1
-        return self.index.search(np.ascontiguousarray(vecs, dtype=np.float32).reshape(-1, self.dim), k)
 
 
 @dataclass
@@ -120,7 +91,7 @@ class FaceClusterer:
             self.rejected[r["face_id"]].add(r["person_id"])
 
     def _vectors(self, ids: list[int]) -> np.ndarray:
-        return np.stack([self.index.index.reconstruct(int(i)) for i in ids]) if ids else np.zeros((0, self.dim), np.float32)
+        return np.stack([self.index.vector(i) for i in ids]) if ids else np.zeros((0, self.dim), np.float32)
 
     def _assign(self, face: _Face, person_id: int, similarity: float) -> None:
         self.catalog.conn.execute(

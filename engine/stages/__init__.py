@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from ..pipeline import StageRegistry
+from .clip import ClipStage
 from .faces import FaceStage
 from .thumbnails import ThumbnailStage
 
 REGISTRY = StageRegistry()
 REGISTRY.register(ThumbnailStage.name, ThumbnailStage)
 REGISTRY.register(FaceStage.name, FaceStage)
+REGISTRY.register(ClipStage.name, ClipStage)
 
-__all__ = ["REGISTRY", "FaceStage", "ThumbnailStage"]
+__all__ = ["REGISTRY", "ClipStage", "FaceStage", "ThumbnailStage"]

@@ -18,7 +18,8 @@ from PIL import Image
 
 from ..catalog import Catalog, now
 from ..faces.backends import DetectedFace, FaceBackend, create_backend
-from ..faces.clustering import FaceClusterer, to_blob
+from ..faces.clustering import FaceClusterer
+from ..vectors import to_blob
 from ..pipeline import Job, Stage
 from .thumbnails import ImageCache
 

@@ -1,0 +1,51 @@
+"""Vector indexes: faiss inner product over L2-normalised embeddings (= cosine similarity), keyed by catalog ids.
+
+They are caches: the catalog holds every embedding as a float32 blob, and an index is rebuilt from it at start.
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+
+def to_blob(vec: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vec, dtype=np.float32).tobytes()
+
+
+def from_blob(blob: bytes, dim: int | None = None) -> np.ndarray:
+    v = np.frombuffer(blob, dtype=np.float32)
+    return v if dim is None else v.reshape(-1, dim)
+
+
+def stack_blobs(blobs: list[bytes], dim: int) -> np.ndarray:
+    """(n, dim) float32 from n blobs, in one copy."""
+    if not blobs:
+        return np.zeros((0, dim), np.float32)
+    return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim)
+
+
+class VectorIndex:
+    """Exact inner-product search (faiss IndexFlatIP) with our ids; add, remove and search incrementally."""
+
+    def __init__(self, dim: int):
+        self.dim = dim
+        self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    def add(self, ids: np.ndarray, vecs: np.ndarray) -> None:
+        self.index.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), np.asarray(ids, dtype=np.int64))
+
+    def remove(self, ids: list[int]) -> None:
+        if ids:
+            self.index.remove_ids(np.asarray(ids, dtype=np.int64))
+
+    def vector(self, id_: int) -> np.ndarray:
+        return self.index.reconstruct(int(id_))
+
+    def search(self, vecs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(similarities, ids), each (n, k); missing neighbours have id -1."""
+        k = max(1, min(k, len(self))) if len(self) else 1
+        return self.index.search(np.ascontiguousarray(vecs, dtype=np.float32).reshape(-1, self.dim), k)
