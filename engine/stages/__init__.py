@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..pipeline import StageRegistry
 from .clip import ClipStage
+from .concepts import ConceptStage
 from .faces import FaceStage
 from .thumbnails import ThumbnailStage
 
@@ -11,5 +12,6 @@ REGISTRY = StageRegistry()
 REGISTRY.register(ThumbnailStage.name, ThumbnailStage)
 REGISTRY.register(FaceStage.name, FaceStage)
 REGISTRY.register(ClipStage.name, ClipStage)
+REGISTRY.register(ConceptStage.name, ConceptStage)
 
-__all__ = ["REGISTRY", "ClipStage", "FaceStage", "ThumbnailStage"]
+__all__ = ["REGISTRY", "ClipStage", "ConceptStage", "FaceStage", "ThumbnailStage"]

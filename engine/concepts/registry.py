@@ -1,0 +1,273 @@
+"""The concept registry: the people, pets and things a user taught the app, with their heads.
+
+A concept has a kind (person / object), a display name, an identifier used in prompts (the person's name; a short
+token such as "sks" for objects), the photos that define it, its recognition head and its training state. Heads
+and concept embeddings are safetensors files in the library's `concepts/<id>/` folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from ..catalog import Catalog, now
+
+log = logging.getLogger(__name__)
+
+PERSON, OBJECT = "person", "object"
+HEAD_FILE = "head.safetensors"
+OBJECT_TOKENS = ("sks", "pll", "vxn", "qmy", "zbt", "kro", "dwu", "tje")  # rare tokens, as the paper's "sks"
+
+
+class ConceptError(ValueError):
+    """A request about concepts that cannot be done as asked; the message says why."""
+
+
+@dataclass
+class Concept:
+    id: int
+    kind: str
+    name: str
+    identifier: str
+    person_id: int | None
+    head_state: str
+    head_revision: int
+    head_space: str | None
+    threshold: float | None
+    metrics: dict[str, Any] | None
+    embedding_state: str
+    last_error: str | None
+    created_at: str
+    updated_at: str
+
+    @classmethod
+    def from_row(cls, row: Any) -> Concept:
+        d = dict(row)
+        d["metrics"] = json.loads(d["metrics"]) if d["metrics"] else None
+        return cls(**d)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "kind": self.kind, "name": self.name, "identifier": self.identifier,
+            "person_id": self.person_id, "head": {"state": self.head_state, "revision": self.head_revision,
+                                                  "space": self.head_space, "threshold": self.threshold,
+                                                  "metrics": self.metrics},
+            "embedding_state": self.embedding_state, "error": self.last_error,
+        }
+
+
+@dataclass
+class Head:
+    """A recognition head as stored: tensors plus a little metadata (what space, what threshold)."""
+
+    kind: str
+    space: str  # the embedding space it reads: a face backend key or a CLIP key
+    threshold: float
+    tensors: dict[str, np.ndarray]  # object: classifier.weight (2, D), classifier.bias (2,); person: references (k, D)
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in self.tensors.items()}, str(tmp),
+                  metadata={"kind": self.kind, "space": self.space, "threshold": repr(float(self.threshold))})
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> Head:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as fh:
+            meta = fh.metadata() or {}
+        tensors = load_file(str(path))
+        return cls(meta.get("kind", ""), meta.get("space", ""), float(meta.get("threshold", "nan")), tensors)
+
+
+def _slug_ok(name: str) -> str:
+    name = " ".join(name.split())
+    if not name:
+        raise ConceptError("a concept needs a name")
+    return name
+
+
+class ConceptRegistry:
+    """Concepts of one library (one per thread, like the catalog)."""
+
+    def __init__(self, catalog: Catalog):
+        self.catalog = catalog
+        self.root = catalog.paths.concepts
+
+    # -- reading -------------------------------------------------------------------------------------------------------
+
+    def folder(self, concept_id: int) -> Path:
+        return self.root / str(concept_id)
+
+    def head_path(self, concept_id: int) -> Path:
+        return self.folder(concept_id) / HEAD_FILE
+
+    def get(self, concept: int | str) -> Concept:
+        if isinstance(concept, int) or (isinstance(concept, str) and concept.isdigit()):
+            rows = self.catalog.query("SELECT * FROM concepts WHERE id = ?", [int(concept)])
+        else:
+            rows = self.catalog.query("SELECT * FROM concepts WHERE name = ? COLLATE NOCASE", [concept.strip()])
+        if not rows:
+            raise ConceptError(f"no concept {concept!r}")
+        return Concept.from_row(rows[0])
+
+    def list(self, kind: str | None = None) -> list[Concept]:
+        sql, params = "SELECT * FROM concepts", []
+        if kind:
+            sql += " WHERE kind = ?"
+            params.append(kind)
+        return [Concept.from_row(r) for r in self.catalog.query(sql + " ORDER BY name COLLATE NOCASE", params)]
+
+    def for_person(self, person_id: int) -> Concept | None:
+        rows = self.catalog.query("SELECT * FROM concepts WHERE person_id = ?", [person_id])
+        return Concept.from_row(rows[0]) if rows else None
+
+    def examples(self, concept_id: int, role: str = "positive") -> list[dict[str, Any]]:
+        return [dict(r) for r in self.catalog.query(
+            "SELECT e.*, p.path_bytes, p.content_hash, p.user_rotation FROM concept_examples e "
+            "LEFT JOIN photos p ON p.id = e.photo_id WHERE e.concept_id = ? AND e.role = ? ORDER BY e.id",
+            [concept_id, role])]
+
+    def head(self, concept_id: int) -> Head | None:
+        path = self.head_path(concept_id)
+        return Head.load(path) if path.exists() else None
+
+    # -- changing ------------------------------------------------------------------------------------------------------
+
+    def _free_identifier(self) -> str:
+        used = {c.identifier.lower() for c in self.list()}
+        for token in OBJECT_TOKENS:
+            if token not in used:
+                return token
+        n = 2
+        while f"sks{n}" in used:
+            n += 1
+        return f"sks{n}"
+
+    def _check_identifier(self, identifier: str, exclude: int | None = None) -> str:
+        identifier = identifier.strip()
+        if not re.fullmatch(r"[\w][\w' .-]*", identifier):
+            raise ConceptError(f"identifier {identifier!r} must be a word or a name")
+        for c in self.list():
+            if c.id != exclude and c.identifier.lower() == identifier.lower():
+                raise ConceptError(f"identifier {identifier!r} is already used by {c.name!r}")
+        return identifier
+
+    def _insert(self, kind: str, name: str, identifier: str, person_id: int | None) -> int:
+        if self.catalog.scalar("SELECT 1 FROM concepts WHERE name = ? COLLATE NOCASE", [name]):
+            raise ConceptError(f"a concept named {name!r} exists already")
+        ts = now()
+        return int(self.catalog.conn.execute(
+            "INSERT INTO concepts(kind, name, identifier, person_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+            [kind, name, identifier, person_id, ts, ts]).lastrowid)
+
+    def add_object(self, name: str, photo_ids: list[int], identifier: str | None = None) -> Concept:
+        """A pet or a thing, defined by a few photos of it (4 is the paper's default)."""
+        name = _slug_ok(name)
+        if not photo_ids:
+            raise ConceptError("mark at least one photo that shows it")
+        missing = [p for p in photo_ids if self.catalog.photo(p) is None]
+        if missing:
+            raise ConceptError(f"no photo with id {', '.join(map(str, missing))}")
+        with self.catalog.write():
+            ident = self._check_identifier(identifier) if identifier else self._free_identifier()
+            cid = self._insert(OBJECT, name, ident, None)
+            self.add_examples(cid, photo_ids)
+        return self.get(cid)
+
+    def add_person(self, person_id: int, identifier: str | None = None) -> Concept:
+        """A named person becomes a concept; their confirmed faces define it."""
+        rows = self.catalog.query("SELECT * FROM people WHERE id = ?", [person_id])
+        if not rows:
+            raise ConceptError(f"no person with id {person_id}")
+        if rows[0]["name"] is None:
+            raise ConceptError(f"person {person_id} has no name yet: name them first (myvlm name {person_id} NAME)")
+        existing = self.for_person(person_id)
+        if existing is not None:
+            return existing
+        with self.catalog.write():
+            ident = self._check_identifier(identifier or rows[0]["name"])
+            cid = self._insert(PERSON, rows[0]["name"], ident, person_id)
+        return self.get(cid)
+
+    def add_examples(self, concept_id: int, photo_ids: list[int], role: str = "positive") -> None:
+        ts = now()
+        with self.catalog.write():
+            for pid in photo_ids:
+                if not self.catalog.scalar(
+                        "SELECT 1 FROM concept_examples WHERE concept_id = ? AND photo_id = ? AND role = ?",
+                        [concept_id, pid, role]):
+                    self.catalog.conn.execute(
+                        "INSERT INTO concept_examples(concept_id, photo_id, role, created_at) VALUES (?, ?, ?, ?)",
+                        [concept_id, pid, role, ts])
+            self.mark_stale(concept_id)
+
+    def add_imported_example(self, concept_id: int, path: Path, captions: list[str] | None = None) -> None:
+        with self.catalog.write():
+            self.catalog.conn.execute(
+                "INSERT INTO concept_examples(concept_id, path, role, captions, created_at) VALUES (?, ?, 'positive', ?, ?)",
+                [concept_id, str(path), json.dumps(captions) if captions is not None else None, now()])
+
+    def mark_stale(self, concept_id: int) -> None:
+        with self.catalog.write():
+            self.catalog.conn.execute(
+                "UPDATE concepts SET head_state = CASE WHEN head_state = 'ready' THEN 'stale' ELSE head_state END, "
+                "updated_at = ? WHERE id = ?", [now(), concept_id])
+
+    def save_head(self, concept_id: int, head: Head, metrics: dict[str, Any] | None = None) -> Concept:
+        """Store a (re)trained head; its revision goes up, so detection redoes this concept's signals."""
+        head.save(self.head_path(concept_id))
+        with self.catalog.write():
+            self.catalog.conn.execute(
+                "UPDATE concepts SET head_state = 'ready', head_revision = head_revision + 1, head_space = ?, "
+                "threshold = ?, metrics = ?, last_error = NULL, updated_at = ? WHERE id = ?",
+                [head.space, head.threshold, json.dumps(metrics) if metrics is not None else None, now(), concept_id])
+        return self.get(concept_id)
+
+    def set_error(self, concept_id: int, message: str) -> None:
+        with self.catalog.write():
+            self.catalog.conn.execute("UPDATE concepts SET head_state = 'error', last_error = ?, updated_at = ? "
+                                      "WHERE id = ?", [message, now(), concept_id])
+
+    def rename(self, concept_id: int, name: str) -> Concept:
+        name = _slug_ok(name)
+        with self.catalog.write():
+            if self.catalog.scalar("SELECT 1 FROM concepts WHERE name = ? COLLATE NOCASE AND id != ?", [name, concept_id]):
+                raise ConceptError(f"a concept named {name!r} exists already")
+            self.catalog.conn.execute("UPDATE concepts SET name = ?, updated_at = ? WHERE id = ?",
+                                      [name, now(), concept_id])
+        return self.get(concept_id)
+
+    def remove(self, concept_id: int) -> None:
+        self.get(concept_id)
+        with self.catalog.write():
+            self.catalog.conn.execute("DELETE FROM concepts WHERE id = ?", [concept_id])
+        shutil.rmtree(self.folder(concept_id), ignore_errors=True)
+
+    # -- signals -------------------------------------------------------------------------------------------------------
+
+    def signals(self, photo_id: int) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.catalog.query(
+            "SELECT s.*, c.name, c.kind, c.identifier FROM concept_signals s JOIN concepts c ON c.id = s.concept_id "
+            "WHERE s.photo_id = ? ORDER BY s.fired DESC, s.score DESC", [photo_id])]
+
+    def photos_with(self, concept_id: int) -> list[int]:
+        return [r["photo_id"] for r in self.catalog.query(
+            "SELECT photo_id FROM concept_signals WHERE concept_id = ? AND fired = 1 ORDER BY photo_id", [concept_id])]
+
+
+def softmax_p1(logits: np.ndarray) -> np.ndarray:
+    """p(class 1) of (n, 2) logits, stably."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e[:, 1] / e.sum(axis=1)
