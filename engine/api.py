@@ -122,6 +122,41 @@ class Library:
     def people(self) -> People:
         return People(self.catalog)
 
+    def concepts(self):
+        from .concepts.registry import ConceptRegistry
+
+        return ConceptRegistry(self.catalog)
+
+    def clip_encoder(self):
+        from .stages.clip import resolve_encoder
+
+        return resolve_encoder(self.catalog, self.options.get("clip_model"), self.options.get("clip_weights"))
+
+    def train_concept_head(self, concept_id: int, progress=None, cancel=None, negatives_folder=None):
+        """(Re)train a concept's recognition head, store it, and redo that concept's signals over the album."""
+        from .concepts.detect import ConceptDetector
+        from .concepts.registry import PERSON
+
+        registry = self.concepts()
+        concept = registry.get(concept_id)
+        try:
+            if concept.kind == PERSON:
+                from .concepts.face_head import build_person_head
+
+                head, metrics = build_person_head(self.catalog, concept.person_id, self.face_backend())
+            else:
+                from .concepts.object_head import ObjectHeadTrainer
+
+                trainer = ObjectHeadTrainer(self.catalog, self.clip_encoder())
+                head, metrics = trainer.train(concept_id, negatives_folder=negatives_folder, progress=progress,
+                                              cancel=cancel)
+        except Exception as exc:
+            registry.set_error(concept_id, str(exc))
+            raise
+        concept = registry.save_head(concept_id, head, metrics)
+        ConceptDetector(self.catalog).run([concept_id])
+        return concept
+
     def face_backend(self):
         """The face backend this library uses now (see engine.stages.faces.resolve_backend)."""
         from .stages.faces import resolve_backend
