@@ -183,6 +183,21 @@ class People:
             self.catalog.conn.execute("UPDATE faces SET state = 'confirmed', updated_at = ? WHERE id = ?",
                                       [now(), face_id])
 
+    def create(self, name: str | None, face_ids: list[int]) -> int:
+        """A new person from these faces (confirmed), named or not; an existing name merges. Returns the id."""
+        if not face_ids:
+            raise PeopleError("a new person needs at least one face")
+        for fid in face_ids:
+            self._face(fid)
+        with self.catalog.write():
+            ts = now()
+            new_id = int(self.catalog.conn.execute(
+                "INSERT INTO people(name, hidden, created_at, updated_at) VALUES (NULL, 0, ?, ?)", [ts, ts]).lastrowid)
+            self.move_faces(face_ids, new_id)
+            if name:
+                new_id = self.name(new_id, name)
+        return new_id
+
     def split(self, person_id: int, face_ids: list[int]) -> int:
         """Move these faces of a person into a new, unnamed person. Returns its id."""
         self.person(person_id)

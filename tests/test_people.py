@@ -238,3 +238,41 @@ def test_clear_errors(world: World):
     world.cluster()
     with pytest.raises(PeopleError, match="cannot be empty"):
         people.name(world.person_of(f), "   ")
+
+
+def test_create_person_from_faces(world: World):
+    faces = [world.face("alex") for _ in range(2)]
+    people = People(world.cat)
+    pid = people.create("Alex", faces)
+    assert {world.person_of(f) for f in faces} == {pid} and {world.state_of(f) for f in faces} == {"confirmed"}
+    again = people.create("alex", [world.face("alex")])  # an existing name merges
+    assert again == pid
+    with pytest.raises(PeopleError, match="at least one face"):
+        people.create("Nobody", [])
+
+
+def test_person_concept_signals_follow_the_users_word(world: World):
+    """The head is the paper's (nearest reference within the distance), but the user's word wins."""
+    from engine.concepts.detect import ConceptDetector
+    from engine.concepts.registry import ConceptRegistry, Head
+
+    alex_faces = [world.face("alex") for _ in range(3)]
+    people = People(world.cat)
+    alex = people.create("Alex", alex_faces)
+    lookalike = world.face("alex")  # looks like Alex...
+    other = people.create("Sam", [lookalike])  # ...but the user says it is Sam
+    rejected = world.face("alex")
+    people.reject(rejected, alex)
+    far = world.face("stranger")
+    confirmed_far = world.face("stranger")
+    people.move_faces([confirmed_far], alex)  # the user says this odd-looking face is Alex
+    reg = ConceptRegistry(world.cat)
+    concept = reg.add_person(alex)
+    refs = np.stack([world.centres["alex"]]).astype(np.float32)
+    reg.save_head(concept.id, Head("person", BACKEND, TH.concept_distance, {"references": refs}))
+    ConceptDetector(world.cat).run([concept.id])
+    fired = {r["face_id"] for r in world.cat.query(
+        "SELECT face_id FROM concept_signals WHERE concept_id = ? AND fired = 1", [concept.id])}
+    assert set(alex_faces) <= fired and confirmed_far in fired
+    assert lookalike not in fired and rejected not in fired and far not in fired
+    assert other != alex

@@ -55,12 +55,20 @@ def object_signals(head: Head, photo_ids: np.ndarray, feats: np.ndarray, concept
 
 
 def person_signals(head: Head, face_ids: np.ndarray, face_photos: np.ndarray, feats: np.ndarray,
-                   concept_id: int) -> list[Signal]:
-    """Each face on its own: distance = min over references; the best face of each photo speaks for it."""
+                   concept_id: int, *, confirmed: np.ndarray | None = None,
+                   excluded: np.ndarray | None = None) -> list[Signal]:
+    """Each face on its own: distance = min over references; the best face of each photo speaks for it.
+
+    The user's word overrides the head: faces confirmed as this person always fire (`confirmed` mask), faces
+    confirmed as someone else or rejected for this person never do (`excluded` mask)."""
     refs = head.tensors["references"]  # (k, D)
     if len(face_ids) == 0:
         return []
     dist = 1.0 - (feats @ refs.T).max(axis=1)  # (n_faces,)
+    if confirmed is not None:
+        dist = np.where(confirmed, 0.0, dist)
+    if excluded is not None:
+        dist = np.where(excluded, np.inf, dist)
     best: dict[int, tuple[float, int]] = {}
     for i in np.argsort(dist, kind="stable"):
         pid = int(face_photos[i])
@@ -104,9 +112,14 @@ class ConceptDetector:
                     signals += object_signals(head, ids, feats, c.id)
                 report.photos = max(report.photos, len(ids))
             elif kind == PERSON:
-                fids, fphotos, feats = self._faces(space, only)
+                fids, fphotos, feats, owners, states = self._faces(space, only)
                 for c, head in items:
-                    signals += person_signals(head, fids, fphotos, feats, c.id)
+                    rejected = {r["face_id"] for r in self.catalog.query(
+                        "SELECT face_id FROM face_rejections WHERE person_id = ?", [c.person_id])}
+                    confirmed = (owners == c.person_id) & (states == "confirmed")
+                    excluded = ((owners != c.person_id) & (owners != -1) & (states == "confirmed")) | np.isin(
+                        fids, np.fromiter(rejected, dtype=np.int64, count=len(rejected)))
+                    signals += person_signals(head, fids, fphotos, feats, c.id, confirmed=confirmed, excluded=excluded)
                 report.photos = max(report.photos, len(set(fphotos.tolist())))
         report.concepts = len(concepts) - len(report.skipped)
         report.fired = sum(s.fired for s in signals)
@@ -151,14 +164,19 @@ class ConceptDetector:
         dim = len(rows[0]["embedding"]) // 4 if rows else 0
         return ids, stack_blobs([r["embedding"] for r in rows], dim)
 
-    def _faces(self, space: str, only: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _faces(self, space: str, only: np.ndarray | None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(face ids, photo ids, embeddings, person ids (-1: nobody), states) of one face space."""
         rows = self.catalog.query(
-            "SELECT id, photo_id, embedding FROM faces WHERE backend = ? AND embedding IS NOT NULL "
+            "SELECT id, photo_id, embedding, person_id, state FROM faces WHERE backend = ? AND embedding IS NOT NULL "
             "AND state != 'ignored' ORDER BY id", [space])
         if only is not None:
             keep = set(only.tolist())
             rows = [r for r in rows if r["photo_id"] in keep]
         fids = np.fromiter((r["id"] for r in rows), dtype=np.int64, count=len(rows))
         photos = np.fromiter((r["photo_id"] for r in rows), dtype=np.int64, count=len(rows))
+        owners = np.fromiter((r["person_id"] if r["person_id"] is not None else -1 for r in rows), dtype=np.int64,
+                             count=len(rows))
+        states = np.array([r["state"] for r in rows], dtype=object)
         dim = len(rows[0]["embedding"]) // 4 if rows else 0
-        return fids, photos, stack_blobs([r["embedding"] for r in rows], dim)
+        return fids, photos, stack_blobs([r["embedding"] for r in rows], dim), owners, states

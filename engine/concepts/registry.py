@@ -171,6 +171,22 @@ class ConceptRegistry:
             "INSERT INTO concepts(kind, name, identifier, person_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
             [kind, name, identifier, person_id, ts, ts]).lastrowid)
 
+    def create(self, kind: str, name: str, identifier: str | None = None, person_id: int | None = None) -> Concept:
+        """A concept with no examples yet (imports add theirs). Default identifier: the name for people, else a
+        free rare token."""
+        if kind not in (PERSON, OBJECT):
+            raise ConceptError(f"a concept is a {PERSON} or an {OBJECT}, not {kind!r}")
+        name = _slug_ok(name)
+        with self.catalog.write():
+            if identifier:
+                ident = self._check_identifier(identifier)
+            elif kind == PERSON:
+                ident = self._check_identifier(name)
+            else:
+                ident = self._free_identifier()
+            cid = self._insert(kind, name, ident, person_id)
+        return self.get(cid)
+
     def add_object(self, name: str, photo_ids: list[int], identifier: str | None = None) -> Concept:
         """A pet or a thing, defined by a few photos of it (4 is the paper's default)."""
         name = _slug_ok(name)
@@ -180,8 +196,7 @@ class ConceptRegistry:
         if missing:
             raise ConceptError(f"no photo with id {', '.join(map(str, missing))}")
         with self.catalog.write():
-            ident = self._check_identifier(identifier) if identifier else self._free_identifier()
-            cid = self._insert(OBJECT, name, ident, None)
+            cid = self.create(OBJECT, name, identifier).id
             self.add_examples(cid, photo_ids)
         return self.get(cid)
 
@@ -195,10 +210,7 @@ class ConceptRegistry:
         existing = self.for_person(person_id)
         if existing is not None:
             return existing
-        with self.catalog.write():
-            ident = self._check_identifier(identifier or rows[0]["name"])
-            cid = self._insert(PERSON, rows[0]["name"], ident, person_id)
-        return self.get(cid)
+        return self.create(PERSON, rows[0]["name"], identifier, person_id)
 
     def add_examples(self, concept_id: int, photo_ids: list[int], role: str = "positive") -> None:
         ts = now()
@@ -217,6 +229,7 @@ class ConceptRegistry:
             self.catalog.conn.execute(
                 "INSERT INTO concept_examples(concept_id, path, role, captions, created_at) VALUES (?, ?, 'positive', ?, ?)",
                 [concept_id, str(path), json.dumps(captions) if captions is not None else None, now()])
+            self.mark_stale(concept_id)
 
     def mark_stale(self, concept_id: int) -> None:
         with self.catalog.write():

@@ -195,14 +195,27 @@ def _dlib_euclidean_to_cosine(euclidean: float) -> float:
     return round(euclidean**2 / (2 * _DLIB_TYPICAL_NORM**2), 4)
 
 
-# PROVISIONAL: converted from dlib's Euclidean guidance above, not yet calibrated on real albums (another engineer
-# calibrates them later). cluster = dlib's clustering example (0.5), suggest/concept = dlib's same-person rule (0.6).
+# MEASURED on real, hand-labelled faces through the real pipeline (scripts/calibrate_faces.py; tables, data and
+# reasons in docs/face-thresholds.md): 39 dlib faces of 17 people (KPhotoAlbum demo album, face_recognition's Obama and
+# Biden, InsightFace's t1.jpg). Same-person pairs lie at 0.009-0.123, different-person pairs at 0.076-0.239: they
+# overlap, so each value is a trade-off, chosen where the measurements put it. dlib's Euclidean rules above convert to
+# 0.059 (clustering, 0.5) and 0.086 (same person, 0.6); the measured concept value agrees with the second, while
+# 0.059 splits Jesper's faces into pieces on the demo album.
 DLIB_THRESHOLDS = FaceThresholds(
-    cluster_distance=_dlib_euclidean_to_cosine(0.5),  # ~0.059
-    suggest_distance=_dlib_euclidean_to_cosine(0.6),  # ~0.086
-    concept_distance=_dlib_euclidean_to_cosine(0.6),  # ~0.086
-    min_face_px=36,  # the HOG detector's window is 80 px; with upsample=1 it finds faces down to ~40 px
-    found_min_px=64,
+    # FaceClusterer on the demo album puts every identity in one person, with no person mixing two identities, for
+    # 0.071-0.090 (sideways photos turned) / 0.071-0.093 (as stored): 0.08 is the middle of that window.
+    cluster_distance=0.08,
+    # "Is this X?" (a group's centroid vs a named person's): a face vs its identity's centroid is 0.018-0.069, vs
+    # another identity's 0.080 and up; 0.10 catches every same-person case measured, at 3.4% false prompts.
+    suggest_distance=0.10,
+    # the MyVLM person head (min distance to a concept's references): with 4 references (the paper's training
+    # images), recall 95.5% at 0.02% false accepts; with every reference 100% at 0.26%.
+    concept_distance=0.085,
+    # Size and score gates, checked against the same faces (kept as they were: nothing labelled is dropped). The
+    # HOG detector (80 px window, upsample=1) finds faces down to ~37 px; every face under 44 px found here is a
+    # background stranger, every labelled face is >= 44 px with score >= 0.77.
+    min_face_px=36,
+    found_min_px=64,  # faces below this may join a person but not found one (5 of the 22 labelled faces here)
     min_score=0.5,  # = raw HOG score 0, dlib's own decision threshold (see DlibBackend for the mapping)
     found_min_score=0.75,  # = raw HOG score ~0.55
 )
@@ -462,13 +475,16 @@ INSIGHTFACE_LICENCE = "InsightFace model licence: non-commercial research use on
 # Preferred order when a setting says just "insightface" or "auto"; other packs follow alphabetically.
 INSIGHTFACE_PACK_PREFERENCE = ("buffalo_l", "buffalo_m", "antelopev2", "buffalo_s", "buffalo_sc")
 
-# buffalo_l (ArcFace R50 trained on WebFace600K). concept_distance is the MyVLM paper's value; the others are
-# PROVISIONAL: cluster = Immich's default maximum cosine distance for face clustering (0.5), suggest a little looser,
-# min/found scores after Immich's minimum detection score (0.7). Used for every pack until calibrated per pack.
+# buffalo_l (ArcFace R50 trained on WebFace600K). NOT MEASURED: InsightFace's recognition packs cannot be obtained
+# on the machines this project is developed and tested on, so none of these comes from our own measurement (see
+# docs/face-thresholds.md; scripts/calibrate_faces.py --backend insightface measures them where a pack is
+# installed). concept_distance is the MyVLM paper's value; cluster = Immich's default maximum cosine distance for
+# face clustering (0.5), suggest a little looser, min/found scores after Immich's minimum detection score (0.7).
+# Used for every pack until calibrated per pack.
 INSIGHTFACE_THRESHOLDS = FaceThresholds(
-    cluster_distance=0.5,  # PROVISIONAL
-    suggest_distance=0.6,  # PROVISIONAL
-    concept_distance=0.675,  # MyVLM paper, ArcFace buffalo_l
+    cluster_distance=0.5,  # PROVISIONAL: Immich's default, not measured here
+    suggest_distance=0.6,  # PROVISIONAL: not measured here
+    concept_distance=0.675,  # MyVLM paper, ArcFace buffalo_l (recall 96.4%, false positives 2.3% there)
     min_face_px=20,  # PROVISIONAL: SCRFD finds smaller faces, but their 112 px crops embed poorly
     found_min_px=48,  # PROVISIONAL
     min_score=0.5,  # = SCRFD's default det_thresh
