@@ -116,8 +116,12 @@ class Library:
         photo = self.catalog.photo(photo_id)
         if photo is None:
             raise KeyError(f"no photo with id {photo_id}")
-        self.catalog.set_user_rotation(photo_id, photo.user_rotation + degrees)
-        self.catalog.reset_stages([photo_id], [n for n in REGISTRY.names() if n != "thumbnail"])
+        from .stages.faces import turn_faces
+
+        with self.catalog.write():
+            turn_faces(self.catalog, photo, degrees)  # boxes follow the picture: faces keep their place and identity
+            self.catalog.set_user_rotation(photo_id, photo.user_rotation + degrees)
+            self.catalog.reset_stages([photo_id], [n for n in REGISTRY.names() if n != "thumbnail"])
 
     def people(self) -> People:
         return People(self.catalog)

@@ -124,7 +124,7 @@ def test_dlib_embeddings_tell_obama_from_biden(dlib_backend: DlibBackend, portra
     different = [float(cosine_distance(emb[a], emb["biden"])[0, 0]) for a in obamas]
     # measured: Obama-Obama 0.029-0.049, Obama-Biden 0.175-0.198
     assert max(same) < min(different), (same, different)
-    # the provisional thresholds (converted from dlib's Euclidean 0.6 rule) put these on the right sides
+    # the calibrated thresholds (converted from dlib's Euclidean 0.6 rule) put these on the right sides
     assert max(same) < dlib_backend.thresholds.suggest_distance < min(different), (same, different)
 
 

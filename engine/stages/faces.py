@@ -151,6 +151,8 @@ class FaceStage(Stage):
         for k in self._known.get(job.photo_id, []):
             if k.state != "confirmed" or k.landmarks is None:
                 continue
+            if k.backend == self.backend.key and k.has_embedding:
+                continue  # its embedding is still good: the detector just could not see it this time
             if any(same_face(k.bbox, f.bbox, k.backend == self.backend.key) for f in result.faces):
                 continue
             lm = np.frombuffer(k.landmarks, np.float32).reshape(5, 2) / scale
@@ -221,6 +223,25 @@ class FaceStage(Stage):
         assert self.backend is not None
         report = FaceClusterer(catalog, self.backend.key, self.backend.embedding_dim, self.backend.thresholds).run()
         log.info("clustering: %s", report.to_json())
+
+
+def turn_faces(catalog: Catalog, photo, degrees: int) -> None:
+    """Turn a photo's stored face boxes and landmarks clockwise by `degrees` (multiple of 90), in its displayed frame."""
+    steps = (degrees // 90) % 4
+    if not steps or photo.width is None:
+        return
+    w_disp, h_disp = (photo.height, photo.width) if photo.user_rotation % 180 else (photo.width, photo.height)
+    for r in catalog.query("SELECT id, x, y, w, h, landmarks FROM faces WHERE photo_id = ?", [photo.id]):
+        x, y, w, h = r["x"], r["y"], r["w"], r["h"]
+        lm = None if r["landmarks"] is None else np.frombuffer(r["landmarks"], np.float32).reshape(5, 2).copy()
+        fw, fh = w_disp, h_disp
+        for _ in range(steps):  # 90° clockwise in a fw × fh frame: (x, y) -> (fh - y, x)
+            x, y, w, h = fh - y - h, x, h, w
+            if lm is not None:
+                lm = np.stack([fh - lm[:, 1], lm[:, 0]], axis=1).astype(np.float32)
+            fw, fh = fh, fw
+        catalog.conn.execute("UPDATE faces SET x = ?, y = ?, w = ?, h = ?, landmarks = ?, updated_at = ? WHERE id = ?",
+                             [x, y, w, h, None if lm is None else to_blob(lm), now(), r["id"]])
 
 
 def resolve_backend(catalog: Catalog, override: str | None = None) -> FaceBackend:
