@@ -155,7 +155,10 @@ class Library:
                 head, metrics = trainer.train(concept_id, negatives_folder=negatives_folder, progress=progress,
                                               cancel=cancel)
         except Exception as exc:
-            registry.set_error(concept_id, str(exc))
+            from .concepts.object_head import TrainingCancelled
+
+            if not isinstance(exc, TrainingCancelled):  # a cancel is the user's choice, not an error
+                registry.set_error(concept_id, str(exc))
             raise
         concept = registry.save_head(concept_id, head, metrics)
         ConceptDetector(self.catalog).run([concept_id])
