@@ -16,7 +16,7 @@ import numpy as np
 
 from ..catalog import Catalog
 from ..vectors import stack_blobs
-from .registry import OBJECT, PERSON, Concept, ConceptRegistry, Head, softmax_p1
+from .registry import OBJECT, PERSON, Concept, ConceptRegistry, Head
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,11 @@ class DetectReport:
 
 
 def object_signals(head: Head, photo_ids: np.ndarray, feats: np.ndarray, concept_id: int) -> list[Signal]:
-    w, b = head.tensors["classifier.weight"], head.tensors["classifier.bias"]  # (2, D), (2,)
+    from .object_head import score
+
     if len(photo_ids) == 0:
         return []
-    p = softmax_p1(feats @ w.T + b)  # (n,)
+    p = score(head.tensors["classifier.weight"], head.tensors["classifier.bias"], feats)  # (n,)
     keep = np.nonzero(p >= min(OBJECT_FLOOR, head.threshold))[0]
     return [Signal(int(photo_ids[i]), concept_id, float(p[i]), bool(p[i] >= head.threshold)) for i in keep]
 

@@ -459,12 +459,12 @@ def load_imported_embeddings(path: str | Path) -> dict[int, dict[str, np.ndarray
 
 def object_head_p(head_tensors: Mapping[str, np.ndarray], features: np.ndarray) -> np.ndarray:
     """p(concept) of (n, D) L2-normalised image features under a (research) object head -> (n,)."""
-    from .registry import softmax_p1
+    from .object_head import score
 
     f = np.atleast_2d(np.asarray(features, dtype=np.float32))
     if f.shape[1] != head_tensors[WEIGHT].shape[1]:
         raise ConceptError(f"features are {f.shape[1]}-d, the head reads {head_tensors[WEIGHT].shape[1]}-d")
-    return softmax_p1(f @ head_tensors[WEIGHT].T + head_tensors[BIAS])
+    return score(head_tensors[WEIGHT], head_tensors[BIAS], f)
 
 
 __all__ = [
