@@ -65,6 +65,18 @@ class World:
         self.truth[fid] = who
         return fid
 
+    def face_at(self, vec: np.ndarray, who: str) -> int:
+        """A face with exactly this embedding (normalised)."""
+        v = (vec / np.linalg.norm(vec)).astype(np.float32)
+        ts = now()
+        with self.cat.write():
+            fid = int(self.cat.conn.execute(
+                "INSERT INTO faces(photo_id, backend, x, y, w, h, score, quality, embedding, state, created_at, "
+                "updated_at) VALUES (?, ?, 10, 10, 80, 80, 0.9, 1, ?, 'unknown', ?, ?)",
+                [self.photo(), BACKEND, to_blob(v), ts, ts]).lastrowid)
+        self.truth[fid] = who
+        return fid
+
     def cluster(self):
         return FaceClusterer(self.cat, BACKEND, DIM, TH).run()
 
@@ -276,3 +288,64 @@ def test_person_concept_signals_follow_the_users_word(world: World):
     assert set(alex_faces) <= fired and confirmed_far in fired
     assert lookalike not in fired and rejected not in fired and far not in fired
     assert other != alex
+
+
+def test_a_face_between_two_automatic_groups_links_them(world: World):
+    """Density-based: two groups of one person seen from two sides merge when a face links them (never named ones)."""
+    rng = np.random.default_rng(5)
+    base = rng.normal(size=DIM)
+    base /= np.linalg.norm(base)
+    side = rng.normal(size=DIM)
+    side -= (side @ base) * base
+    side /= np.linalg.norm(side)
+    angle = np.arccos(1 - 0.5)  # the two sides are 0.5 apart in cosine distance: far beyond the threshold (0.35)
+
+    def at(t: float, jitter: float = 0.0) -> np.ndarray:
+        v = np.cos(angle * t) * base + np.sin(angle * t) * side
+        return v + rng.normal(scale=jitter, size=DIM)
+
+    left = [world.face_at(at(0.0, 0.01), "alex") for _ in range(3)]
+    right = [world.face_at(at(1.0, 0.01), "alex") for _ in range(3)]
+    world.cluster()
+    a, b = world.person_of(left[0]), world.person_of(right[0])
+    assert a is not None and b is not None and a != b  # two groups so far
+    bridge = [world.face_at(at(0.5, 0.005), "alex") for _ in range(2)]  # within the threshold of both sides
+    world.cluster()
+    assert len({world.person_of(f) for f in left + right + bridge}) == 1
+
+
+def test_named_groups_are_never_merged_automatically(world: World):
+    rng = np.random.default_rng(6)
+    base = rng.normal(size=DIM)
+    base /= np.linalg.norm(base)
+    side = rng.normal(size=DIM)
+    side -= (side @ base) * base
+    side /= np.linalg.norm(side)  # base and base + 1.5 side are 0.45 apart; base + 0.75 side within 0.2 of both
+    left = [world.face_at(base + 0.01 * rng.normal(size=DIM), "x") for _ in range(3)]
+    right = [world.face_at(base + 1.5 * side + 0.01 * rng.normal(size=DIM), "y") for _ in range(3)]
+    world.cluster()
+    people = People(world.cat)
+    a, b = world.person_of(left[0]), world.person_of(right[0])
+    assert a != b
+    people.name(a, "Ann")
+    people.name(b, "Bea")
+    world.face_at(base + 0.75 * side, "between")
+    world.face_at(base + 0.75 * side, "between")
+    world.cluster()
+    assert people.person(a)["name"] == "Ann" and people.person(b)["name"] == "Bea"
+    assert {world.person_of(f) for f in left} == {a} and {world.person_of(f) for f in right} == {b}
+
+
+def test_incremental_runs_only_look_at_what_changed(world: World):
+    for who in ("alex", "bella"):
+        for _ in range(4):
+            world.face(who)
+    lone = world.face("stranger")
+    first = world.cluster()
+    assert first.founded_people == 2 and first.deferred == 1
+    again = world.cluster()
+    assert (again.joined, again.founded_people, again.deferred) == (0, 0, 0)  # nothing new: nothing retried
+    world.face("stranger")
+    world.face("stranger")
+    third = world.cluster()  # the newcomers unlock the waiting face: a third person
+    assert third.founded_people == 1 and world.person_of(lone) is not None

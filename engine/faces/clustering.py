@@ -79,16 +79,24 @@ class FaceClusterer:
 
     def _load(self) -> None:
         rows = self.catalog.query(
-            "SELECT id, photo_id, person_id, state, quality FROM faces WHERE backend = ? AND embedding IS NOT NULL "
-            "AND state != 'ignored'", [self.backend])
+            "SELECT id, photo_id, person_id, state, quality, updated_at FROM faces WHERE backend = ? "
+            "AND embedding IS NOT NULL AND state != 'ignored'", [self.backend])
         self.faces = {r["id"]: _Face(r["id"], r["photo_id"], r["person_id"], r["state"], bool(r["quality"])) for r in rows}
+        self.updated = {r["id"]: r["updated_at"] for r in rows}
         self.photo_people: dict[int, set[int]] = defaultdict(set)
+        self.members: dict[int, set[int]] = defaultdict(set)
         for f in self.faces.values():
             if f.person_id is not None:
                 self.photo_people[f.photo_id].add(f.person_id)
+                self.members[f.person_id].add(f.id)
         self.rejected: dict[int, set[int]] = defaultdict(set)
         for r in self.catalog.query("SELECT face_id, person_id FROM face_rejections"):
             self.rejected[r["face_id"]].add(r["person_id"])
+        # Groups made by clustering alone (no name, not hidden, nothing confirmed) may be merged by it; the others
+        # carry the user's word and are never merged automatically.
+        self.automatic = {r["id"] for r in self.catalog.query(
+            "SELECT id FROM people p WHERE name IS NULL AND hidden = 0 AND NOT EXISTS "
+            "(SELECT 1 FROM faces f WHERE f.person_id = p.id AND f.state = 'confirmed')")}
 
     def _vectors(self, ids: list[int]) -> np.ndarray:
         return np.stack([self.index.vector(i) for i in ids]) if ids else np.zeros((0, self.dim), np.float32)
@@ -99,34 +107,72 @@ class FaceClusterer:
             [person_id, similarity, now(), face.id])
         face.person_id, face.state = person_id, "suggested"
         self.photo_people[face.photo_id].add(person_id)
+        self.members[person_id].add(face.id)
+
+    def _merge(self, target: int, source: int) -> None:
+        """Fold an automatic group into another (they proved to be one person). A photo keeps one face of each."""
+        for fid in list(self.members.pop(source, ())):
+            face = self.faces[fid]
+            self.photo_people[face.photo_id].discard(source)
+            if target in self.photo_people[face.photo_id]:
+                self.catalog.conn.execute(
+                    "UPDATE faces SET person_id = NULL, state = 'unknown', similarity = NULL, updated_at = ? "
+                    "WHERE id = ?", [now(), fid])
+                face.person_id, face.state = None, "unknown"
+                continue
+            self.catalog.conn.execute("UPDATE faces SET person_id = ?, updated_at = ? WHERE id = ?",
+                                      [target, now(), fid])
+            face.person_id = target
+            self.photo_people[face.photo_id].add(target)
+            self.members[target].add(fid)
+        self.catalog.conn.execute("DELETE FROM people WHERE id = ?", [source])
+        self.automatic.discard(source)
 
     # -- the algorithm -------------------------------------------------------------------------------------------------
 
+    def _marker_key(self) -> str:
+        return f"faces_clustered:{self.backend}"
+
     def run(self) -> ClusterReport:
+        """Place the faces that arrived or changed since the last run (and waiting faces they may now unlock)."""
         start = time.perf_counter()
         report = ClusterReport()
         if len(self.index) == 0:
             return report
         self._load()
-        queue = [f for f in self.faces.values() if f.person_id is None and f.state in ASSIGNABLE_STATES]
-        queue.sort(key=lambda f: (not f.quality, f.id))  # good faces first: they may found people
+        marker = self.catalog.get_setting(self._marker_key()) or {"upto": 0, "at": ""}
+        started_at = now()
+        queue = [f for f in self.faces.values() if f.person_id is None and f.state in ASSIGNABLE_STATES
+                 and (f.id > marker["upto"] or (self.updated[f.id] or "") > marker["at"])]
+        retried: set[int] = set()
+        first = True
         with self.catalog.write():
             while queue:
-                deferred = []
-                progress = False
+                queue.sort(key=lambda f: (not f.quality, f.id))  # good faces first: they may found people
+                retried |= {f.id for f in queue}
+                deferred, touched, placed_any = [], set(), False
                 sims, ids = self.index.search(self._vectors([f.id for f in queue]), NEIGHBOURS + 1)
                 for face, srow, irow in zip(queue, sims, ids, strict=True):
                     if face.person_id is not None:
                         continue  # placed meanwhile as a neighbour of a founding face
-                    outcome = self._place(face, srow, irow, report)
-                    if outcome:
-                        progress = True
-                    else:
+                    placed = self._place(face, srow, irow, report)
+                    placed_any |= placed
+                    if placed or first:
+                        # a waiting face near a newcomer or a newly placed face may be placeable now (it has one
+                        # more close face, or a person to join)
+                        touched |= {int(i) for i, sim in zip(irow, srow, strict=True)
+                                    if i != -1 and sim >= self.min_sim and int(i) in self.faces}
+                    if not placed:
                         deferred.append(face)
-                if not progress:
+                waiting = [self.faces[i] for i in touched - retried
+                           if self.faces[i].person_id is None and self.faces[i].state in ASSIGNABLE_STATES]
+                first = False
+                if not placed_any and not waiting:
                     report.deferred = len(deferred)
                     break
-                queue = deferred  # retry what waited: the people it needed may exist now
+                queue = (deferred if placed_any else []) + waiting
+            top = max(self.faces) if self.faces else 0
+            self.catalog.set_setting(self._marker_key(), {"upto": top, "at": started_at})
         report.seconds = time.perf_counter() - start
         return report
 
@@ -141,12 +187,18 @@ class FaceClusterer:
             if pid is not None and pid not in blocked:
                 votes[pid] += sim
                 best_sim[pid] = max(best_sim[pid], sim)
+        core = face.quality and 1 + len(neighbours) >= MIN_CLUSTER_SIZE
         if votes:
             pid = max(votes, key=votes.__getitem__)
+            if core and pid in self.automatic:
+                # a core face between automatic groups links them (as density-based clustering would): one person
+                for other in sorted(votes, key=votes.__getitem__, reverse=True):
+                    if other != pid and other in self.automatic and not (self.rejected.get(face.id, set()) & {other}):
+                        self._merge(pid, other)
             self._assign(face, pid, best_sim[pid])
             report.joined += 1
             return True
-        if face.quality and 1 + len(neighbours) >= MIN_CLUSTER_SIZE:
+        if core:
             members = [face]
             photos = {face.photo_id}
             for nid, _sim in neighbours:
@@ -159,6 +211,7 @@ class FaceClusterer:
             ts = now()
             pid = int(self.catalog.conn.execute(
                 "INSERT INTO people(name, hidden, created_at, updated_at) VALUES (NULL, 0, ?, ?)", [ts, ts]).lastrowid)
+            self.automatic.add(pid)
             for m in members:
                 sim = 1.0 if m is face else next(s for i, s in neighbours if i == m.id)
                 self._assign(m, pid, sim)
@@ -171,6 +224,7 @@ class FaceClusterer:
     def recluster(self) -> ClusterReport:
         """Start over, keeping every confirmed face, every name and every rejection."""
         with self.catalog.write():
+            self.catalog.set_setting(self._marker_key(), {"upto": 0, "at": ""})
             self.catalog.conn.execute(
                 "UPDATE faces SET person_id = NULL, state = 'unknown', similarity = NULL, updated_at = ? "
                 "WHERE backend = ? AND state = 'suggested'", [now(), self.backend])
