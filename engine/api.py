@@ -175,6 +175,13 @@ class Library:
         st = self.catalog.status_summary([(n, v) for n, v, _ in info])
         for name, _, reason in info:
             st["stages"][name]["unavailable"] = reason
+        q = self.catalog.query(
+            "SELECT SUM(name IS NOT NULL) AS named, SUM(name IS NULL AND hidden = 0) AS unnamed, SUM(hidden) AS hidden "
+            "FROM people")[0]
+        st["people"] = {"named": q["named"] or 0, "unnamed": q["unnamed"] or 0, "hidden": q["hidden"] or 0,
+                        "faces": self.catalog.scalar("SELECT COUNT(*) FROM faces WHERE state != 'ignored'")}
+        st["concepts"] = {r["kind"]: r["n"] for r in self.catalog.query(
+            "SELECT kind, COUNT(*) AS n FROM concepts GROUP BY kind")}
         return st
 
     def photos(self, **filters: Any) -> list[Photo]:

@@ -184,6 +184,13 @@ def _print_status(st: dict[str, Any]) -> None:
             print(f"  stage {name}: not available here — {s['unavailable']}")
         else:
             print(f"  stage {name}: {s['done']} done, {s['pending']} pending, {s['errors']} errors")
+    pe = st.get("people")
+    if pe and pe["faces"]:
+        hint = " — name them: myvlm people" if pe["unnamed"] else ""
+        print(f"People: {pe['faces']} faces; {pe['named']} named, {pe['unnamed']} groups waiting for a name"
+              f"{', ' + str(pe['hidden']) + ' hidden' if pe['hidden'] else ''}{hint}")
+    if st.get("concepts"):
+        print("Concepts: " + ", ".join(f"{n} {k}{'s' if n != 1 else ''}" for k, n in sorted(st["concepts"].items())))
     errors = st["errors"]
     if errors:
         print(f"Problems ({len(errors)}):")
