@@ -38,8 +38,13 @@ test-data: $(STAMP)
 
 ## make bench: the benchmarks (not part of `make test`)
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[bench]"
+	$(PY) scripts/fetch_test_data.py
 	$(PY) bench/bench_thumbnails.py
 	$(PY) bench/bench_scan.py
+	$(PY) bench/bench_faces.py
+	$(PY) bench/bench_clustering.py
+	$(PY) bench/bench_heads.py
 
 clean:
 	rm -rf $(VENV) .cache build dist *.egg-info

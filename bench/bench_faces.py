@@ -13,6 +13,9 @@ Methods, timed in this process over the same photos (already in the OS page cach
              process(stages=["faces"]) with face_backend "dlib" (HOG, upsample 1): detection and embedding on the
              ~1440 px preview in FaceStage's two workers, crops, catalog writes and FaceStage.finish's clustering.
              Ratios are given for the faces stage alone and for thumbnails + faces together.
+  ours, 1 worker   the same in a second library with FaceStage.workers = 1: the gain of working on the preview
+             alone, without the second thread (its faces must equal the two workers' faces).
+The three run interleaved over --rounds slices of the photos, rotating which goes first.
 
 Photo sets (each gets its own table):
   album   the real test photos at their own sizes: the KPhotoAlbum demo album (24 photos, 800 px), the
@@ -247,8 +250,9 @@ class OursTimes:
     cluster: float = 0.0
 
 
-def ours(paths: list[Path], lib: Library, album: Path, times: OursTimes) -> None:
-    """Link these photos into the watched album, scan, thumbnail stage, faces stage (with its clustering)."""
+def ours(paths: list[Path], lib: Library, album: Path, times: OursTimes, workers: int | None = None) -> None:
+    """Link these photos into the watched album, scan, thumbnail stage, faces stage (with its clustering); with
+    `workers`, FaceStage runs that many worker threads instead of its own number."""
     for p in paths:  # hard links: the album holds exactly these photos
         try:
             os.link(p, album / p.name)
@@ -262,13 +266,19 @@ def ours(paths: list[Path], lib: Library, album: Path, times: OursTimes) -> None
     t2 = time.perf_counter()
     st = rep.stages["thumbnail"]
     assert st.processed == len(paths) and st.errors == 0, rep.to_json()
-    rep = lib.process(stages=["faces"])
-    t3 = time.perf_counter()
+    default_workers = FaceStage.workers
+    FaceStage.workers = workers or default_workers
+    try:
+        t3 = time.perf_counter()
+        rep = lib.process(stages=["faces"])
+        t4 = time.perf_counter()
+    finally:
+        FaceStage.workers = default_workers
     st = rep.stages["faces"]
     assert st.processed == len(paths) and st.errors == 0 and st.shared == 0, rep.to_json()
     times.scan += t1 - t0
     times.thumbs += t2 - t1
-    times.faces += t3 - t2
+    times.faces += t4 - t3
 
 
 def ours_found(lib: Library) -> dict[str, list[Box]]:
@@ -278,7 +288,7 @@ def ours_found(lib: Library) -> dict[str, list[Box]]:
         found.setdefault(r["name"], [])
         if r["x"] is not None:
             found[r["name"]].append((r["x"], r["y"], r["w"], r["h"]))
-    return found
+    return {name: sorted(boxes) for name, boxes in found.items()}
 
 
 def agreement(a: dict[str, list[Box]], b: dict[str, list[Box]]) -> tuple[int, int, int]:
@@ -311,22 +321,28 @@ def run_set(title: str, paths: list[Path], truth: Truth, rounds: int, work: Path
           flush=True)
     base_found: dict[str, list[Box]] = {}
     base_s = 0.0
-    times = OursTimes()
-    album = work / "album"
-    album.mkdir(parents=True)
-    with Library(work / "library") as lib:
-        lib.options = {"face_backend": "dlib"}  # HOG, upsample 1: the baseline's detector and models
-        lib.add_folder(album)
+    times, times1 = OursTimes(), OursTimes()
+    (work / "album").mkdir(parents=True)
+    (work / "album1").mkdir()
+    with Library(work / "library") as lib, Library(work / "library1") as lib1:
+        for lb, folder in ((lib, "album"), (lib1, "album1")):
+            lb.options = {"face_backend": "dlib"}  # HOG, upsample 1: the baseline's detector and models
+            lb.add_folder(work / folder)
+        order = ["baseline", "ours", "ours1"]
         for r in range(rounds):
             chunk = paths[r * n // rounds:(r + 1) * n // rounds]
-            for method in (("baseline", "ours") if r % 2 == 0 else ("ours", "baseline")):
+            for method in order[r % 3:] + order[: r % 3]:  # rotate which method runs first
                 if method == "baseline":
                     base_s += baseline(chunk, base_found)
+                elif method == "ours":
+                    ours(chunk, lib, work / "album", times)
                 else:
-                    ours(chunk, lib, album, times)
+                    ours(chunk, lib1, work / "album1", times1, workers=1)
             print(f"  round {r + 1}/{rounds}: {len(chunk)} photos, baseline {base_s:.1f}s, ours faces "
-                  f"{times.faces:.1f}s + thumbnails {times.thumbs:.1f}s", flush=True)
+                  f"{times.faces:.1f}s + thumbnails {times.thumbs:.1f}s, ours with 1 worker {times1.faces:.1f}s",
+                  flush=True)
         our_found = ours_found(lib)
+        assert ours_found(lib1) == our_found  # one worker or two: the same faces
         people = lib.catalog.scalar("SELECT COUNT(*) FROM people")
         placed = lib.catalog.scalar("SELECT COUNT(*) FROM faces WHERE person_id IS NOT NULL")
         no_emb = lib.catalog.scalar("SELECT COUNT(*) FROM faces WHERE embedding IS NULL")
@@ -350,6 +366,7 @@ def run_set(title: str, paths: list[Path], truth: Truth, rounds: int, work: Path
 
     rows = [
         ("baseline: face_recognition loop, full size, 1 thread", base_s, nb, rtxt(rec_b)),
+        ("ours: faces stage via Pipeline, 1 worker (preview)", times1.faces, no, rtxt(rec_o)),
         (f"ours: faces stage via Pipeline ({FaceStage.workers} workers, preview)", times.faces, no, rtxt(rec_o)),
         ("ours: thumbnail + faces stages", times.thumbs + times.faces, no, rtxt(rec_o)),
     ]
@@ -374,7 +391,8 @@ def run_set(title: str, paths: list[Path], truth: Truth, rounds: int, work: Path
         assert ho >= hb, f"{title}: ours recalls fewer labelled faces ({key}: {ho}/{t}) than the baseline ({hb}/{t})"
     return {
         "set": title, "photos": n, "megapixels_mean": float(np.mean(megapixels)), "rounds": rounds,
-        "baseline_s": base_s, "faces_s": times.faces, "thumbnails_s": times.thumbs, "scan_s": times.scan,
+        "baseline_s": base_s, "faces_s": times.faces, "faces_1_worker_s": times1.faces,
+        "thumbnails_s": times.thumbs, "scan_s": times.scan,
         "ratio_faces": ratio, "ratio_total": base_s / (times.thumbs + times.faces),
         "faces_baseline": nb, "faces_ours": no, "both": both, "only_baseline": only_b, "only_ours": only_o,
         "recall_baseline": rec_b, "recall_ours": rec_o, "people": people, "placed": placed,
