@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-pytest.importorskip("pytestqt")
+import pytestqt  # noqa: E402,F401 - a test dependency (pyproject [test]): its absence must fail, not skip
 
 from PySide6.QtCore import QSettings, Qt, QTimer  # noqa: E402
 from PySide6.QtGui import QPixmap  # noqa: E402
