@@ -8,19 +8,24 @@ all over the sphere); each face is its identity's centre plus Gaussian noise who
 sharp and blurry faces). The noise is set from the backend's cluster_distance so that the median distance between
 two faces of one person is --intra x cluster_distance, the median between two people --inter x cluster_distance;
 the script prints the resulting distance distributions. Identity sizes follow a power law (a few people in
-thousands of photos, most in a handful), plus --singletons strangers seen once; faces arrive shuffled (an album in
-date order), one face per photo. The clean 80 % of faces (least noise) are "quality" faces, which may found people.
+thousands of photos, most in a handful), plus --singletons strangers seen once; --lookalikes of the people
+(relatives) are drawn next to another person, their faces straddling the threshold. Faces arrive shuffled (an
+album in date order), one face per photo. The clean 80 % of faces (least noise) are "quality" faces, which may found
+people.
 
 Everything goes into a real catalog (a temporary Library; photos and faces rows written with SQL) and runs through
 the real FaceClusterer:
 
   first clustering   n - --incremental faces (99,000) clustered from scratch: FaceClusterer(...) (loads FaceIndex
                      from the catalog) + run()
-  incremental        the remaining faces (1,000) arrive in batches (of 10, then of 1), each followed by a run():
+  incremental        the remaining faces (1,000) arrive in batches (half in batches of 10, half of 1), each batch
+                     followed by a run(); runs alternate between two ways of calling it (so background load hits
+                     both alike):
                      "fresh"  a new FaceClusterer per run, as FaceStage.finish does now (FaceIndex.load reads every
                               embedding from the catalog each time);
-                     "kept"   one FaceIndex kept in memory, new faces added to it, passed in as index=
-                     reported as ms per face, with the constructor (index load) and run() apart
+                     "kept"   one FaceIndex kept in memory, each new face added to it, passed in as index=
+                     reported as ms per face, the constructor (index load) and run() apart; --max-runs runs of each
+                     are timed, the rest of the share goes in one last untimed run
   re-cluster         FaceClusterer(...).recluster() over all n faces (= a full clustering from scratch)
   DBSCAN             sklearn.cluster.DBSCAN(eps=cluster_distance, min_samples=3 (= MIN_CLUSTER_SIZE),
                      metric="cosine", algorithm="brute", n_jobs=-1) on the same n vectors (or on a random subsample,
@@ -28,8 +33,8 @@ the real FaceClusterer:
 
 Pairwise scores count, over all pairs of faces, pairs put together that belong together (contingency table of
 true identity x predicted person, not O(n^2)); faces left unclustered (DBSCAN noise, faces without a person) are
-singletons. Checks: every incremental face was considered, the "kept" index matches the catalog, and clustering is
-much better than chance (F1 > 0.5).
+singletons. Checks: the "kept" index holds exactly the catalog's faces, and the re-cluster is much better than
+chance (F1 > 0.5).
 
     .venv/bin/python bench/bench_clustering.py             # 100,000 faces, 128-d
     .venv/bin/python bench/bench_clustering.py --quick     # 10,000 faces
@@ -306,8 +311,8 @@ def main() -> int:
     ap.add_argument("--incremental", type=int, default=1000, help="faces added after the first clustering")
     ap.add_argument("--batches", default="10,1", help="batch sizes of the incremental faces (default 10,1)")
     ap.add_argument("--max-runs", type=int, default=8,
-                    help="at most this many incremental runs per (mode, batch size); the other faces of that share "
-                         "are added in one last, untimed batch (default 8)")
+                    help="timed incremental runs per mode and batch size (default 8); the other faces of that batch "
+                         "size's share are added in one last, untimed run")
     ap.add_argument("--dbscan-max", type=int, default=100_000,
                     help="run DBSCAN on a random subsample of this many faces when n is larger")
     ap.add_argument("--no-dbscan", action="store_true")
@@ -368,28 +373,30 @@ def main() -> int:
                      f"{1000 * (ctor_s + rep.seconds) / base:.3f}", _fmt(first)))
         out["first"] = {"faces": base, "load_s": ctor_s, "run_s": rep.seconds, **rep.to_json(), **first}
 
-        # 2. incremental faces
+        # 2. incremental faces: per batch size, runs alternate between a fresh clusterer and the kept index, so
+        # background load hits both alike; the kept index gets every new face, whichever mode placed it
         out["incremental"] = []
-        modes = [(m, b) for m in ("fresh", "kept") for b in batch_sizes]
-        shares = np.array_split(np.arange(base, n), len(modes)) if incr else []
+        shares = np.array_split(np.arange(base, n), len(batch_sizes)) if incr else []
         kept_index: FaceIndex | None = None
         prof_incr = None
-        for (mode, bsize), share in zip(modes, shares, strict=True):
-            if mode == "kept" and kept_index is None:
-                t0 = time.perf_counter()
-                kept_index = FaceIndex.load(album.cat, key, args.dim)
-                print(f"  (kept index loaded once in {time.perf_counter() - t0:.2f}s)", flush=True)
+        if incr:
+            t0 = time.perf_counter()
+            kept_index = FaceIndex.load(album.cat, key, args.dim)
+            print(f"  (kept index loaded once, before the incremental runs, in {time.perf_counter() - t0:.2f}s)",
+                  flush=True)
+        for bsize, share in zip(batch_sizes, shares, strict=True):
             runs = [share[i:i + bsize] for i in range(0, len(share), bsize)]
-            if len(runs) > args.max_runs:  # keep the run time bounded: the rest goes in one last batch
-                runs = runs[: args.max_runs - 1] + [np.concatenate(runs[args.max_runs - 1:])]
-            ctor_t = run_t = 0.0
-            timed_faces = 0
-            considered = 0
-            for j, idx in enumerate(runs):
+            timed_runs = [r for r in runs[: 2 * args.max_runs] if len(r) == bsize]  # alternate: fresh, kept, ...
+            rest = share[sum(len(r) for r in timed_runs):]
+            ctor_t = {"fresh": 0.0, "kept": 0.0}
+            run_t = {"fresh": 0.0, "kept": 0.0}
+            timed_faces = {"fresh": 0, "kept": 0}
+            for j, idx in enumerate(timed_runs + ([rest] if len(rest) else [])):
+                timed = j < len(timed_runs)  # the rest goes in one last, untimed run
+                mode = "kept" if timed and j % 2 else "fresh"
                 ids = album.add(data.vecs[idx], data.quality[idx])
-                if mode == "kept":
-                    kept_index.add(ids, data.vecs[idx])
-                profile = args.profile and mode == "fresh" and j == 1 and prof_incr is None
+                kept_index.add(ids, data.vecs[idx])
+                profile = args.profile and timed and mode == "fresh" and j >= 2 and prof_incr is None
                 if profile:
                     prof_incr = cProfile.Profile()
                     prof_incr.enable()
@@ -397,27 +404,25 @@ def main() -> int:
                 rep = c.run()
                 if profile:
                     prof_incr.disable()
-                considered += len(idx)
-                if len(idx) == bsize:  # the leftover batch is not timed
-                    ctor_t += ct
-                    run_t += rep.seconds
-                    timed_faces += len(idx)
-            assert considered == len(share)
-            if mode == "kept":
-                assert len(kept_index) == album.cat.scalar("SELECT COUNT(*) FROM faces WHERE embedding IS NOT NULL")
-            if not timed_faces:
-                print(f"incremental, {mode} clusterer, batches of {bsize}: {len(share)} faces, too few to time")
-                continue
-            per = 1000 * (ctor_t + run_t) / timed_faces
-            print(f"incremental, {mode} clusterer, batches of {bsize}: {timed_faces} faces in "
-                  f"{timed_faces // bsize} runs: {per:.1f} ms/face (index load {1000 * ctor_t / timed_faces:.1f}"
-                  f" + run {1000 * run_t / timed_faces:.1f})", flush=True)
-            what = "new FaceClusterer per run (as now)" if mode == "fresh" else "FaceIndex kept, passed in"
-            rows.append((f"incremental, batches of {bsize}: {what}", f"{ctor_t + run_t:.2f}", f"{per:.1f}",
-                         f"load {1000 * ctor_t / timed_faces:.1f} + run "
-                         f"{1000 * run_t / timed_faces:.1f} ms/face; {timed_faces} faces"))
-            out["incremental"].append({"mode": mode, "batch": bsize, "faces": timed_faces, "load_s": ctor_t,
-                                       "run_s": run_t, "ms_per_face": per})
+                if timed:
+                    ctor_t[mode] += ct
+                    run_t[mode] += rep.seconds
+                    timed_faces[mode] += len(idx)
+            assert len(kept_index) == album.cat.scalar("SELECT COUNT(*) FROM faces WHERE embedding IS NOT NULL")
+            for mode in ("fresh", "kept"):
+                tf = timed_faces[mode]
+                if not tf:
+                    print(f"incremental, batches of {bsize}: {len(share)} faces, too few to time")
+                    break
+                per = 1000 * (ctor_t[mode] + run_t[mode]) / tf
+                load_ms, run_ms = 1000 * ctor_t[mode] / tf, 1000 * run_t[mode] / tf
+                print(f"incremental, {mode} clusterer, batches of {bsize}: {tf} faces in {tf // bsize} runs: "
+                      f"{per:.1f} ms/face (index load {load_ms:.1f} + run {run_ms:.1f})", flush=True)
+                what = "new FaceClusterer per run (as now)" if mode == "fresh" else "FaceIndex kept, passed in"
+                rows.append((f"incremental, batches of {bsize}: {what}", f"{ctor_t[mode] + run_t[mode]:.2f}",
+                             f"{per:.1f}", f"load {load_ms:.1f} + run {run_ms:.1f} ms/face; {tf} faces"))
+                out["incremental"].append({"mode": mode, "batch": bsize, "faces": tf, "load_s": ctor_t[mode],
+                                           "run_s": run_t[mode], "ms_per_face": per})
         grown = pairwise_scores(data.labels, album.persons())
         rows.append((f"after the incremental faces: all {n:,}", "", "", _fmt(grown)))
         out["grown"] = grown
@@ -472,10 +477,11 @@ def main() -> int:
     print(f"largest identities -> faces in how many people (share in the biggest): ours {_split_txt(full['largest'])}"
           + (f"; DBSCAN {_split_txt(out['dbscan']['largest'])}" if "dbscan" in out else ""))
     if "dbscan" in out:
-        ours_s = out["recluster"]["load_s"] + out["recluster"]["run_s"]
-        print(f"re-cluster vs DBSCAN: {out['dbscan']['seconds'] / ours_s:.2f}x "
-              f"(DBSCAN time / ours), F1 {out['recluster']['f1']:.3f} vs {out['dbscan']['f1']:.3f}. "
-              f"Load average now {loadavg()}.")
+        same = out.get("ours_subsample") or {"seconds": out["recluster"]["load_s"] + out["recluster"]["run_s"],
+                                             "f1": out["recluster"]["f1"]}
+        on = f" on the same {out['dbscan']['faces']:,}-face subsample" if "ours_subsample" in out else ""
+        print(f"ours vs DBSCAN{on}: DBSCAN time / ours {out['dbscan']['seconds'] / same['seconds']:.2f}x, "
+              f"F1 {same['f1']:.3f} vs {out['dbscan']['f1']:.3f}. Load average now {loadavg()}.")
     if args.profile:
         print("\ncProfile, re-cluster (by own time):\n" + profile_top(prof))
         if prof_incr is not None:

@@ -146,12 +146,13 @@ class FaceClusterer:
                  and (f.id > marker["upto"] or (self.updated[f.id] or "") > marker["at"])]
         retried: set[int] = set()
         first = True
-        with self.catalog.write():
-            while queue:
-                queue.sort(key=lambda f: (not f.quality, f.id))  # good faces first: they may found people
-                retried |= {f.id for f in queue}
-                deferred, touched, placed_any = [], set(), False
-                sims, ids = self.index.search(self._vectors([f.id for f in queue]), NEIGHBOURS + 1)
+        while queue:
+            queue.sort(key=lambda f: (not f.quality, f.id))  # good faces first: they may found people
+            retried |= {f.id for f in queue}
+            deferred, touched, placed_any = [], set(), False
+            # the search (seconds for a whole album) runs before the write lock: other writers never wait for it
+            sims, ids = self.index.search(self._vectors([f.id for f in queue]), NEIGHBOURS + 1)
+            with self.catalog.write():
                 for face, srow, irow in zip(queue, sims, ids, strict=True):
                     if face.person_id is not None:
                         continue  # placed meanwhile as a neighbour of a founding face
@@ -164,15 +165,15 @@ class FaceClusterer:
                                     if i != -1 and sim >= self.min_sim and int(i) in self.faces}
                     if not placed:
                         deferred.append(face)
-                waiting = [self.faces[i] for i in touched - retried
-                           if self.faces[i].person_id is None and self.faces[i].state in ASSIGNABLE_STATES]
-                first = False
-                if not placed_any and not waiting:
-                    report.deferred = len(deferred)
-                    break
-                queue = (deferred if placed_any else []) + waiting
-            top = max(self.faces) if self.faces else 0
-            self.catalog.set_setting(self._marker_key(), {"upto": top, "at": started_at})
+            waiting = [self.faces[i] for i in touched - retried
+                       if self.faces[i].person_id is None and self.faces[i].state in ASSIGNABLE_STATES]
+            first = False
+            if not placed_any and not waiting:
+                report.deferred = len(deferred)
+                break
+            queue = (deferred if placed_any else []) + waiting
+        top = max(self.faces) if self.faces else 0
+        self.catalog.set_setting(self._marker_key(), {"upto": top, "at": started_at})
         report.seconds = time.perf_counter() - start
         return report
 
