@@ -164,6 +164,12 @@ class Library:
         ConceptDetector(self.catalog).run([concept_id])
         return concept
 
+    def personalizer(self, vlm: str | None = None):
+        """Concept embeddings, personalised captions and answers on the library's VLM (`vlm` option/setting)."""
+        from .personalize.service import Personalizer
+
+        return Personalizer(self.catalog, vlm or self.options.get("vlm"), device=self.options.get("device"))
+
     def face_backend(self):
         """The face backend this library uses now (see engine.stages.faces.resolve_backend)."""
         from .stages.faces import resolve_backend
@@ -186,6 +192,37 @@ class Library:
 
     def photos(self, **filters: Any) -> list[Photo]:
         return self.catalog.photos(**filters)
+
+    # -- captions and search (issue 7) --------------------------------------------------------------------------
+
+    def captions(self):
+        """Captions and answers, stored with concept placeholders (engine.captions.CaptionStore)."""
+        from .captions import CaptionStore
+
+        return CaptionStore(self.catalog)
+
+    def searcher(self, encoder: Any = None):
+        """The library's searcher. `encoder`: a CLIP text encoder to use instead of the library's own (tests,
+        benchmarks); the library's own counts only when its weights are on this machine."""
+        from .search import Searcher
+
+        if encoder is not None:
+            return Searcher(self.catalog, encoder)
+        try:
+            own = self.clip_encoder()  # the settings may have changed, or the weights arrived, since last time
+            missing = own.missing_reason()
+        except Exception as exc:  # noqa: BLE001 - e.g. an unknown model in the settings: words still work
+            own, missing = None, str(exc)
+        own = None if missing else own
+        cached = self.__dict__.get("_searcher")  # kept: it caches the name index between queries
+        if cached is None or cached.encoder is not own:
+            cached = self.__dict__["_searcher"] = Searcher(self.catalog, own)
+        cached.encoder_missing = missing
+        return cached
+
+    def search(self, query: str, *, limit: int = 50, encoder: Any = None):
+        """Photos for a free-text query ("Alex at the beach"), best first, each with why it matched."""
+        return self.searcher(encoder).search(query, limit=limit)
 
 
 __all__ = ["Library", "FolderNotFound", "ProgressEvent", "ScanReport", "PipelineReport"]

@@ -188,7 +188,133 @@ def _m3_clip_and_concepts(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_foundation, _m2_faces, _m3_clip_and_concepts]
+def _m4_captions_and_search(db: sqlite_utils.Database) -> None:
+    """Captions and Q&A (stored with {{concept:ID}} placeholders) and the search index.
+
+    One document per photo (search_docs) feeds an FTS5 index kept in sync by triggers. Whatever changes what a
+    document says (a rename, a merge, a face assigned, a caption) marks the photo in search_dirty; the searcher
+    rebuilds just those documents before it queries (engine/search/documents.py). `tags` holds entity tokens
+    (zzperson<ID>, zzconcept<ID>) so name filters run through the same index and a rename finds its documents.
+    """
+    db.executescript(
+        """
+        CREATE TABLE captions (
+            id INTEGER PRIMARY KEY,
+            photo_id INTEGER NOT NULL REFERENCES photos(id) ON DELETE CASCADE,
+            kind TEXT NOT NULL CHECK (kind IN ('original', 'personalised', 'user')),
+            template TEXT NOT NULL,             -- text with {{concept:ID}} placeholders, rendered with today's names
+            typed TEXT,                         -- 'user': the text exactly as the user typed it
+            model TEXT,                         -- NULL for the user's own text
+            prompt TEXT,
+            concepts TEXT NOT NULL DEFAULT '[]',  -- JSON list of the ids of the concepts present
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE UNIQUE INDEX captions_photo_kind ON captions(photo_id, kind);
+        CREATE TABLE qa (
+            id INTEGER PRIMARY KEY,
+            photo_id INTEGER NOT NULL REFERENCES photos(id) ON DELETE CASCADE,
+            question TEXT NOT NULL,             -- may hold placeholders too
+            answer TEXT NOT NULL,               -- template, as captions
+            model TEXT NOT NULL,
+            concepts TEXT NOT NULL DEFAULT '[]',
+            created_at TEXT NOT NULL
+        );
+        CREATE UNIQUE INDEX qa_photo_question ON qa(photo_id, question);
+        CREATE TABLE photo_places (             -- EXIF GPS and its reverse-geocoded place, per file version
+            photo_id INTEGER PRIMARY KEY REFERENCES photos(id) ON DELETE CASCADE,
+            content_hash TEXT,
+            latitude REAL,
+            longitude REAL,
+            place TEXT
+        );
+        CREATE TABLE search_docs (              -- rowid = photo id = rowid in search_docs_fts
+            photo_id INTEGER PRIMARY KEY,
+            captions TEXT NOT NULL DEFAULT '',
+            names TEXT NOT NULL DEFAULT '',     -- people and concept names and aliases
+            qa TEXT NOT NULL DEFAULT '',
+            folder TEXT NOT NULL DEFAULT '',    -- words of the folders below the watched one (`folder:` filters)
+            file TEXT NOT NULL DEFAULT '',      -- words of the file name
+            place TEXT NOT NULL DEFAULT '',
+            date TEXT NOT NULL DEFAULT '',      -- year, month, season
+            tags TEXT NOT NULL DEFAULT ''       -- entity tokens: never matched by typed words
+        );
+        CREATE TABLE search_dirty (photo_id INTEGER NOT NULL);  -- repeats allowed: trigger INSERTs never conflict
+        CREATE INDEX search_dirty_photo ON search_dirty(photo_id);
+        CREATE TABLE search_state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+        INSERT INTO search_state(key, value) VALUES ('names_version', 0);
+        CREATE TABLE search_clip_log (          -- photos whose CLIP embedding or date changed, in order: in-memory
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- copies catch up by reading what came after their last seq
+            photo_id INTEGER NOT NULL
+        );
+        INSERT INTO search_dirty(photo_id) SELECT id FROM photos;
+        """
+    )
+    db["search_docs"].enable_fts(["captions", "names", "qa", "folder", "file", "place", "date", "tags"],
+                                 tokenize="porter unicode61 remove_diacritics 2", create_triggers=True)
+    # bm25 weights, in column order: captions and names count most
+    db.execute("INSERT INTO search_docs_fts(search_docs_fts, rank) VALUES ('rank', 'bm25(6.0, 6.0, 2.0, 1.0, 1.0, 1.5, 1.0, 0.0)')")
+    # plain INSERTs: an upsert's conflict clause would override an OR IGNORE inside its triggers
+    dirty = "INSERT INTO search_dirty(photo_id)"
+    tagged = "SELECT rowid FROM search_docs_fts WHERE search_docs_fts MATCH 'tags : {prefix}' || {id}"
+    names = "UPDATE search_state SET value = value + 1 WHERE key = 'names_version';"
+    clip_log = "INSERT INTO search_clip_log(photo_id)"
+    bake = ("UPDATE {table} SET {col} = replace({col}, '{{{{concept:' || OLD.id || '}}}}', "
+            "CASE OLD.kind WHEN 'person' THEN 'someone' ELSE 'something' END) "
+            "WHERE instr({col}, '{{{{concept:' || OLD.id || '}}}}') > 0;")
+    triggers = {
+        "photos_search_ai": f"AFTER INSERT ON photos BEGIN {dirty} VALUES (NEW.id); END",
+        "photos_search_au": "AFTER UPDATE OF path, name, folder_id, date_taken, status, kind, content_hash ON photos "
+                            f"BEGIN {dirty} VALUES (NEW.id); END",
+        "photos_search_ad": "AFTER DELETE ON photos BEGIN DELETE FROM search_docs WHERE photo_id = OLD.id; "
+                            "DELETE FROM search_dirty WHERE photo_id = OLD.id; END",
+        "faces_search_ai": f"AFTER INSERT ON faces WHEN NEW.person_id IS NOT NULL BEGIN {dirty} VALUES (NEW.photo_id); END",
+        "faces_search_au": f"AFTER UPDATE OF person_id, state ON faces BEGIN {dirty} VALUES (NEW.photo_id); END",
+        "faces_search_ad": f"AFTER DELETE ON faces WHEN OLD.person_id IS NOT NULL BEGIN {dirty} VALUES (OLD.photo_id); END",
+        "people_search_ai": f"AFTER INSERT ON people BEGIN {names} END",
+        "people_search_au": f"AFTER UPDATE OF name ON people BEGIN {names} "
+                            f"{dirty} SELECT photo_id FROM faces WHERE person_id = NEW.id; "
+                            f"{dirty} {tagged.format(prefix='zzperson', id='NEW.id')}; END",
+        "people_search_bd": f"BEFORE DELETE ON people BEGIN {names} "
+                            f"{dirty} SELECT photo_id FROM faces WHERE person_id = OLD.id; "
+                            f"{dirty} {tagged.format(prefix='zzperson', id='OLD.id')}; END",
+        "concepts_search_ai": f"AFTER INSERT ON concepts BEGIN {names} END",
+        "concepts_search_au": f"AFTER UPDATE OF name, identifier, person_id ON concepts BEGIN {names} "
+                              f"{dirty} {tagged.format(prefix='zzconcept', id='NEW.id')}; END",
+        # a deleted concept's placeholders become "someone"/"something" for good: its id may be reused later
+        "concepts_search_ad": f"AFTER DELETE ON concepts BEGIN {names} "
+                              f"{dirty} {tagged.format(prefix='zzconcept', id='OLD.id')}; "
+                              + bake.format(table="captions", col="template")
+                              + bake.format(table="qa", col="question")
+                              + bake.format(table="qa", col="answer") + " END",
+        "concept_examples_search_ai": f"AFTER INSERT ON concept_examples WHEN NEW.photo_id IS NOT NULL BEGIN "
+                                      f"{dirty} VALUES (NEW.photo_id); END",
+        "concept_examples_search_ad": f"AFTER DELETE ON concept_examples WHEN OLD.photo_id IS NOT NULL BEGIN "
+                                      f"{dirty} VALUES (OLD.photo_id); END",
+        # signals: only a change of `fired` changes a document (retraining rewrites every signal of a concept)
+        "concept_signals_search_bi": "BEFORE INSERT ON concept_signals WHEN NEW.fired != coalesce((SELECT fired "
+                                     "FROM concept_signals WHERE photo_id = NEW.photo_id AND concept_id = "
+                                     f"NEW.concept_id), 0) BEGIN {dirty} VALUES (NEW.photo_id); END",
+        "concept_signals_search_au": "AFTER UPDATE OF fired ON concept_signals WHEN OLD.fired != NEW.fired BEGIN "
+                                     f"{dirty} VALUES (NEW.photo_id); END",
+        "concept_signals_search_ad": f"AFTER DELETE ON concept_signals WHEN OLD.fired BEGIN {dirty} VALUES "
+                                     "(OLD.photo_id); END",
+        "clip_search_ai": f"AFTER INSERT ON clip_embeddings BEGIN {clip_log} VALUES (NEW.photo_id); END",
+        "clip_search_au": f"AFTER UPDATE ON clip_embeddings BEGIN {clip_log} VALUES (NEW.photo_id); END",
+        "clip_search_ad": f"AFTER DELETE ON clip_embeddings BEGIN {clip_log} VALUES (OLD.photo_id); END",
+        "photos_search_date": f"AFTER UPDATE OF date_taken ON photos BEGIN {clip_log} VALUES (NEW.id); END",
+    }
+    for table in ("captions", "qa"):
+        triggers[f"{table}_search_ai"] = f"AFTER INSERT ON {table} BEGIN {dirty} VALUES (NEW.photo_id); END"
+        triggers[f"{table}_search_au"] = f"AFTER UPDATE ON {table} BEGIN {dirty} VALUES (NEW.photo_id); END"
+        triggers[f"{table}_search_ad"] = f"AFTER DELETE ON {table} BEGIN {dirty} VALUES (OLD.photo_id); END"
+    for name, body in triggers.items():
+        db.execute(f"CREATE TRIGGER {name} {body}")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _m1_foundation, _m2_faces, _m3_clip_and_concepts, _m4_captions_and_search,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

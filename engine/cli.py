@@ -451,6 +451,7 @@ def cmd_concept(args: argparse.Namespace, lib: Library) -> int:
                 print("no concepts yet: myvlm concept add-object NAME PHOTO... or add-person PERSON_ID")
             for c in concepts if not args.json else []:
                 print(f"{c.id:>4}  {c.name:<20} {c.kind:<7} identifier={c.identifier!r:<10} head={c.head_state:<9} "
+                      f"embedding={c.embedding_state:<9} "
                       f"in {len(reg.photos_with(c.id))} photos")
             return 0
         if args.action == "detect":
@@ -502,10 +503,44 @@ def cmd_concept(args: argparse.Namespace, lib: Library) -> int:
     return 2
 
 
+# -- search and captions (issue 7) -------------------------------------------------------------------------------
+
+def cmd_search(args: argparse.Namespace, lib: Library) -> int:
+    resp = lib.search(args.query, limit=args.limit)
+    for note in resp.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if args.json:
+        _print_json([r.to_json() for r in resp.results])
+        return 0
+    if not resp.results:
+        print("no photo matches", file=sys.stderr)
+    for r in resp.results:
+        print(f"{r.score:.4f}  {r.path}" + (f"\n        “{r.caption}”" if r.caption else "") + f"\n        why: {r.why}")
+    return 0
+
+
+def cmd_caption_edit(args: argparse.Namespace, lib: Library) -> int:
+    try:
+        photo = _photo_arg(lib, args.photo)
+    except ValueError as exc:
+        print(f"myvlm: {exc}", file=sys.stderr)
+        return 2
+    store = lib.captions()
+    store.put_user_caption(photo.id, args.text)
+    caption = store.caption(photo.id)
+    if args.json:
+        _print_json({"id": photo.id, "photo": photo.path, "caption": caption})
+    else:
+        print(f"{photo.path}: {caption}" if caption else f"{photo.path}: no caption")
+    return 0
+
+
 SETTINGS_HELP = {"face_backend": "auto, dlib, dlib-cnn, insightface, insightface:PACK or a pack folder",
                  "clip_model": "ViT-B-32 (default) or DFN5B-CLIP-ViT-H-14-378",
                  "clip_weights": "a local open_clip weights file (default: the Hugging Face cache)",
-                 "watch_polling": "true/false", "preview_cache_bytes": "bytes"}
+                 "vlm": "blip2 (default), blip2-opt, llava, or a checkpoint folder",
+                 "watch_polling": "true/false", "preview_cache_bytes": "bytes",
+                 "search_clip_floor": "CLIP similarity under which search ignores looks: a number, or {model: number}"}
 
 
 def cmd_settings(args: argparse.Namespace, lib: Library) -> int:
@@ -523,8 +558,21 @@ def cmd_settings(args: argparse.Namespace, lib: Library) -> int:
         value = json.loads(args.value)
     except json.JSONDecodeError:
         value = args.value
+    if args.key == "vlm":
+        from .personalize.vlm import VlmError, resolve_spec
+
+        try:
+            resolve_spec(str(value))
+        except VlmError as exc:
+            print(f"myvlm: {exc}", file=sys.stderr)
+            return 2
     lib.catalog.set_setting(args.key, value)
     print(f"{args.key} = {json.dumps(value)}")
+    if args.key == "vlm":   # concept embeddings belong to one VLM: the others' become stale
+        states = lib.personalizer().refresh_states()
+        stale = sum(st == "stale" for st in states.values())
+        if stale:
+            print(f"{stale} concept(s) were trained on another VLM: retrain them with `myvlm train NAME`")
     return 0
 
 
@@ -562,6 +610,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log to stderr too")
     p.add_argument("--face-backend", metavar="NAME",
                    help="face backend for this run: auto (default), dlib, dlib-cnn, insightface[:PACK] or a pack folder")
+    p.add_argument("--vlm", dest="global_vlm", metavar="NAME",
+                   help="vision-language model for this run: blip2 (default), blip2-opt, llava, a tiny-* preset "
+                        "or a checkpoint folder")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("index", help="add folders and run every stage to completion")
@@ -690,6 +741,22 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_concept)
 
+    s = sub.add_parser("search", help="find photos: names, words and looks (\"Alex at the beach\", person:Alex in:2019)")
+    s.add_argument("query")
+    s.add_argument("--limit", type=int, default=50)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_search)
+
+    s = sub.add_parser("caption-edit", help="write a photo's caption yourself (it wins over generated ones; \"\" undoes)")
+    s.add_argument("photo", help="photo id or path")
+    s.add_argument("text")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_caption_edit)
+
+    from .cli_personalize import register as register_personalize
+
+    register_personalize(sub)
+
     s = sub.add_parser("settings", help="show or change a library setting")
     s.add_argument("key", nargs="?")
     s.add_argument("value", nargs="?")
@@ -717,6 +784,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if args.face_backend:
         lib.options["face_backend"] = args.face_backend
+    if args.global_vlm:
+        lib.options["vlm"] = args.global_vlm
     with lib:
         try:
             return int(args.func(args, lib) or 0)

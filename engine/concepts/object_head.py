@@ -73,7 +73,7 @@ class ObjectHeadConfig:
 
 # -- augmentation ----------------------------------------------------------------------------------------------------
 
-def _rotate_filled(img: Image.Image, degrees: float) -> Image.Image:
+def rotate_filled(img: Image.Image, degrees: float) -> Image.Image:
     """Rotate about the centre, same size and scale; the corners the rotation uncovers are filled with the picture
     mirrored at its edges (not black as torchvision's default, and not a zoomed crop, which at ±30° on a 4:3 photo
     keeps only 42 % of the picture and can cut away an off-centre subject)."""
@@ -100,7 +100,7 @@ def augment(image: Image.Image, n: int, rng: np.random.Generator, max_rotation: 
             view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         angle = float(rng.uniform(-max_rotation, max_rotation)) if max_rotation > 0 else 0.0
         if abs(angle) > 1e-3:
-            view = _rotate_filled(view, angle)
+            view = rotate_filled(view, angle)
         views.append(view)
     return views[:n] if n > 0 else []
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..pipeline import StageRegistry
+from .captions import CaptionStage
 from .clip import ClipStage
 from .concepts import ConceptStage
 from .faces import FaceStage
@@ -13,5 +14,6 @@ REGISTRY.register(ThumbnailStage.name, ThumbnailStage)
 REGISTRY.register(FaceStage.name, FaceStage)
 REGISTRY.register(ClipStage.name, ClipStage)
 REGISTRY.register(ConceptStage.name, ConceptStage)
+REGISTRY.register(CaptionStage.name, CaptionStage)
 
-__all__ = ["REGISTRY", "ClipStage", "ConceptStage", "FaceStage", "ThumbnailStage"]
+__all__ = ["REGISTRY", "CaptionStage", "ClipStage", "ConceptStage", "FaceStage", "ThumbnailStage"]

@@ -1,0 +1,172 @@
+"""Concept embeddings on disk: one safetensors file per concept, VLM checkpoint and task.
+
+An embedding is only meaningful for the VLM it was trained on, so every file records the checkpoint; asking for
+another checkpoint finds nothing (the concept is "stale" for that VLM until retrained), and switching back finds the
+old file again. A file also carries the optimiser's moments and the step, so a killed training resumes from its last
+checkpoint, and the values at every checkpoint step, so the research `.pt` format can be exported with its history.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from ..concepts.research import (
+    EMBEDDINGS_PREFIX,
+    RESEARCH_EMBEDDINGS_DIR,
+    export_research_concept_embeddings,
+    load_imported_embeddings,
+)
+from .vlm import CAPTION, VLM_SPECS
+
+log = logging.getLogger(__name__)
+
+FORMAT = "myvlm-concept-embedding/1"
+RESEARCH_TASK = {CAPTION: "captioning", "vqa": "vqa"}   # our task names → the reference code's file names
+
+
+def checkpoint_slug(checkpoint: str) -> str:
+    """A file-name-safe, stable name for a checkpoint (a repo id, a preset, or a folder path)."""
+    if Path(checkpoint).is_absolute():   # a folder: its name plus a hash of the whole path
+        digest = hashlib.blake2b(checkpoint.encode(), digest_size=4).hexdigest()
+        return f"{re.sub(r'[^A-Za-z0-9._-]+', '-', Path(checkpoint).name)[:48]}-{digest}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", checkpoint.replace("/", "--")).strip("-")[:80] or "model"
+
+
+@dataclass
+class ConceptEmbedding:
+    concept_id: int
+    checkpoint: str
+    family: str
+    task: str
+    identifier: str
+    values: np.ndarray                  # (1, D) float32, the latest values
+    keys: np.ndarray                    # (k, Dk): what the concept was recognised by during training
+    step: int
+    steps_total: int
+    history: dict[int, np.ndarray] = field(default_factory=dict)   # checkpoint step → (1, D) values
+    adam: dict[str, np.ndarray] = field(default_factory=dict)      # exp_avg, exp_avg_sq (1, D)
+    adam_step: int = 0
+    settings: dict = field(default_factory=dict)                   # lr, λ, seed, trained-with concepts ...
+    source: str = "trained"              # trained | research-import
+    updated: str = ""
+
+    @property
+    def complete(self) -> bool:
+        return self.step >= self.steps_total
+
+
+class EmbeddingStore:
+    """Reads and writes the embedding files of the concepts in `concepts_dir/<id>/`."""
+
+    def __init__(self, concepts_dir: Path):
+        self.root = Path(concepts_dir)
+
+    def path(self, concept_id: int, checkpoint: str, task: str) -> Path:
+        return self.root / str(concept_id) / f"embedding-{checkpoint_slug(checkpoint)}-{task}.safetensors"
+
+    def save(self, emb: ConceptEmbedding) -> Path:
+        path = self.path(emb.concept_id, emb.checkpoint, emb.task)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {"values": np.ascontiguousarray(emb.values, dtype=np.float32).reshape(1, -1),
+                   "keys": np.ascontiguousarray(np.atleast_2d(emb.keys), dtype=np.float32)}
+        for step, v in emb.history.items():
+            tensors[f"history.{step}"] = np.ascontiguousarray(v, dtype=np.float32).reshape(1, -1)
+        for name, v in emb.adam.items():
+            tensors[f"adam.{name}"] = np.ascontiguousarray(v, dtype=np.float32).reshape(1, -1)
+        meta = {"format": FORMAT, "checkpoint": emb.checkpoint, "family": emb.family, "task": emb.task,
+                "identifier": emb.identifier, "concept_id": str(emb.concept_id), "step": str(emb.step),
+                "steps_total": str(emb.steps_total), "adam_step": str(emb.adam_step),
+                "settings": json.dumps(emb.settings), "source": emb.source,
+                "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata=meta)
+        tmp.replace(path)   # atomic: a kill mid-write keeps the previous checkpoint
+        return path
+
+    def load(self, concept_id: int, checkpoint: str, task: str) -> ConceptEmbedding | None:
+        path = self.path(concept_id, checkpoint, task)
+        if path.exists():
+            return self._read(path)
+        return self._imported(concept_id, checkpoint, task)
+
+    def _read(self, path: Path) -> ConceptEmbedding:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "np") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(path))
+        history = {int(k.split(".", 1)[1]): v for k, v in tensors.items() if k.startswith("history.")}
+        adam = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("adam.")}
+        return ConceptEmbedding(
+            concept_id=int(meta["concept_id"]), checkpoint=meta["checkpoint"], family=meta["family"],
+            task=meta["task"], identifier=meta.get("identifier", ""), values=tensors["values"],
+            keys=tensors["keys"], step=int(meta["step"]), steps_total=int(meta["steps_total"]),
+            history=dict(sorted(history.items())), adam=adam, adam_step=int(meta.get("adam_step", 0)),
+            settings=json.loads(meta.get("settings") or "{}"), source=meta.get("source", "trained"),
+            updated=meta.get("updated", ""))
+
+    def _imported(self, concept_id: int, checkpoint: str, task: str) -> ConceptEmbedding | None:
+        """Embeddings that came with a research concept folder, for the checkpoint the paper trained them on."""
+        for key, spec in VLM_SPECS.items():
+            if spec.checkpoint != checkpoint or spec.tiny or key not in ("blip2", "llava"):
+                continue
+            path = (self.root / str(concept_id) / RESEARCH_EMBEDDINGS_DIR
+                    / f"{EMBEDDINGS_PREFIX}{key}_{RESEARCH_TASK.get(task, task)}.safetensors")
+            if not path.exists():
+                return None
+            steps = load_imported_embeddings(path)
+            last = max(steps)
+            return ConceptEmbedding(concept_id, checkpoint, spec.family, task, "", steps[last]["values"][:1],
+                                    steps[last]["keys"], last, last,
+                                    history={s: e["values"][:1] for s, e in steps.items()}, source="research-import")
+        return None
+
+    def for_checkpoint(self, checkpoint: str, task: str, concept_ids: list[int] | None = None
+                       ) -> dict[int, ConceptEmbedding]:
+        """The complete embeddings usable with this checkpoint and task, by concept id."""
+        out: dict[int, ConceptEmbedding] = {}
+        ids = concept_ids
+        if ids is None:
+            ids = [int(p.name) for p in self.root.iterdir() if p.is_dir() and p.name.isdigit()] \
+                if self.root.exists() else []
+        for cid in ids:
+            emb = self.load(cid, checkpoint, task)
+            if emb is not None and emb.complete:
+                out[cid] = emb
+        return out
+
+    def other_checkpoints(self, concept_id: int) -> list[str]:
+        """Checkpoints this concept has embeddings for (to tell a user which VLM it was trained on)."""
+        folder = self.root / str(concept_id)
+        found = []
+        for p in sorted(folder.glob("embedding-*.safetensors")) if folder.exists() else []:
+            try:
+                found.append(self._read(p).checkpoint)
+            except Exception as exc:  # noqa: BLE001 - a damaged file is reported by `load`, not here
+                log.warning("unreadable concept embedding %s: %s", p, exc)
+        return sorted(set(found))
+
+    def remove(self, concept_id: int, checkpoint: str, task: str) -> None:
+        self.path(concept_id, checkpoint, task).unlink(missing_ok=True)
+
+    def export_research(self, concept_id: int, checkpoint: str, task: str, out_dir: Path, vlm_name: str) -> Path:
+        """Write `concept_embeddings_<vlm>_<task>.pt` ({step: {"keys", "values"}}) for the reference code."""
+        emb = self.load(concept_id, checkpoint, task)
+        if emb is None:
+            raise FileNotFoundError(f"concept {concept_id} has no {task} embedding for {checkpoint}")
+        steps = {s: {"keys": emb.keys, "values": v} for s, v in (emb.history or {emb.step: emb.values}).items()}
+        name = f"{EMBEDDINGS_PREFIX}{vlm_name}_{RESEARCH_TASK.get(task, task)}.pt"
+        return export_research_concept_embeddings(Path(out_dir) / name, steps)
+
+
+def as_numpy(x) -> np.ndarray:
+    return np.asarray(x.detach().float().cpu().numpy() if hasattr(x, "detach") else x, dtype=np.float32)

@@ -1,0 +1,232 @@
+"""Training concept embeddings (method.md §4): only the concept values learn; the VLM stays frozen.
+
+AdamW (lr 1.0, weight decay 1e-4, constant), gradient-norm clip 0.05, batches of 4 images, the VLM's own LM loss
+plus λ times the attention regulariser, augmented images (flip, brightness, rotation). Concept signals are computed
+once on the un-augmented images by the caller and passed in with each example.
+
+Every step draws its batch, augmentation and targets from a generator seeded by (seed, step), so a run resumed from
+a checkpoint continues exactly as the uninterrupted run would have. Checkpoints every 25 steps (and at the last
+step, and on cancel) hold the values, the optimiser's moments and the history of values.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageEnhance
+
+from ..concepts.object_head import TrainingCancelled, rotate_filled
+from .concept_layer import init_values
+from .embeddings import ConceptEmbedding, EmbeddingStore, as_numpy
+from .vlm import CAPTION, VQA, VlmWrapper
+
+log = logging.getLogger(__name__)
+
+# λ per VLM family and task: the reference code's values (method.md §4)
+DEFAULT_LAMBDA = {("blip2", CAPTION): 0.04, ("llava", CAPTION): 0.0075, ("llava", VQA): 10.0}
+
+
+@dataclass
+class TrainingConfig:
+    steps: int = 100
+    lr: float = 1.0
+    weight_decay: float = 1e-4
+    clip_norm: float = 0.05
+    batch_size: int = 4
+    reg_lambda: float | None = None      # None: DEFAULT_LAMBDA for the VLM and task
+    checkpoint_every: int = 25
+    augment: bool = True
+    flip_p: float = 0.5
+    brightness: float = 0.6
+    max_rotation: float = 45.0
+    seed: int = 0
+
+    def lam(self, family: str, task: str) -> float:
+        return self.reg_lambda if self.reg_lambda is not None else DEFAULT_LAMBDA.get((family, task), 0.0)
+
+
+@dataclass
+class TrainingExample:
+    image: Image.Image
+    concept_ids: list[int]               # the concepts whose heads fired on this (un-augmented) image
+    pairs: list[tuple[str, str]]         # (prompt, target) choices; one is drawn per step
+    label: str = ""                      # for messages
+
+
+@dataclass
+class ConceptToTrain:
+    concept_id: int
+    identifier: str
+    keys: np.ndarray = field(default_factory=lambda: np.zeros((1, 1), np.float32))  # what recognises it
+
+
+@dataclass
+class TrainingProgress:
+    step: int
+    steps: int
+    loss: float
+    lm_loss: float
+    reg_loss: float
+    elapsed_s: float
+    eta_s: float
+    checkpoint: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+ProgressFn = Callable[[TrainingProgress], None]
+
+
+def _is_cancelled(cancel: Any) -> bool:
+    if cancel is None:
+        return False
+    return bool(cancel.is_set() if hasattr(cancel, "is_set") else cancel())
+
+
+def augment_view(image: Image.Image, rng: np.random.Generator, config: TrainingConfig) -> Image.Image:
+    """One training view: horizontal flip (p 0.5), brightness jitter (±0.6), rotation (±45°, edges mirrored)."""
+    view = image.convert("RGB")
+    if not config.augment:
+        return view
+    if rng.random() < config.flip_p:
+        view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if config.brightness > 0:
+        factor = float(rng.uniform(max(0.0, 1 - config.brightness), 1 + config.brightness))
+        view = ImageEnhance.Brightness(view).enhance(factor)
+    if config.max_rotation > 0:
+        angle = float(rng.uniform(-config.max_rotation, config.max_rotation))
+        if abs(angle) > 1e-3:
+            view = rotate_filled(view, angle)
+    return view
+
+
+class ConceptTrainer:
+    """Trains one or several concepts' embeddings together on a loaded VLM wrapper."""
+
+    def __init__(self, wrapper: VlmWrapper, store: EmbeddingStore, config: TrainingConfig | None = None):
+        self.wrapper = wrapper
+        self.store = store
+        self.config = config or TrainingConfig()
+
+    def _settings(self, task: str, concepts: Sequence[ConceptToTrain]) -> dict[str, Any]:
+        c = self.config
+        return {"lr": c.lr, "weight_decay": c.weight_decay, "clip_norm": c.clip_norm, "batch_size": c.batch_size,
+                "reg_lambda": c.lam(self.wrapper.family, task), "augment": c.augment, "seed": c.seed,
+                "trained_with": sorted(x.concept_id for x in concepts)}
+
+    def _resume_point(self, concepts: Sequence[ConceptToTrain], task: str, settings: dict[str, Any]
+                      ) -> dict[int, ConceptEmbedding] | None:
+        """The checkpoints of an unfinished run with the same settings, if every concept of it has one."""
+        found = {}
+        for c in concepts:
+            emb = self.store.load(c.concept_id, self.wrapper.checkpoint, task)
+            if (emb is None or emb.source != "trained" or emb.complete or emb.steps_total != self.config.steps
+                    or emb.settings != settings):
+                return None
+            found[c.concept_id] = emb
+        if len({e.step for e in found.values()}) != 1:
+            return None
+        return found
+
+    def train(self, concepts: Sequence[ConceptToTrain], examples: Sequence[TrainingExample], task: str = CAPTION,
+              progress: ProgressFn | None = None, cancel: Any = None, resume: bool = True
+              ) -> dict[int, ConceptEmbedding]:
+        """Train; returns the final embeddings by concept id (also saved). Raises TrainingCancelled on cancel,
+        after saving a checkpoint of the step reached."""
+        cfg, w = self.config, self.wrapper
+        if task not in w.spec.tasks:
+            raise ValueError(f"{w.spec.title} does not do {task!r}; it does {', '.join(w.spec.tasks)}")
+        if not concepts:
+            raise ValueError("no concepts to train")
+        ids = sorted(c.concept_id for c in concepts)
+        by_id = {c.concept_id: c for c in concepts}
+        examples = [e for e in examples if e.pairs]
+        for cid in ids:
+            if not any(cid in e.concept_ids for e in examples):
+                raise ValueError(f"concept {cid} ({by_id[cid].identifier}) fired on none of the training images "
+                                 f"that have targets: nothing to learn it from")
+        settings = self._settings(task, concepts)
+        lam = settings["reg_lambda"]
+
+        # -- values and optimiser (fresh, or from the last checkpoint of this same run) -------------------------
+        start, history = 0, {cid: {} for cid in ids}
+        resumed = self._resume_point(concepts, task, settings) if resume else None
+        if resumed:
+            values = {cid: torch.from_numpy(resumed[cid].values.copy()) for cid in ids}
+            start = next(iter(resumed.values())).step
+            history = {cid: dict(resumed[cid].history) for cid in ids}
+            log.info("resuming concepts %s at step %d of %d", ids, start, cfg.steps)
+        else:
+            values = {}
+            for cid in ids:
+                gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + cid)
+                values[cid] = init_values(1, w.concept_dim, gen)[0]
+        w.set_concepts(values, trainable=True)
+        param = w.concept_layer.values
+        opt = torch.optim.AdamW([param], lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if resumed:
+            first = next(iter(resumed.values()))
+            if first.adam and first.adam_step > 0:
+                opt.state[param] = {
+                    "step": torch.tensor(float(first.adam_step)),
+                    "exp_avg": torch.from_numpy(np.concatenate([resumed[c].adam["exp_avg"] for c in ids])
+                                                ).to(param.device),
+                    "exp_avg_sq": torch.from_numpy(np.concatenate([resumed[c].adam["exp_avg_sq"] for c in ids])
+                                                   ).to(param.device),
+                }
+
+        def save(step: int) -> None:
+            state = opt.state.get(param, {})
+            vals = as_numpy(param)
+            for row, cid in enumerate(w.concept_layer.concept_ids):
+                history[cid][step] = vals[row:row + 1].copy()
+                adam = {k: as_numpy(state[k])[row:row + 1] for k in ("exp_avg", "exp_avg_sq") if k in state}
+                self.store.save(ConceptEmbedding(
+                    concept_id=cid, checkpoint=w.checkpoint, family=w.family, task=task,
+                    identifier=by_id[cid].identifier, values=vals[row:row + 1], keys=by_id[cid].keys,
+                    step=step, steps_total=cfg.steps, history=history[cid], adam=adam,
+                    adam_step=int(state["step"]) if "step" in state else 0, settings=settings))
+
+        t0 = time.perf_counter()
+        n = len(examples)
+        step = start
+        try:
+            for step in range(start, cfg.steps):
+                if _is_cancelled(cancel):
+                    raise TrainingCancelled(f"training cancelled at step {step} of {cfg.steps}")
+                rng = np.random.default_rng([cfg.seed, step])
+                pick = rng.choice(n, size=min(cfg.batch_size, n), replace=False)
+                batch = [examples[i] for i in pick]
+                views = [augment_view(e.image, rng, cfg) for e in batch]
+                pairs = [e.pairs[int(rng.integers(len(e.pairs)))] for e in batch]
+                pixels = w.preprocess(views)
+                parts = w.training_loss(pixels, [p for p, _ in pairs], [t for _, t in pairs],
+                                        [[c for c in e.concept_ids if c in by_id] for e in batch], lam)
+                opt.zero_grad(set_to_none=True)
+                parts.total.backward()
+                torch.nn.utils.clip_grad_norm_([param], cfg.clip_norm)
+                opt.step()
+                done = step + 1
+                is_ckpt = done % cfg.checkpoint_every == 0 or done == cfg.steps
+                if is_ckpt:
+                    save(done)
+                if progress is not None:
+                    elapsed = time.perf_counter() - t0
+                    rate = elapsed / (done - start)
+                    progress(TrainingProgress(done, cfg.steps, parts.total.item(), parts.lm.item(), parts.reg.item(),
+                                              elapsed, rate * (cfg.steps - done), is_ckpt))
+                step = done
+        except TrainingCancelled:
+            if step > start:
+                save(step)
+            raise
+        finally:
+            param.requires_grad_(False)
+        return {cid: self.store.load(cid, w.checkpoint, task) for cid in ids}

@@ -1,0 +1,382 @@
+"""One interface over the vision-language models MyVLM personalises, and how they are found and loaded.
+
+A `VlmWrapper` hides each architecture's plumbing (preprocessing, prompt layout, where the concept layer hooks in,
+which attention the regulariser reads) behind the same few calls: `caption`, `answer` and `training_loss`. The
+wrappers load real checkpoints and the tiny test presets through the same `from_pretrained` path.
+
+Weights are only ever read from disk (`local_files_only`): nothing leaves the machine unless the user asks the model
+manager to download a checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .concept_layer import ConceptLayer
+
+log = logging.getLogger(__name__)
+
+CAPTION, VQA = "caption", "vqa"
+
+
+class VlmError(RuntimeError):
+    """A VLM cannot be used as asked; the message says why and what to do."""
+
+
+class VlmWeightsMissing(VlmError):
+    pass
+
+
+class VlmTooLarge(VlmError):
+    pass
+
+
+@dataclass(frozen=True)
+class VlmSpec:
+    key: str                 # what users type: --vlm blip2
+    family: str              # "blip2" | "llava"
+    checkpoint: str          # a Hugging Face repo id, or a tiny preset key
+    title: str
+    params_b: float          # parameters, billions (for the memory check and the model table)
+    license: str
+    tasks: tuple[str, ...] = (CAPTION,)
+    tiny: bool = False
+
+
+VLM_SPECS: dict[str, VlmSpec] = {s.key: s for s in [
+    VlmSpec("blip2", "blip2", "Salesforce/blip2-flan-t5-xl", "BLIP-2 FlanT5-XL (the paper's)", 3.9, "MIT"),
+    VlmSpec("blip2-opt", "blip2", "Salesforce/blip2-opt-2.7b", "BLIP-2 OPT-2.7b", 3.8, "MIT"),
+    VlmSpec("llava", "llava", "llava-hf/llava-v1.6-vicuna-7b-hf", "LLaVA-1.6 Vicuna-7B", 7.1,
+            "Llama 2 Community License", (CAPTION, VQA)),
+    VlmSpec("tiny-blip2", "blip2", "tiny-blip2", "Tiny BLIP-2 (random weights, tests)", 0.0001, "MIT", tiny=True),
+    VlmSpec("tiny-blip2-opt", "blip2", "tiny-blip2-opt", "Tiny BLIP-2 OPT (random weights, tests)", 0.0001, "MIT",
+            tiny=True),
+    VlmSpec("tiny-llava", "llava", "tiny-llava", "Tiny LLaVA-1.6 (random weights, tests)", 0.0002, "MIT",
+            (CAPTION, VQA), tiny=True),
+]}
+DEFAULT_VLM = "blip2"
+UNSUPPORTED = {"minigpt-v2": "MiniGPT-v2 has no transformers implementation; it is out of scope for now."}
+
+
+@dataclass
+class GenerationSettings:
+    """method.md §5: BLIP-2 greedy; LLaVA temperature 0.2, top-p 0.7. A seed makes sampling repeatable."""
+
+    max_new_tokens: int = 40
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = 0
+    num_beams: int = 1
+
+    def kwargs(self) -> dict:
+        kw: dict = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample, "num_beams": self.num_beams}
+        if self.do_sample:
+            kw.update(temperature=self.temperature, top_p=self.top_p)
+        return kw
+
+
+@dataclass
+class LossParts:
+    total: torch.Tensor
+    lm: torch.Tensor
+    reg: torch.Tensor
+    attention: list[torch.Tensor] = field(default_factory=list)  # what the regulariser read, for tests and tools
+
+
+def pick_device(preferred: str | None = None) -> torch.device:
+    """CUDA, then Apple MPS, then CPU — or what the user asked for."""
+    if preferred:
+        return torch.device(preferred)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(device: torch.device, preferred: str | torch.dtype | None = None) -> torch.dtype:
+    """bf16 on GPUs (fp16 on MPS, where bf16 kernels are patchy), fp32 on CPU."""
+    if isinstance(preferred, torch.dtype):
+        return preferred
+    if preferred:
+        return {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
+                "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}[preferred]
+    if device.type == "cuda":
+        return torch.bfloat16
+    if device.type == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def resolve_spec(name: str | Path) -> tuple[VlmSpec, str]:
+    """(spec, checkpoint) for a key (`blip2`), a Hugging Face repo id, or a local checkpoint folder."""
+    key = str(name)
+    if key in UNSUPPORTED:
+        raise VlmError(UNSUPPORTED[key])
+    if key in VLM_SPECS:
+        spec = VLM_SPECS[key]
+        return spec, spec.checkpoint
+    path = Path(key).expanduser()
+    if path.is_dir():
+        cfg = path / "config.json"
+        if not cfg.exists():
+            raise VlmError(f"{path} is not a model checkpoint folder (no config.json)")
+        model_type = json.loads(cfg.read_text()).get("model_type", "")
+        family = {"blip-2": "blip2", "llava_next": "llava"}.get(model_type)
+        if family is None:
+            raise VlmError(f"{path}: model type {model_type!r} is not supported; BLIP-2 and LLaVA-1.6 are")
+        tasks = (CAPTION, VQA) if family == "llava" else (CAPTION,)
+        return VlmSpec(str(path), family, str(path), path.name, 0.0, "see the checkpoint", tasks), str(path.resolve())
+    for spec in VLM_SPECS.values():
+        if spec.checkpoint == key:
+            return spec, key
+    raise VlmError(f"unknown VLM {key!r}; choose one of {', '.join(VLM_SPECS)} or give a checkpoint folder")
+
+
+def checkpoint_folder(spec: VlmSpec, checkpoint: str, models_dir: Path) -> Path:
+    """Where the weights are on disk; tiny presets are built on first use, hub checkpoints must be downloaded."""
+    if spec.tiny:
+        from .tiny import ensure_tiny_checkpoint
+
+        return ensure_tiny_checkpoint(spec.checkpoint, models_dir / "tiny")
+    path = Path(checkpoint)
+    if path.is_dir():
+        return path
+    local = models_dir / checkpoint.replace("/", "--")
+    if (local / "config.json").exists():
+        return local
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(checkpoint, local_files_only=True))
+    except Exception as exc:
+        raise VlmWeightsMissing(
+            f"the weights of {spec.title} ({checkpoint}, about {spec.params_b * 2:.0f} GB in bf16) are not on this "
+            f"machine. Download them where there is internet (`huggingface-cli download {checkpoint}`, into the "
+            f"Hugging Face cache) or put a checkpoint folder at {local}. "
+            f"Nothing is downloaded without your say-so.") from exc
+
+
+def check_memory(spec: VlmSpec, device: torch.device, dtype: torch.dtype, quantized_4bit: bool = False) -> None:
+    """Refuse clearly, before loading, when the weights cannot fit (rather than swapping the machine to death)."""
+    if spec.params_b <= 0:
+        return
+    bytes_per = 0.55 if quantized_4bit else torch.finfo(dtype).bits / 8
+    need = spec.params_b * 1e9 * bytes_per * 1.15  # weights plus activations and allocator slack
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        where = "GPU memory"
+    else:
+        import psutil
+
+        free = psutil.virtual_memory().available
+        where = "free RAM"
+    if need > free:
+        raise VlmTooLarge(
+            f"{spec.title} needs about {need / 2**30:.1f} GiB of {where} in {str(dtype).removeprefix('torch.')}"
+            f"{' (4-bit)' if quantized_4bit else ''}; this machine has {free / 2**30:.1f} GiB free. "
+            f"Use a smaller model (e.g. --vlm blip2) or a machine with a GPU.")
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None, device: torch.device):
+    """Sampling that repeats for a seed without disturbing the caller's random state."""
+    if seed is None:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+class VlmWrapper(ABC):
+    """A frozen VLM with a MyVLM concept layer on it."""
+
+    family: str = ""
+    concept_layer: ConceptLayer
+
+    def __init__(self, model, processor, spec: VlmSpec, checkpoint: str, device: torch.device, dtype: torch.dtype):
+        self.model = model.eval()
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.spec = spec
+        self.checkpoint = checkpoint   # recorded with every concept embedding trained on this model
+        self.device = device
+        self.dtype = dtype
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self._capture = False
+        self._attentions: list[torch.Tensor] = []
+        # the concept layer holds per-call state: one caller at a time (GUI request vs. captions stage)
+        self.lock = threading.RLock()
+
+    # -- what each architecture provides ------------------------------------------------------------------------
+    @abstractmethod
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Pixel tensor (B, 3, H, W) on the model's device."""
+
+    @abstractmethod
+    def _generate(self, pixels: torch.Tensor, prompts: list[str], settings: GenerationSettings) -> list[str]:
+        """Generate for one group of images that carry the same number of concept tokens (already set active)."""
+
+    @abstractmethod
+    def _lm_loss(self, pixels: torch.Tensor, prompts: list[str], targets: list[str]) -> torch.Tensor:
+        """The language-model loss of `targets` for one group (concepts already set active)."""
+
+    @abstractmethod
+    def _regulariser(self, attentions: list[torch.Tensor], k: int, reg_lambda: float) -> torch.Tensor:
+        """λ-weighted attention penalty on the appended tokens, from the attentions captured in the last forward."""
+
+    @abstractmethod
+    def _training_attention(self) -> contextlib.AbstractContextManager:
+        """Switch the attention the regulariser reads to an implementation that returns probabilities."""
+
+    def caption_prompt(self, identifier: str | None = None) -> str:
+        return ""
+
+    def training_prompt(self, task: str, identifier: str) -> str:
+        return ""
+
+    def default_question(self, identifier: str) -> str:
+        return f"What is {identifier} doing in the image?"
+
+    def generation_settings(self) -> GenerationSettings:
+        return GenerationSettings()
+
+    @property
+    def concept_dim(self) -> int:
+        return self.concept_layer.dim
+
+    @property
+    def checkpoint_name(self) -> str:
+        return self.checkpoint
+
+    # -- shared plumbing ----------------------------------------------------------------------------------------
+    @staticmethod
+    def group_by_count(concepts: Sequence[Sequence[int]]) -> dict[int, list[int]]:
+        """Image indices grouped by how many concept tokens they carry (one forward pass per group)."""
+        groups: dict[int, list[int]] = {}
+        for i, ids in enumerate(concepts):
+            groups.setdefault(len(set(ids)), []).append(i)
+        return groups
+
+    def _known(self, concepts: Sequence[Sequence[int]] | None, n: int) -> list[list[int]]:
+        if concepts is None:
+            return [[] for _ in range(n)]
+        if len(concepts) != n:
+            raise ValueError(f"{n} images but concept lists for {len(concepts)}")
+        return [sorted({c for c in ids if self.concept_layer.knows(c)}) for ids in concepts]
+
+    @contextlib.contextmanager
+    def _active(self, concepts: list[list[int]]) -> Iterator[None]:
+        self.concept_layer.set_active(concepts)
+        try:
+            yield
+        finally:
+            self.concept_layer.set_active(None)
+
+    @torch.no_grad()
+    def generate(self, images: Sequence[Image.Image] | torch.Tensor, prompts: Sequence[str],
+                 concepts: Sequence[Sequence[int]] | None = None,
+                 settings: GenerationSettings | None = None) -> list[str]:
+        """Text for each image; images whose concepts fired get their tokens, the others run untouched."""
+        pixels = images if isinstance(images, torch.Tensor) else self.preprocess(images)
+        n = pixels.shape[0]
+        if len(prompts) != n:
+            raise ValueError(f"{n} images but {len(prompts)} prompts")
+        settings = settings or self.generation_settings()
+        out: list[str] = [""] * n
+        with self.lock:
+            concepts = self._known(concepts, n)
+            for _k, idx in sorted(self.group_by_count(concepts).items()):
+                with self._active([concepts[i] for i in idx]):
+                    texts = self._generate(pixels[idx], [prompts[i] for i in idx], settings)
+                for i, t in zip(idx, texts):
+                    out[i] = t.strip()
+        return out
+
+    def caption(self, images, concepts=None, prompt: str | None = None,
+                identifiers: Sequence[str | None] | None = None, settings: GenerationSettings | None = None
+                ) -> list[str]:
+        """Captions; `prompt` overrides the per-VLM default, which may name the concept (`identifiers`)."""
+        n = images.shape[0] if isinstance(images, torch.Tensor) else len(images)
+        if prompt is not None:
+            prompts = [prompt] * n
+        else:
+            idents = list(identifiers) if identifiers is not None else [None] * n
+            prompts = [self.caption_prompt(i) for i in idents]
+        return self.generate(images, prompts, concepts, settings)
+
+    def answer(self, images, questions: Sequence[str], concepts=None, settings: GenerationSettings | None = None
+               ) -> list[str]:
+        return self.generate(images, list(questions), concepts, settings)
+
+    def training_loss(self, pixels: torch.Tensor, prompts: Sequence[str], targets: Sequence[str],
+                      concepts: Sequence[Sequence[int]], reg_lambda: float) -> LossParts:
+        """LM loss plus the attention regulariser, averaged over the images (grouped by concept-token count)."""
+        n = pixels.shape[0]
+        concepts = self._known(concepts, n)
+        lm_total = pixels.new_zeros((), dtype=torch.float32)
+        reg_total = pixels.new_zeros((), dtype=torch.float32)
+        captured: list[torch.Tensor] = []
+        with self._training_attention():
+            for k, idx in sorted(self.group_by_count(concepts).items()):
+                self._attentions = []
+                self._capture = k > 0 and reg_lambda > 0
+                try:
+                    with self._active([concepts[i] for i in idx]):
+                        lm = self._lm_loss(pixels[idx], [prompts[i] for i in idx], [targets[i] for i in idx])
+                        reg = (self._regulariser(self._attentions, k, reg_lambda) if self._capture
+                               else lm.new_zeros(()))
+                finally:
+                    self._capture = False
+                captured.extend(self._attentions)
+                w = len(idx) / n
+                lm_total = lm_total + lm.float() * w
+                reg_total = reg_total + reg.float() * w
+        return LossParts(lm_total + reg_total, lm_total, reg_total, captured)
+
+    def set_concepts(self, values: dict[int, torch.Tensor], trainable: bool = False) -> None:
+        self.concept_layer.set_values(values, trainable=trainable)
+        self.concept_layer.to(self.device)
+
+
+def load_vlm(name: str | Path = DEFAULT_VLM, *, models_dir: Path, device: str | None = None,
+             dtype: str | torch.dtype | None = None, quantize: str = "auto") -> VlmWrapper:
+    """Load a VLM by key, repo id or folder, on the best device, with a concept layer attached."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()   # our own progress reporting; no stray bars on stderr
+    spec, checkpoint = resolve_spec(name)
+    dev = pick_device(device)
+    dt = pick_dtype(dev, dtype)
+    folder = checkpoint_folder(spec, checkpoint, models_dir)
+    quant_4bit = False
+    if spec.family == "llava" and quantize in ("auto", "4bit") and dev.type == "cuda":
+        try:
+            import bitsandbytes  # noqa: F401
+
+            quant_4bit = True
+        except ImportError:
+            if quantize == "4bit":
+                raise VlmError("4-bit loading needs the bitsandbytes package") from None
+    check_memory(spec, dev, dt, quant_4bit)
+    if spec.family == "blip2":
+        from .blip2 import Blip2Wrapper
+
+        return Blip2Wrapper.load(folder, spec, checkpoint, dev, dt)
+    from .llava import LlavaWrapper
+
+    return LlavaWrapper.load(folder, spec, checkpoint, dev, dt, quant_4bit)

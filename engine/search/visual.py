@@ -1,0 +1,292 @@
+"""The picture side of search: CLIP text-to-image similarity, and the floor under which it is noise.
+
+Image embeddings are the CLIP stage's (clip_embeddings, one L2-normalised float32 blob per photo and model). They
+are read once into one matrix per library and model, shared by every searcher in the process; afterwards only the
+rows the catalog's change log names are read again. Text embeddings of queries are cached, so a repeated query
+costs no model forward.
+
+The floor: cosine similarity between a text and an image says little by itself, and every model has its own
+scale. Below the floor a photo is not returned on looks alone; a model without a known floor does not search by
+looks at all (better nothing than noise). `choose_floor` picks one from similarities of matching and unrelated
+pairs; the `search_clip_floor` setting overrides (a number, or {model key: number}).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..catalog import Catalog
+from ..vectors import stack_blobs
+
+SETTING_FLOOR = "search_clip_floor"
+
+# Provisional: typical cosine ranges of these models between a short phrase and a photo it describes vs. one it
+# does not (matching pairs ~0.28-0.35, unrelated ~0.10-0.20). To be measured with choose_floor on labelled photos
+# once the weights are on a machine; until then the setting overrides per library.
+CLIP_FLOORS: dict[str, float] = {
+    "ViT-B-32/laion2b_s34b_b79k": 0.25,
+    "DFN5B-CLIP-ViT-H-14-378/dfn5b": 0.22,
+}
+PROMPT = "a photo of {}"
+GATHER_FRACTION = 8  # a filter keeping under 1/8 of the photos: copy just those rows out, else scan all
+COARSE_MIN = 20_000  # photos from which full scans take the coarse pass first
+COARSE_DIM = 128
+COARSE_KEEP = 4_000  # candidates of the coarse pass scored exactly
+
+
+class TextEncoder(Protocol):
+    """What search needs of an encoder: ClipEncoder, or a stand-in in tests and benchmarks."""
+
+    key: str
+    dim: int
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray: ...
+
+
+def floor_for(catalog: Catalog, key: str) -> float | None:
+    setting = catalog.get_setting(SETTING_FLOOR)
+    if isinstance(setting, (int, float)) and not isinstance(setting, bool):
+        return float(setting)
+    if isinstance(setting, dict) and isinstance(setting.get(key), (int, float)):
+        return float(setting[key])
+    return CLIP_FLOORS.get(key)
+
+
+def choose_floor(matching: np.ndarray, unrelated: np.ndarray, max_false_rate: float = 0.01) -> dict[str, float]:
+    """The lowest similarity that lets at most `max_false_rate` of unrelated pairs through, and what it keeps."""
+    unrelated = np.asarray(unrelated, dtype=np.float64).ravel()
+    matching = np.asarray(matching, dtype=np.float64).ravel()
+    floor = float(np.quantile(unrelated, 1.0 - max_false_rate)) if unrelated.size else 0.0
+    return {"floor": floor, "false_rate": float((unrelated >= floor).mean()) if unrelated.size else 0.0,
+            "recall": float((matching >= floor).mean()) if matching.size else 0.0}
+
+
+def date_key(value: str | None) -> int:
+    """An ISO timestamp as a sortable integer (2019-07-14T10:00:00 -> 20190714100000); NO_DATE when there is none."""
+    digits = "".join(ch for ch in (value or "")[:19] if ch.isdigit())
+    return int(digits.ljust(14, "0")) if len(digits) >= 8 else NO_DATE
+
+
+NO_DATE = -1
+# date_key in SQL, for 100,000 rows at once: digits of the first 19 characters, padded to 14
+DATE_KEY_SQL = ("coalesce(CAST(substr(replace(replace(replace(substr(p.date_taken, 1, 19), '-', ''), 'T', ''), ':', '')"
+                " || '000000', 1, 14) AS INTEGER), -1)")
+
+
+class ImageMatrix:
+    """One library's image embeddings in one model's space, in memory, kept current from the catalog's change log
+    (search_clip_log: embeddings and dates that changed, in order), so a running clip stage costs each search only
+    the rows it changed.
+
+    Scoring is exact cosine similarity. Above COARSE_MIN photos a full scan first scores a 128-d projection onto
+    the embeddings' principal directions (a quarter of the memory traffic, which is what a scan costs) and then
+    re-scores the best COARSE_KEEP candidates exactly; filtered scans over few photos are exact from the start.
+    """
+
+    def __init__(self, key: str, dim: int):
+        self.key, self.dim = key, dim
+        self.lock = threading.Lock()
+        self.seq = -1  # last change-log entry applied
+        self._clear(0)
+
+    def _clear(self, capacity: int) -> None:
+        self.vecs = np.zeros((capacity, self.dim), np.float32)
+        self.ids = np.full(capacity, -1, np.int64)
+        self.dates = np.full(capacity, NO_DATE, np.int64)
+        self.live = np.zeros(capacity, bool)
+        self.row: dict[int, int] = {}
+        self.n = 0  # rows in use (live or freed)
+        self.basis: np.ndarray | None = None  # (dim, COARSE_DIM) principal directions
+        self.proj: np.ndarray | None = None  # (capacity, COARSE_DIM)
+        self._buffer: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    # -- keeping up -------------------------------------------------------------------------------------------------
+
+    def sync(self, catalog: Catalog) -> None:
+        last = catalog.scalar("SELECT max(seq) FROM search_clip_log") or 0
+        if last == self.seq:
+            return
+        first = catalog.scalar("SELECT min(seq) FROM search_clip_log") or 0
+        changed: list[int] = []
+        if self.seq >= 0 and first <= self.seq + 1:
+            changed = [r[0] for r in catalog.query(
+                "SELECT DISTINCT photo_id FROM search_clip_log WHERE seq > ? AND seq <= ?", [self.seq, last])]
+        if self.seq < 0 or first > self.seq + 1 or len(changed) > max(5000, len(self) // 4):
+            self._load_all(catalog)
+        else:
+            for i in range(0, len(changed), 500):
+                self._apply(catalog, changed[i : i + 500])
+        self.seq = last
+
+    def _rows(self, catalog: Catalog, where: str = "", params: tuple = ()) -> list:
+        return catalog.query(
+            f"SELECT ce.photo_id, ce.embedding, {DATE_KEY_SQL} AS date_key FROM clip_embeddings ce "
+            f"JOIN photos p ON p.id = ce.photo_id WHERE ce.model = ? {where}", [self.key, *params])
+
+    def _load_all(self, catalog: Catalog) -> None:
+        rows = [r for r in self._rows(catalog) if len(r["embedding"]) == self.dim * 4]
+        self._clear(len(rows))
+        if rows:
+            self.vecs[:] = stack_blobs([r["embedding"] for r in rows], self.dim)
+            self.ids[:] = [r["photo_id"] for r in rows]
+            self.dates[:] = np.fromiter((r["date_key"] for r in rows), dtype=np.int64, count=len(rows))
+            self.live[:] = True
+            self.n = len(rows)
+            self.row = {int(pid): i for i, pid in enumerate(self.ids)}
+        if self.n >= COARSE_MIN:
+            self._fit_coarse()
+
+    def _apply(self, catalog: Catalog, photo_ids: list[int]) -> None:
+        found = {r["photo_id"]: r for r in self._rows(
+            catalog, f"AND ce.photo_id IN ({','.join('?' * len(photo_ids))})", tuple(photo_ids))
+            if len(r["embedding"]) == self.dim * 4}
+        for pid in photo_ids:
+            r, row = found.get(pid), self.row.get(pid)
+            if r is None:
+                if row is not None:  # embedding deleted (or now of another model)
+                    self.live[row] = False
+                    del self.row[pid]
+                continue
+            if row is None:
+                row = self._append(pid)
+            vec = np.frombuffer(r["embedding"], dtype=np.float32)
+            self.vecs[row] = vec
+            self.dates[row] = r["date_key"]
+            self.live[row] = True
+            if self.proj is not None:
+                self.proj[row] = vec @ self.basis
+
+    def _append(self, pid: int) -> int:
+        if self.n == len(self.ids):  # grow by a quarter
+            extra = max(64, len(self.ids) // 4)
+            self.vecs = np.concatenate([self.vecs, np.zeros((extra, self.dim), np.float32)])
+            self.ids = np.concatenate([self.ids, np.full(extra, -1, np.int64)])
+            self.dates = np.concatenate([self.dates, np.full(extra, NO_DATE, np.int64)])
+            self.live = np.concatenate([self.live, np.zeros(extra, bool)])
+            if self.proj is not None:
+                self.proj = np.concatenate([self.proj, np.zeros((extra, self.proj.shape[1]), np.float32)])
+        row = self.n
+        self.n += 1
+        self.ids[row] = pid
+        self.row[pid] = row
+        return row
+
+    def _fit_coarse(self) -> None:
+        """Principal directions of (a sample of) the embeddings, and every embedding projected onto them."""
+        rng = np.random.default_rng(0)
+        sample = self.vecs[: self.n][rng.choice(self.n, size=min(self.n, 20_000), replace=False)]
+        _, eigvecs = np.linalg.eigh(sample.T @ sample)
+        self.basis = np.ascontiguousarray(eigvecs[:, ::-1][:, :COARSE_DIM], dtype=np.float32)
+        self.proj = np.zeros((len(self.ids), COARSE_DIM), np.float32)
+        self.proj[: self.n] = self.vecs[: self.n] @ self.basis
+
+    # -- searching --------------------------------------------------------------------------------------------------
+
+    def search(self, query: np.ndarray, k: int, floor: float, among: np.ndarray | None = None,
+               dates: Callable[[np.ndarray], np.ndarray] | None = None) -> list[tuple[int, float]]:
+        """The k photos most like `query` with similarity >= floor, best first, as (photo id, similarity);
+        only photos in `among` (ids) and whose date key passes `dates`, when given."""
+        n = self.n
+        mask = self.live[:n].copy()
+        if dates is not None:
+            mask &= dates(self.dates[:n])
+        if among is not None:
+            if len(among) < 1000:
+                rows = np.fromiter((self.row.get(int(i), -1) for i in among), dtype=np.int64, count=len(among))
+                keep = np.zeros(n, bool)
+                keep[rows[rows >= 0]] = True
+            else:
+                keep = np.isin(self.ids[:n], among)
+            mask &= keep
+        rows = np.flatnonzero(mask)
+        if len(rows) == 0:
+            return []
+        few = len(rows) * GATHER_FRACTION < n
+        if self.proj is not None and len(rows) > COARSE_KEEP:  # many: a coarse pass, then exact on the best
+            small_query = self.basis.T @ query
+            if few:
+                coarse = _dot(self.proj[rows], small_query)
+                rows = rows[np.argpartition(-coarse, COARSE_KEEP - 1)[:COARSE_KEEP]]
+            else:
+                coarse = _dot(self.proj[:n], small_query)
+                coarse[~mask] = -np.inf
+                rows = np.argpartition(-coarse, COARSE_KEEP - 1)[:COARSE_KEEP]
+            sims = _dot(self._take(rows), query)
+        elif few:  # score just them, exactly
+            sims = _dot(self._take(rows), query)
+        else:
+            sims = _dot(self.vecs[:n], query)[rows]
+        ok = np.flatnonzero(sims >= floor)
+        if len(ok) > k:
+            ok = ok[np.argpartition(-sims[ok], k - 1)[:k]]
+        ok = ok[np.argsort(-sims[ok], kind="stable")]
+        return [(int(self.ids[rows[i]]), float(sims[i])) for i in ok]
+
+    def _take(self, rows: np.ndarray) -> np.ndarray:
+        """These rows' vectors, copied into a buffer kept between searches (fresh memory costs page faults)."""
+        if self._buffer is None or len(self._buffer) < len(rows):
+            self._buffer = np.empty((max(len(rows), COARSE_KEEP), self.dim), np.float32)
+        out = self._buffer[: len(rows)]
+        np.take(self.vecs, rows, axis=0, out=out)
+        return out
+
+
+def _dot(matrix: np.ndarray, vec: np.ndarray) -> np.ndarray:
+    """matrix @ vec on one core: on a 2-core machine that is busy, BLAS threads waiting for each other cost more
+    than a second core brings (measured: bench/README.md)."""
+    return np.einsum("ij,j->i", matrix, vec.astype(np.float32, copy=False))
+
+
+_matrices: dict[tuple[str, str], ImageMatrix] = {}
+_matrices_lock = threading.Lock()
+
+
+def image_matrix(catalog: Catalog, key: str, dim: int) -> ImageMatrix:
+    """This library's image embeddings in `key`'s space, brought up to date (shared by the whole process)."""
+    with _matrices_lock:
+        matrix = _matrices.get((str(catalog.paths.db), key))
+        if matrix is None or matrix.dim != dim:
+            matrix = _matrices[(str(catalog.paths.db), key)] = ImageMatrix(key, dim)
+    with matrix.lock:
+        matrix.sync(catalog)
+    return matrix
+
+
+class TextCache:
+    """Query text -> normalised embedding, most recent first; remembers how long the model took."""
+
+    def __init__(self, size: int = 256):
+        self.size = size
+        self._items: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self.last_forward_s: float | None = None  # None: the last lookup was a cache hit
+
+    def embed(self, encoder: Any, text: str) -> np.ndarray:
+        key = (encoder.key, text)
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                self.last_forward_s = None
+                return self._items[key]
+        start = time.perf_counter()
+        vec = np.asarray(encoder.encode_texts([PROMPT.format(text)]), dtype=np.float32).reshape(-1)
+        self.last_forward_s = time.perf_counter() - start
+        norm = float(np.linalg.norm(vec))
+        vec = vec / norm if norm > 0 else vec
+        with self._lock:
+            self._items[key] = vec
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return vec
+
+
+TEXT_CACHE = TextCache()

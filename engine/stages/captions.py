@@ -1,0 +1,123 @@
+"""Captions stage: the original caption of every photo, and a personalised one where trained concepts appear.
+
+Photos go through the VLM in batches (one forward pass per group of photos with the same number of concept tokens).
+Captions are stored with concept placeholders, so renaming a person needs no model. Training a concept clears this
+stage's status for the photos it appears in, so the next run re-captions just those. Without the VLM's weights the
+stage is skipped with the reason and the rest of the pipeline goes on.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from ..catalog import Catalog
+from ..concepts.registry import ConceptRegistry
+from ..personalize.embeddings import EmbeddingStore
+from ..personalize.service import (
+    GeneratedText,
+    caption_with,
+    resolve_vlm_name,
+    shared_wrapper,
+)
+from ..personalize.vlm import CAPTION, VlmError, checkpoint_folder, resolve_spec
+from ..pipeline import Job, Stage
+from .thumbnails import ImageCache
+
+CODE_VERSION = 1
+
+
+class CaptionStage(Stage):
+    name = "captions"
+    requires = ("concepts",)
+    workers = 1          # the model uses every core (or the GPU) itself
+    batch_size = 8
+
+    def __init__(self) -> None:
+        self.version = CODE_VERSION
+        self._option: str | None = None
+        self._device: str | None = None
+        self._name = ""
+        self._models_dir = None
+        self._cache: ImageCache | None = None
+        self._fired: dict[int, list[int]] = {}
+        self._rotation: dict[int, int] = {}
+        self._known: dict = {}
+
+    def configure(self, vlm: str | None = None, device: str | None = None, **_: object) -> None:
+        self._option, self._device = vlm, device
+
+    def setup(self, catalog: Catalog) -> None:
+        self._name = resolve_vlm_name(catalog, self._option)
+        self._models_dir = catalog.paths.models
+        self._cache = ImageCache(catalog.paths)
+        try:
+            _spec, checkpoint = resolve_spec(self._name)
+        except VlmError:
+            checkpoint = self._name
+        self.version = zlib.crc32(f"{CODE_VERSION}:{checkpoint}".encode()) & 0x7FFFFFFF
+
+    def unavailable(self, catalog: Catalog) -> str | None:
+        try:
+            spec, checkpoint = resolve_spec(self._name)
+            if not spec.tiny:
+                checkpoint_folder(spec, checkpoint, catalog.paths.models)
+        except VlmError as exc:
+            return str(exc)
+        return None
+
+    def before_work(self, catalog: Catalog, jobs: list[Job]) -> None:
+        from ..personalize.service import Personalizer
+
+        wrapper = shared_wrapper(self._name, self._models_dir, self._device)
+        p = Personalizer(catalog, self._name, wrapper=wrapper)
+        ids = [j.photo_id for j in jobs]
+        self._fired = p.fired(ids)
+        self._rotation = {r["id"]: int(r["user_rotation"] or 0) for r in catalog.query(
+            f"SELECT id, user_rotation FROM photos WHERE id IN ({','.join('?' * len(ids))})", ids)} if ids else {}
+        concepts = {c.id: c for c in ConceptRegistry(catalog).list()}
+        embs = EmbeddingStore(catalog.paths.concepts).for_checkpoint(wrapper.checkpoint, CAPTION, list(concepts))
+        import torch
+
+        with wrapper.lock:
+            wrapper.set_concepts({cid: torch.from_numpy(e.values[0].copy()) for cid, e in embs.items()})
+        self._known = {cid: concepts[cid] for cid in embs}
+
+    def process_batch(self, jobs: list[Job]) -> list[list[GeneratedText] | Exception]:
+        assert self._cache is not None
+        wrapper = shared_wrapper(self._name, self._models_dir, self._device)
+        out: list = [RuntimeError("not processed")] * len(jobs)
+        images, ok = [], []
+        for i, job in enumerate(jobs):
+            try:
+                images.append(self._cache.preview(job.fs_path, job.content_hash,
+                                                  self._rotation.get(job.photo_id, 0)).convert("RGB"))
+                ok.append(i)
+            except Exception as exc:  # noqa: BLE001 - that photo's error
+                out[i] = exc
+        if not images:
+            return out
+        fired = [self._fired.get(jobs[i].photo_id, []) for i in ok]
+        original = caption_with(wrapper, images, [[] for _ in images], {})
+        personal_idx = [n for n, f in enumerate(fired) if any(c in self._known for c in f)]
+        personal = caption_with(wrapper, [images[n] for n in personal_idx], [fired[n] for n in personal_idx],
+                                self._known) if personal_idx else []
+        by_n = dict(zip(personal_idx, personal))
+        for n, i in enumerate(ok):
+            out[i] = [original[n]] + ([by_n[n]] if n in by_n else [])
+        return out
+
+    def process(self, job: Job) -> list[GeneratedText]:
+        result = self.process_batch([job])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def commit(self, catalog: Catalog, job: Job, result: list[GeneratedText]) -> None:
+        from ..captions import CaptionStore
+
+        store = CaptionStore(catalog)
+        for g in result:
+            store.put_caption(job.photo_id, "personalised" if g.personalised else "original", g.template,
+                              model=g.model, prompt=g.prompt or None, concept_ids=g.concepts)
+        if not any(g.personalised for g in result):   # no trained concept here (any more): no stale name either
+            store.drop_generated(job.photo_id, "personalised")
