@@ -20,9 +20,12 @@ $(STAMP): $(PY) pyproject.toml
 
 setup: $(STAMP)
 
-## make run [ALBUM=path] [LIBRARY=path]: index a photo folder (default: your Pictures folder) and print the status
+## make run [ALBUM=path] [LIBRARY=path]: open the desktop app (the first run asks for folders, offering Pictures;
+## ALBUM opens that folder). A second `make run` on the same library brings the open window to the front.
+## The offscreen platform exported above is for the tests: the app gets the real display, unless you set one.
 run: $(STAMP)
-	$(VENV)/bin/myvlm $(LIBARG) index $(if $(ALBUM),"$(ALBUM)",)
+	$(if $(filter environment command line,$(origin QT_QPA_PLATFORM)),,env -u QT_QPA_PLATFORM) \
+		$(VENV)/bin/myvlm-desktop $(LIBARG) $(if $(ALBUM),--album "$(ALBUM)",)
 
 ## make gui: the desktop app
 gui: $(STAMP)

@@ -224,5 +224,40 @@ class Library:
         """Photos for a free-text query ("Alex at the beach"), best first, each with why it matched."""
         return self.searcher(encoder).search(query, limit=limit)
 
+    # -- desktop app (issue 8): calls the views need, so that the rules stay here and the views stay thin --------
+
+    def reject_suggestion(self, group_id: int, person_id: int) -> int:
+        """"Is this Alex?" — "No": every face of the group is "not this person" for Alex, forever (so the
+        suggestion never comes back for these faces). Returns the number of faces."""
+        people = self.people()
+        people.person(person_id)
+        face_ids = [f["id"] for f in people.faces_of(group_id)]
+        with self.catalog.write():
+            for fid in face_ids:
+                people.reject(fid, person_id)
+        return len(face_ids)
+
+    def person_concept(self, person_id: int, max_examples: int = 4):
+        """A named person as a concept ready to personalise: the concept (made if missing), its face head trained
+        when it is not ready, and training photos — the photos of their confirmed faces, biggest faces first, one
+        per photo, up to `max_examples` — added when it has none."""
+        from .concepts.registry import ConceptError
+
+        registry = self.concepts()
+        concept = registry.add_person(person_id)
+        if not registry.examples(concept.id):
+            photos: list[int] = []
+            for r in self.catalog.query(
+                    "SELECT f.photo_id FROM faces f JOIN photos p ON p.id = f.photo_id WHERE f.person_id = ? "
+                    "AND f.state = 'confirmed' AND p.status = 'ok' ORDER BY f.w * f.h DESC", [person_id]):
+                if r["photo_id"] not in photos:
+                    photos.append(r["photo_id"])
+            if not photos:
+                raise ConceptError(f"{concept.name} has no confirmed faces yet: name or confirm some faces first")
+            registry.add_examples(concept.id, photos[:max_examples])
+        if registry.get(concept.id).head_state != "ready":
+            concept = self.train_concept_head(concept.id)
+        return registry.get(concept.id)
+
 
 __all__ = ["Library", "FolderNotFound", "ProgressEvent", "ScanReport", "PipelineReport"]

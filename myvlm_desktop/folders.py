@@ -6,18 +6,42 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from PySide6.QtCore import QAbstractListModel, QModelIndex, QPersistentModelIndex, QRect, QRectF, QSize, Qt
-from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPainterPath, QPalette
-from PySide6.QtWidgets import QListView, QStyle, QStyledItemDelegate, QStyleOptionViewItem, QWidget
+from PySide6.QtCore import (
+    QAbstractListModel,
+    QModelIndex,
+    QPersistentModelIndex,
+    QRect,
+    QRectF,
+    QSize,
+    Qt,
+)
+from PySide6.QtGui import (
+    QColor,
+    QFont,
+    QFontMetrics,
+    QIcon,
+    QPainter,
+    QPainterPath,
+    QPalette,
+    QPixmap,
+)
+from PySide6.QtWidgets import (
+    QListView,
+    QStyle,
+    QStyledItemDelegate,
+    QStyleOptionViewItem,
+    QWidget,
+)
 
 from engine.catalog import FOLDER_OFFLINE
 
 from .qt_compat import item_data
-from .resources import themed_icon
+from .resources import icon, themed_icon
 
 FolderIdRole = Qt.ItemDataRole.UserRole + 1  # folder id, or None for "All photos"
 SubtitleRole = Qt.ItemDataRole.UserRole + 2
 OfflineRole = Qt.ItemDataRole.UserRole + 3
+BoldRole = Qt.ItemDataRole.UserRole + 4       # draw the title bold (a section's "all" row)
 
 _Index = QModelIndex | QPersistentModelIndex
 
@@ -53,9 +77,9 @@ class FolderListModel(QAbstractListModel):
     def __init__(self, parent: Any = None):
         super().__init__(parent)
         self._rows: list[FolderRow] = []
-        self._folder_icon = themed_icon("folder-pictures", QStyle.StandardPixmap.SP_DirIcon)
+        self._folder_icon = icon("folder", "folder-pictures", QStyle.StandardPixmap.SP_DirIcon)
         self._offline_icon = themed_icon(("folder-remote", "network-offline"), QStyle.StandardPixmap.SP_DriveNetIcon)
-        self._all_icon = themed_icon(("view-grid", "image-x-generic"), QStyle.StandardPixmap.SP_DirHomeIcon)
+        self._all_icon = icon("photos", ("view-grid", "image-x-generic"), QStyle.StandardPixmap.SP_DirHomeIcon)
 
     def set_status(self, status: dict[str, Any], counts: dict[int | None, FolderCounts] | None = None) -> None:
         """Rows from `Library.status()` and per-folder counts (key None: all folders); updated in place when only
@@ -111,6 +135,8 @@ class FolderListModel(QAbstractListModel):
             return r.id
         if role == OfflineRole:
             return r.offline
+        if role == BoldRole:
+            return r.id is None
         if role == Qt.ItemDataRole.ToolTipRole:
             if r.id is None:
                 return f"All photos of the watched folders ({_count(r.files, 'file')} found)"
@@ -150,14 +176,21 @@ class FolderDelegate(QStyledItemDelegate):
         rect: QRect = option.rect.adjusted(self.PAD, self.PAD, -self.PAD, -self.PAD)
         icon = item_data(index, Qt.ItemDataRole.DecorationRole)
         offline = bool(item_data(index, OfflineRole))
-        if icon is not None:
+        icon_rect = QRect(rect.left(), rect.center().y() - self.ICON // 2, self.ICON, self.ICON)
+        if isinstance(icon, QPixmap) and not icon.isNull():  # a face: round, like every people app
+            clip = QPainterPath()
+            clip.addEllipse(QRectF(icon_rect))
+            painter.save()
+            painter.setClipPath(clip)
+            painter.drawPixmap(icon_rect, icon)
+            painter.restore()
+        elif isinstance(icon, QIcon) and not icon.isNull():
             mode = icon.Mode.Disabled if offline else icon.Mode.Normal
-            icon_rect = QRect(rect.left(), rect.center().y() - self.ICON // 2, self.ICON, self.ICON)
             icon.paint(painter, icon_rect, Qt.AlignmentFlag.AlignCenter, mode)
         text_rect = rect.adjusted(self.ICON + self.PAD + 2, 0, 0, 0)
         text_role = QPalette.ColorRole.HighlightedText if selected else QPalette.ColorRole.Text
         title_font = QFont(option.font)
-        title_font.setBold(item_data(index, FolderIdRole) is None)
+        title_font.setBold(bool(item_data(index, BoldRole)))
         fm = QFontMetrics(title_font)
         half = text_rect.height() // 2
         painter.setFont(title_font)

@@ -21,8 +21,25 @@ from PySide6.QtCore import (
     Qt,
     Signal,
 )
-from PySide6.QtGui import QColor, QPainter, QPainterPath, QPalette, QPen, QPixmap, QPolygon
-from PySide6.QtWidgets import QAbstractItemView, QListView, QStyle, QStyledItemDelegate, QStyleOptionViewItem, QWidget
+from PySide6.QtGui import (
+    QColor,
+    QFont,
+    QFontMetrics,
+    QPainter,
+    QPainterPath,
+    QPalette,
+    QPen,
+    QPixmap,
+    QPolygon,
+)
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QListView,
+    QStyle,
+    QStyledItemDelegate,
+    QStyleOptionViewItem,
+    QWidget,
+)
 
 from engine.catalog import FOLDER_OFFLINE, Photo
 
@@ -32,6 +49,8 @@ from .thumbnails import ThumbKey, ThumbnailLoader
 PhotoRole = Qt.ItemDataRole.UserRole + 1      # the Photo
 ThumbStateRole = Qt.ItemDataRole.UserRole + 2  # "loaded", "loading" or "failed"
 PhotoIdRole = Qt.ItemDataRole.UserRole + 3
+WhyRole = Qt.ItemDataRole.UserRole + 4         # why a search found this photo
+MonthRole = Qt.ItemDataRole.UserRole + 5       # "May 2021" on the first photo of a month (sorted by date), else None
 
 CELL_PADDING = 6
 DEFAULT_THUMB_PX = 160
@@ -51,6 +70,9 @@ class PhotoGridModel(QAbstractListModel):
         self._photos: list[Photo] = []
         self._rows_by_key: dict[ThumbKey, list[int]] = {}
         self._row_by_id: dict[int, int] = {}
+        self._why: dict[int, str] = {}
+        self._month_rows: dict[int, str] = {}
+        self.group_by_month = True
         loader.ready.connect(self._on_thumbnail_ready)
 
     # -- Qt model API -----------------------------------------------------------------------------------------------
@@ -78,7 +100,11 @@ class PhotoGridModel(QAbstractListModel):
         if role == PhotoIdRole:
             return photo.id
         if role == Qt.ItemDataRole.ToolTipRole:
-            return _tooltip(photo)
+            return _tooltip(photo, self._why.get(photo.id))
+        if role == WhyRole:
+            return self._why.get(photo.id)
+        if role == MonthRole:
+            return self._month_rows.get(index.row()) if self.group_by_month else None
         if role == Qt.ItemDataRole.AccessibleTextRole:
             return photo.name
         return None
@@ -101,11 +127,25 @@ class PhotoGridModel(QAbstractListModel):
 
     # -- updating ---------------------------------------------------------------------------------------------------
 
-    def set_photos(self, photos: Sequence[Photo]) -> None:
+    def months(self) -> list[tuple[int, str]]:
+        """(first row, "May 2021") of every month, in row order (photos sorted by date)."""
+        return sorted(self._month_rows.items())
+
+    def set_photos(self, photos: Sequence[Photo], why: dict[int, str] | None = None) -> None:
         """Show these photos, in this order. Rows that stay keep their place: removed and new rows are
-        removed/inserted in runs, so views keep scroll position and selection."""
+        removed/inserted in runs, so views keep scroll position and selection. `why`: photo id -> why a search
+        found it (shown on hover)."""
+        self._why = dict(why or {})
         new = list(photos)
         old = self._photos
+        if old and len(old) == len(new) and all(a.id == b.id for a, b in zip(old, new, strict=True)):
+            # the same photos in the same order (the common case while indexing): only changed rows repaint
+            changed_rows = [r for r, (a, b) in enumerate(zip(old, new, strict=True)) if a is not b and a != b]
+            self._photos = new
+            if changed_rows:
+                self._reindex()
+                self.dataChanged.emit(self.index(min(changed_rows)), self.index(max(changed_rows)))
+            return
         new_ids = {p.id: p for p in new}
         if not old or not new:
             self.beginResetModel()
@@ -162,9 +202,15 @@ class PhotoGridModel(QAbstractListModel):
     def _reindex(self) -> None:
         self._rows_by_key = {}
         self._row_by_id = {}
+        self._month_rows = {}
+        previous = None
         for r, p in enumerate(self._photos):
             self._rows_by_key.setdefault(thumb_key(p), []).append(r)
             self._row_by_id[p.id] = r
+            month = (p.date_taken or "")[:7]
+            if month != previous:
+                self._month_rows[r] = month_label(month)
+                previous = month
 
     def thumbnails_changed(self) -> None:
         """The loader's cache was cleared (new cell size): repaint every cell."""
@@ -179,8 +225,23 @@ class PhotoGridModel(QAbstractListModel):
             self.dataChanged.emit(idx, idx, roles)
 
 
-def _tooltip(p: Photo) -> str:
+MONTH_NAMES = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+               "November", "December")
+
+
+def month_label(month: str) -> str:
+    """"2021-05" -> "May 2021"; no date -> "No date"."""
+    try:
+        year, m = month.split("-")
+        return f"{MONTH_NAMES[int(m) - 1]} {int(year)}"
+    except (ValueError, IndexError):
+        return "No date"
+
+
+def _tooltip(p: Photo, why: str | None = None) -> str:
     lines = [f"<b>{_html(p.name)}</b>"]
+    if why:
+        lines.append(f"<i>Found by: {_html(why)}</i>")
     if p.date_taken:
         lines.append(p.date_taken.replace("T", " ") + (" (file date)" if p.date_source == "file" else ""))
     if p.width and p.height:
@@ -243,7 +304,27 @@ class ThumbnailDelegate(QStyledItemDelegate):
         else:
             failed = item_data(index, ThumbStateRole) == "failed"
             self._placeholder(painter, target, pal, failed)
+        month = item_data(index, MonthRole)
+        if month:
+            self._month_badge(painter, target, month, option)
         painter.restore()
+
+    @staticmethod
+    def _month_badge(painter: QPainter, target: QRect, text: str, option: QStyleOptionViewItem) -> None:
+        """The month a run of photos starts, on its first photo: a dark pill, readable on any picture."""
+        font = QFont(option.font)
+        font.setBold(True)
+        font.setPointSizeF(max(7.0, option.font.pointSizeF() * 0.85))
+        fm = QFontMetrics(font)
+        w = min(target.width() - 8, fm.horizontalAdvance(text) + 12)
+        pill = QRect(target.left() + 4, target.top() + 4, max(0, w), fm.height() + 4)
+        path = QPainterPath()
+        path.addRoundedRect(QRectF(pill), pill.height() / 2, pill.height() / 2)
+        painter.fillPath(path, QColor(0, 0, 0, 150))
+        painter.setFont(font)
+        painter.setPen(QColor(255, 255, 255))
+        painter.drawText(pill, Qt.AlignmentFlag.AlignCenter, fm.elidedText(text, Qt.TextElideMode.ElideRight,
+                                                                            pill.width() - 8))
 
     @staticmethod
     def _placeholder_rect(inner: QRect) -> QRect:
@@ -331,3 +412,135 @@ class PhotoGridView(QListView):
             event.accept()
             return
         super().wheelEvent(event)
+
+
+class DateScrubber(QWidget):
+    """A thin strip beside the grid: years and months along the height; click or drag to jump there.
+
+    Positions are the scroll bar's: a row's place is its grid line over all grid lines (uniform cells)."""
+
+    WIDTH = 46
+
+    def __init__(self, view: PhotoGridView, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName("dateScrubber")
+        self.view = view
+        self.setFixedWidth(self.WIDTH)
+        self.setMouseTracking(True)
+        self.setToolTip("Drag to move through the months")
+        self._hover_y: int | None = None
+        self._dragging = False
+        bar = view.verticalScrollBar()
+        bar.valueChanged.connect(self.update)
+        bar.rangeChanged.connect(lambda *_: self.update())
+        model = view.model()
+        if model is not None:
+            for sig in (model.modelReset, model.rowsInserted, model.rowsRemoved):
+                sig.connect(self.update)
+
+    def _model(self) -> PhotoGridModel | None:
+        m = self.view.model()
+        return m if isinstance(m, PhotoGridModel) else None
+
+    def _columns(self) -> int:
+        grid = self.view.gridSize()
+        return max(1, self.view.viewport().width() // max(1, grid.width()))
+
+    def _fraction_of_row(self, row: int, rows: int) -> float:
+        cols = self._columns()
+        lines = max(1, (rows + cols - 1) // cols)
+        return (row // cols) / lines
+
+    def marks(self) -> list[tuple[float, str, bool]]:
+        """(fraction of the height, label, is a new year) for each month."""
+        m = self._model()
+        if m is None or m.rowCount() == 0:
+            return []
+        rows = m.rowCount()
+        return [(self._fraction_of_row(r, rows), label, i == 0 or label.split()[-1] != prev.split()[-1])
+                for i, ((r, label), (_, prev)) in enumerate(zip(m.months(), [(0, "")] + m.months()))]
+
+    def _label_at(self, y: int) -> str:
+        frac = y / max(1, self.height())
+        label = ""
+        for f, text, _ in self.marks():
+            if f <= frac + 1e-9:
+                label = text
+            else:
+                break
+        return label
+
+    def jump_to(self, y: int) -> None:
+        m = self._model()
+        if m is None or m.rowCount() == 0:
+            return
+        bar = self.view.verticalScrollBar()
+        frac = min(1.0, max(0.0, y / max(1, self.height())))
+        bar.setValue(round(frac * (bar.maximum() + bar.pageStep())) - 0)
+
+    def mousePressEvent(self, event: Any) -> None:
+        if event.button() == Qt.MouseButton.LeftButton:
+            self._dragging = True
+            self.jump_to(int(event.position().y()))
+        super().mousePressEvent(event)
+
+    def mouseMoveEvent(self, event: Any) -> None:
+        self._hover_y = int(event.position().y())
+        if self._dragging:
+            self.jump_to(self._hover_y)
+        self.update()
+
+    def mouseReleaseEvent(self, event: Any) -> None:
+        self._dragging = False
+        super().mouseReleaseEvent(event)
+
+    def leaveEvent(self, event: Any) -> None:
+        self._hover_y = None
+        self.update()
+        super().leaveEvent(event)
+
+    def paintEvent(self, event: Any) -> None:
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing, True)
+        pal = self.palette()
+        h = self.height()
+        text_color = QColor(pal.color(QPalette.ColorRole.WindowText))
+        faint = QColor(text_color)
+        faint.setAlpha(90)
+        font = QFont(self.font())
+        font.setPointSizeF(max(6.5, self.font().pointSizeF() * 0.8))
+        painter.setFont(font)
+        fm = QFontMetrics(font)
+        last_y = -100
+        for frac, label, new_year in self.marks():
+            y = int(frac * h)
+            painter.setPen(QPen(faint, 1))
+            painter.drawLine(self.width() - (14 if new_year else 7), y, self.width() - 2, y)
+            if new_year and y - last_y > fm.height() + 2:
+                painter.setPen(text_color)
+                painter.drawText(QRect(2, y, self.width() - 16, fm.height()), Qt.AlignmentFlag.AlignRight,
+                                 label.split()[-1])
+                last_y = y
+        bar = self.view.verticalScrollBar()
+        span = bar.maximum() + bar.pageStep()
+        if span > 0:  # where the view is now
+            top = int(bar.value() / span * h)
+            height = max(6, int(bar.pageStep() / span * h))
+            color = QColor(pal.color(QPalette.ColorRole.Highlight))
+            color.setAlpha(70)
+            painter.fillRect(QRect(self.width() - 5, top, 4, height), color)
+        if self._hover_y is not None:
+            label = self._label_at(self._hover_y)
+            parts = label.split()
+            if len(parts) == 2:
+                label = f"{parts[0][:3]} {parts[1]}"
+            if label:
+                w = fm.horizontalAdvance(label) + 10
+                box = QRect(max(0, self.width() - w - 2), max(0, min(h - fm.height() - 4, self._hover_y - 10)), w,
+                            fm.height() + 4)
+                path = QPainterPath()
+                path.addRoundedRect(QRectF(box), 4, 4)
+                painter.fillPath(path, pal.color(QPalette.ColorRole.ToolTipBase))
+                painter.setPen(pal.color(QPalette.ColorRole.ToolTipText))
+                painter.drawText(box, Qt.AlignmentFlag.AlignCenter, label)
+        painter.end()

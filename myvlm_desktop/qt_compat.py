@@ -17,7 +17,16 @@ import sys
 from typing import Any
 
 from PySide6 import __version__ as PYSIDE_VERSION
-from PySide6.QtCore import QCoreApplication, QModelIndex, QObject, QPersistentModelIndex, QPoint, QRect, QTimer, Signal
+from PySide6.QtCore import (
+    QCoreApplication,
+    QModelIndex,
+    QObject,
+    QPersistentModelIndex,
+    QPoint,
+    QRect,
+    QTimer,
+    Signal,
+)
 
 log = logging.getLogger(__name__)
 

@@ -62,3 +62,15 @@ def themed_icon(names: str | tuple[str, ...], fallback: QStyle.StandardPixmap) -
         if not icon.isNull():
             return icon
     return QApplication.style().standardIcon(fallback)
+
+
+@cache
+def icon(name: str, fallback_theme: str | tuple[str, ...] = (),
+         fallback: QStyle.StandardPixmap = QStyle.StandardPixmap.SP_FileIcon) -> QIcon:
+    """One of our icons (`resources/icons/NAME.svg`), else the desktop theme's, else the style's."""
+    p = resource_path(f"icons/{name}.svg")
+    if p is not None:
+        i = QIcon(str(p))
+        if not i.isNull():
+            return i
+    return themed_icon(fallback_theme or name, fallback)

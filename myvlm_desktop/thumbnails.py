@@ -5,6 +5,10 @@ thousands of them are not, so `ThumbnailLoader` reads them on a small private th
 the JPEG already scaled to the cell size, the result comes back to the GUI thread as a QImage (QPixmaps belong to
 the GUI thread) and is kept in a size-bounded LRU cache of pixmaps. Requests are served newest first, so after a
 fast scroll the photos now on screen load before the ones scrolled past.
+
+HiDPI: the loader's target is in device pixels (cell size × the screen's ratio). When that is bigger than the
+stored thumbnail, the ~1440 px preview is read instead (scaled while decoding, so no slower), if the preview cache
+still holds it. `FaceCropLoader` serves the faces stage's crops the same way.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from PySide6.QtCore import QObject, QRunnable, QSize, Qt, QThreadPool, Signal, S
 from PySide6.QtGui import QImage, QImageReader, QPixmap, QTransform
 
 from engine.library import LibraryPaths
-from engine.stages.thumbnails import ImageCache
+from engine.stages.faces import crop_path
+from engine.stages.thumbnails import THUMB_SIZE, ImageCache
 
 ThumbKey = tuple[str, int]  # (content hash, user rotation in degrees clockwise)
 
@@ -59,11 +64,15 @@ class _LoadTask(QRunnable):
         request = self._loader._take()
         if request is None:
             return
-        key, path, generation, target = request
-        try:
-            image = read_thumbnail(path, key[1], target)
-        except Exception:  # noqa: BLE001 - a bad file is a failed thumbnail, never a crash
-            image = QImage()
+        key, paths, generation, target = request
+        image = QImage()
+        for path in paths:
+            try:
+                image = read_thumbnail(path, key[1], target)
+            except Exception:  # noqa: BLE001 - a bad file is a failed thumbnail, never a crash
+                image = QImage()
+            if not image.isNull():
+                break
         self._loader._bridge.loaded.emit(key, generation, image)
 
 
@@ -86,7 +95,7 @@ class ThumbnailLoader(QObject):
         self._cache_limit = cache_bytes
         self._failed: set[ThumbKey] = set()
         self._requested: set[ThumbKey] = set()  # queued or being read
-        self._pending: OrderedDict[ThumbKey, tuple[ThumbKey, str, int, int]] = OrderedDict()
+        self._pending: OrderedDict[ThumbKey, tuple[ThumbKey, tuple[str, ...], int, int]] = OrderedDict()
         self._lock = threading.Lock()
         self._generation = 0
         self._closed = False
@@ -105,6 +114,13 @@ class ThumbnailLoader(QObject):
 
     def thumb_path(self, content_hash: str) -> Path:
         return self._images.thumb_path(content_hash)
+
+    def paths_for(self, key: ThumbKey) -> tuple[str, ...]:
+        """Files to try, best first: the preview when the cell is bigger than a thumbnail (HiDPI, big zoom)."""
+        thumb = str(self.thumb_path(key[0]))
+        if self._target > THUMB_SIZE:
+            return (str(self._images.preview_path(key[0])), thumb)
+        return (thumb,)
 
     def pixmap(self, key: ThumbKey) -> QPixmap | None:
         pm = self._cache.get(key)
@@ -131,13 +147,13 @@ class ThumbnailLoader(QObject):
                     self._pending.move_to_end(key)  # still wanted: serve it sooner
                 return
             self._requested.add(key)
-            self._pending[key] = (key, str(self.thumb_path(key[0])), self._generation, self._target)
+            self._pending[key] = (key, self.paths_for(key), self._generation, self._target)
             while len(self._pending) > MAX_PENDING:
                 old, _ = self._pending.popitem(last=False)
                 self._requested.discard(old)
         self._pool.start(_LoadTask(self))
 
-    def _take(self) -> tuple[ThumbKey, str, int, int] | None:
+    def _take(self) -> tuple[ThumbKey, tuple[str, ...], int, int] | None:
         """Newest request first (pool threads)."""
         with self._lock:
             if not self._pending:
@@ -214,3 +230,18 @@ class ThumbnailLoader(QObject):
 
 def _bytes(pm: QPixmap) -> int:
     return max(1, pm.width() * pm.height() * 4)
+
+
+class FaceCropLoader(ThumbnailLoader):
+    """The faces stage's crops (160 px, one per face id), read and cached like thumbnails. Key: (str(face id), 0)."""
+
+    def __init__(self, paths: LibraryPaths, target_px: int = 96, *, parent: QObject | None = None):
+        super().__init__(paths, target_px, threads=1, cache_bytes=32 * 1024 * 1024, parent=parent)
+        self._faces_dir = str(paths.faces)
+
+    def paths_for(self, key: ThumbKey) -> tuple[str, ...]:
+        return (crop_path(self._faces_dir, int(key[0])),)
+
+    @staticmethod
+    def key(face_id: int) -> ThumbKey:
+        return (str(int(face_id)), 0)

@@ -4,26 +4,25 @@ see the problems, cancel, close while working, start again and resume."""
 from __future__ import annotations
 
 import configparser
+import itertools
 import random
 import time
 from pathlib import Path
 
 import pytest
+import pytestqt  # noqa: F401 - a test dependency (pyproject [test]): its absence must fail, not skip
 from PIL import Image, ImageDraw
+from PySide6.QtCore import QSettings, Qt, QTimer
+from PySide6.QtGui import QPixmap
+from PySide6.QtWidgets import QApplication, QFileDialog, QMessageBox
 
-import pytestqt  # noqa: E402,F401 - a test dependency (pyproject [test]): its absence must fail, not skip
-
-from PySide6.QtCore import QSettings, Qt, QTimer  # noqa: E402
-from PySide6.QtGui import QPixmap  # noqa: E402
-from PySide6.QtWidgets import QApplication, QFileDialog, QMessageBox  # noqa: E402
-
-from engine.api import Library  # noqa: E402
-from engine.catalog import Photo  # noqa: E402
-from myvlm_desktop import app as app_module  # noqa: E402
-from myvlm_desktop.folders import SubtitleRole  # noqa: E402
-from myvlm_desktop.grid import PhotoGridModel, PhotoRole, ThumbStateRole  # noqa: E402
-from myvlm_desktop.main_window import MainWindow  # noqa: E402
-from myvlm_desktop.resources import app_icon, resources_dir, stylesheet  # noqa: E402
+from engine.api import Library
+from engine.catalog import Photo
+from myvlm_desktop import app as app_module
+from myvlm_desktop.folders import SubtitleRole
+from myvlm_desktop.grid import PhotoGridModel, PhotoRole, ThumbStateRole
+from myvlm_desktop.main_window import MainWindow
+from myvlm_desktop.resources import app_icon, resources_dir, stylesheet
 
 SCREENSHOT = Path("/tmp/gui-screenshot.png")
 INDEX_TIMEOUT_MS = 30_000
@@ -114,8 +113,10 @@ def open_window(qtbot, qapp, library_dir: Path):
     app_module.configure_application(qapp)  # icon and stylesheet, as `main()` sets them
     windows: list[MainWindow] = []
 
-    def opener(auto_index: bool = True) -> MainWindow:
-        w = MainWindow(library_dir, auto_index=auto_index)
+    def opener(auto_index: bool = True, stages: list[str] | None = ("thumbnail",), watch: bool = False,
+               **kw) -> MainWindow:
+        w = MainWindow(library_dir, auto_index=auto_index, stages=list(stages) if stages else None, watch=watch,
+                       **kw)
         qtbot.addWidget(w)
         w.show()
         qtbot.waitExposed(w)
@@ -129,7 +130,8 @@ def open_window(qtbot, qapp, library_dir: Path):
 
 
 def wait_indexed(qtbot, window: MainWindow) -> None:
-    qtbot.waitUntil(lambda: not window.indexing, timeout=INDEX_TIMEOUT_MS)
+    """Until indexing ended and the window shows what it did (the catalog is read on a thread)."""
+    qtbot.waitUntil(lambda: not window.indexing and not window.refreshing, timeout=INDEX_TIMEOUT_MS)
 
 
 def load_all_thumbnails(qtbot, window: MainWindow) -> None:
@@ -165,7 +167,7 @@ def test_add_folder_index_and_browse(qtbot, open_window, album: Path, monkeypatc
     wait_indexed(qtbot, window)
 
     # the grid: every readable photo, newest first by date taken
-    assert window.center.currentWidget() is window.grid_view
+    assert window.center.currentWidget() is window.grid_page
     model = window.grid_model
     assert model.rowCount() == GOOD_PHOTOS
     names = [model.data(model.index(r), PhotoRole).name for r in range(model.rowCount())]
@@ -272,6 +274,7 @@ def test_cancel_stops_the_worker_and_gui_stays_responsive(qtbot, open_window, bi
     assert result.cancelled and result.error is None
     assert not window.indexing
     assert "Stopped" in window.stage_label.text()
+    wait_indexed(qtbot, window)
     done = window.grid_model.rowCount()
     assert done < 60, "cancel did not stop the pipeline"
 
@@ -285,12 +288,51 @@ def test_cancel_stops_the_worker_and_gui_stays_responsive(qtbot, open_window, bi
     # the event loop kept running all along: the timer fired steadily while the worker was busy (work done on the
     # GUI thread would show as one gap as long as the work; the bound is loose for a loaded 2-core machine)
     assert len(ticks) >= 10
-    gaps = [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(ticks)]
     assert max(gaps) < max(0.5, elapsed / 3), f"GUI thread blocked for {max(gaps):.2f}s of {elapsed:.2f}s"
 
     with Library(window.library_root) as lib:
         runs = lib.catalog.scalar("SELECT SUM(runs) FROM stage_status WHERE stage = 'thumbnail'")
     assert runs == 60  # nothing was done twice
+
+
+def test_pause_and_resume(qtbot, open_window, big_album: Path) -> None:
+    """Pause holds new work (the photos in flight finish first), resume goes on; the status bar says which."""
+    window = open_window()
+    events = []
+    window.indexer.progress.connect(events.append)
+    window.add_folder(big_album)
+    # pause once some photos are done, so that "done so far" is something to check
+    qtbot.waitUntil(lambda: any(e.stage == "thumbnail" and e.done > 0 for e in events), timeout=INDEX_TIMEOUT_MS)
+    assert window.pause_button.isVisible() and window.pause_action.text() == "&Pause Indexing"
+    qtbot.mouseClick(window.pause_button, Qt.MouseButton.LeftButton)
+    assert window.indexer.paused and window.pause_action.text() == "&Resume Indexing"
+    qtbot.waitUntil(lambda: any(e.state == "paused" for e in events), timeout=INDEX_TIMEOUT_MS)
+    paused = next(e for e in events if e.state == "paused")
+    assert "paused" in window.stage_label.text()
+    assert 0 < paused.done < 60
+    with Library(window.library_root) as lib:  # everything done so far is committed; nothing runs meanwhile
+        assert lib.catalog.scalar("SELECT COUNT(*) FROM stage_status WHERE stage = 'thumbnail'") == paused.done
+    window.pause_action.trigger()  # resume
+    assert not window.indexer.paused
+    wait_indexed(qtbot, window)
+    assert window.grid_model.rowCount() == 60 and window.stage_label.text() == "Up to date"
+    assert not window.pause_button.isVisible()
+
+
+def test_hidpi_thumbnails_come_from_the_preview(qtbot, open_window, album: Path) -> None:
+    """Cells bigger than the stored 256 px thumbnail (big zoom, 2x screens) read the 1440 px preview instead."""
+    window = open_window()
+    window.add_folder(album)
+    wait_indexed(qtbot, window)
+    loader = window.loader
+    key = (window.grid_model.photo(0).content_hash, 0)
+    assert len(loader.paths_for(key)) == 1  # 160 px cells: the thumbnail
+    loader.set_target_px(320 * 2)  # 320 px cells on a 2x screen
+    assert loader.paths_for(key)[0].endswith(".jpg") and "previews" in loader.paths_for(key)[0]
+    loader.request(key)
+    qtbot.waitUntil(lambda: loader.pixmap(key) is not None, timeout=10_000)
+    assert loader.pixmap(key).width() == 640  # sharp, not a 256 px thumbnail blown up
 
 
 def test_close_while_indexing_joins_threads(qtbot, open_window, big_album: Path) -> None:
@@ -345,7 +387,8 @@ def fake_photos(n: int, start_id: int = 1) -> list[Photo]:
 
 def test_grid_handles_ten_thousand_photos(qtbot, open_window) -> None:
     window = open_window(auto_index=False)
-    window.center.setCurrentWidget(window.grid_view)
+    window.center.setCurrentWidget(window.grid_page)
+    window.grid_stack.setCurrentIndex(0)
     photos = fake_photos(10_000)
     start = time.perf_counter()
     window.grid_model.set_photos(photos)
@@ -406,7 +449,10 @@ def test_main_opens_the_window(qtbot, tmp_path: Path, monkeypatch) -> None:
 
     monkeypatch.setattr(QApplication, "exec", staticmethod(fake_exec))
     lib = tmp_path / "lib"
+    asked = []
+    monkeypatch.setattr(app_module, "first_run", lambda library, settings: asked.append(library) or (library, []))
     assert app_module.main(["--library", str(lib), "--no-index"]) == 0
+    assert asked == [lib.absolute()]  # a new library: the first-run question (folders, library location)
     assert seen == {"root": lib.absolute(), "icon": True}
     assert (lib / "library.db").exists()
     assert QApplication.applicationName() == "myvlm-desktop"

@@ -33,6 +33,9 @@ class Blip2Wrapper(VlmWrapper):
         self.num_query_tokens = model.config.num_query_tokens                # 32
         self.image_token_id = model.config.image_token_id
         self.decoder_only = bool(model.config.use_decoder_only_language_model)
+        # method.md's Q-Former key/value rescale of the appended positions; on by default (the paper's BLIP-2).
+        # bench/bench_myvlm_world.py measures what it does on a small model.
+        self.rescale_appended = True
         self.concept_layer = ConceptLayer(vcfg.hidden_size, keep_unit_norm).to(device)   # D = 1408 for ViT-g
         self.concept_layer.attach(model.vision_model.encoder.layers[-1])
         self._cross_attentions = [layer.crossattention for layer in model.qformer.encoder.layer
@@ -56,7 +59,7 @@ class Blip2Wrapper(VlmWrapper):
     def _rescale_appended(self, module, args, out: torch.Tensor):
         """Keys/values (B, S, H·d): positions ≥ n_image take the mean norm of the image positions."""
         n = self.n_image_tokens
-        if out.shape[1] <= n:
+        if out.shape[1] <= n or not self.rescale_appended:
             return None
         image = out[:, :n]
         extra = out[:, n:]

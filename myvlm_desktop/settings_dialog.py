@@ -1,0 +1,324 @@
+"""Settings: folders, the library, the device, the face backend, the captioning model, models present or missing
+(as `engine.doctor.report()` says, with the command that fetches a missing one), thresholds, appearance.
+
+Library settings live in the catalog (the CLI's `myvlm settings` sees the same); the device and the theme are
+per-user app settings (QSettings). Reading the doctor's report and saving run on an engine thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QMessageBox,
+    QPushButton,
+    QSpinBox,
+    QTabWidget,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from engine.api import Library
+
+from .tasks import EngineThread, user_message
+
+log = logging.getLogger(__name__)
+
+FACE_BACKENDS = [("auto", "Automatic (InsightFace when a pack is installed, else dlib)"), ("dlib", "dlib (CC0)"),
+                 ("dlib-cnn", "dlib CNN detector (slower, finds more faces)"),
+                 ("insightface", "InsightFace buffalo_l (non-commercial licence)")]
+CLIP_MODELS = [("ViT-B-32", "OpenCLIP ViT-B-32 (light, default)"),
+               ("DFN5B-CLIP-ViT-H-14-378", "DFN5B ViT-H-14 (the paper's, large)")]
+DEVICES = [("", "Automatic (the GPU when there is one)"), ("cpu", "CPU"), ("cuda", "NVIDIA GPU (CUDA)"),
+           ("mps", "Apple GPU (Metal)")]
+THEMES = [("system", "Like the system"), ("light", "Light"), ("dark", "Dark")]
+
+
+def load_settings(lib: Library) -> dict[str, Any]:
+    """What the dialog shows (engine thread: the doctor looks at the model caches and the GPU)."""
+    from engine.doctor import report
+    from engine.personalize.vlm import VLM_SPECS
+
+    cat = lib.catalog
+    return {
+        "folders": [{"id": f.id, "path": f.path, "status": f.status} for f in lib.folders()],
+        "face_backend": cat.get_setting("face_backend") or "auto",
+        "vlm": cat.get_setting("vlm") or "blip2",
+        "clip_model": cat.get_setting("clip_model") or "ViT-B-32",
+        "watch_polling": bool(cat.get_setting("watch_polling", False)),
+        "preview_cache_bytes": int(cat.get_setting("preview_cache_bytes") or 2 * 1024**3),
+        "vlms": [(s.key, s.title, s.license, s.tiny) for s in VLM_SPECS.values()],
+        "doctor": report(lib.paths),
+        "library": str(lib.paths.root),
+    }
+
+
+def save_settings(lib: Library, changes: dict[str, Any], remove_folders: list[int]) -> dict[str, Any]:
+    """Store changed library settings; switching the VLM marks embeddings of the other model stale."""
+    cat = lib.catalog
+    for key, value in changes.items():
+        if key == "vlm":
+            from engine.personalize.vlm import resolve_spec
+
+            resolve_spec(str(value))  # refuses an unknown model with a message
+        cat.set_setting(key, value)
+    if "vlm" in changes:
+        lib.personalizer().refresh_states()
+    removed = 0
+    for fid in remove_folders:
+        removed += cat.remove_folder(fid)
+    return {"removed_photos": removed}
+
+
+def model_rows(doctor: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """(model, purpose, state, licence, what to do) from the doctor's report."""
+    m = doctor.get("models", {})
+    rows = []
+    d = m.get("dlib_face", {})
+    rows.append(("dlib face models", "faces (default)", d.get("state", "?"), d.get("licence", "CC0"),
+                 d.get("fix") or d.get("path") or ""))
+    for pack in m.get("insightface_packs", []):
+        rows.append((f"InsightFace {pack['name']}", "faces (optional)", pack["state"], pack["licence"],
+                     pack.get("fix") or pack.get("path") or ""))
+    for hub in m.get("hub", []):
+        rows.append((hub["name"], hub["purpose"], hub["state"], hub["licence"],
+                     hub.get("fix") or (f"{hub['size_mb']:,} MB in the Hugging Face cache" if hub.get("size_mb")
+                                        else "")))
+    return rows
+
+
+class SettingsDialog(QDialog):
+    libraryChosen = Signal(str)  # another library folder to open
+
+    def __init__(self, engine: EngineThread, settings: Any, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName("settingsDialog")
+        self.setWindowTitle("Settings")
+        self.engine = engine
+        self.qsettings = settings
+        self.data: dict[str, Any] | None = None
+        self.removed: list[int] = []
+        self.added: list[str] = []
+        self.saved = False
+        self.resize(760, 560)
+        lay = QVBoxLayout(self)
+        self.tabs = QTabWidget()
+        lay.addWidget(self.tabs, 1)
+        self.loading = QLabel("Looking at this computer's models and devices…")
+        lay.addWidget(self.loading)
+
+        # -- library and folders
+        lib_tab = QWidget()
+        ll = QVBoxLayout(lib_tab)
+        ll.addWidget(QLabel("<b>Photo folders</b> (watched: new, changed and removed photos are noticed by "
+                            "themselves; the files are never changed)"))
+        self.folder_list = QListWidget()
+        self.folder_list.setObjectName("settingsFolders")
+        ll.addWidget(self.folder_list, 1)
+        row = QHBoxLayout()
+        add = QPushButton("Add Folder…")
+        add.clicked.connect(self._add_folder)
+        self.remove_button = QPushButton("Stop Watching")
+        self.remove_button.setToolTip("The app forgets the folder's photos; the files themselves stay untouched")
+        self.remove_button.clicked.connect(self._remove_folder)
+        row.addWidget(add)
+        row.addWidget(self.remove_button)
+        row.addStretch(1)
+        ll.addLayout(row)
+        self.polling = QCheckBox("Check folders by polling (for network shares, whose changes are not reported)")
+        ll.addWidget(self.polling)
+        ll.addSpacing(8)
+        ll.addWidget(QLabel("<b>Library</b> (thumbnails, faces, captions: everything the app learns)"))
+        lib_row = QHBoxLayout()
+        self.library_label = QLabel()
+        self.library_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        lib_row.addWidget(self.library_label, 1)
+        other = QPushButton("Open Another Library…")
+        other.clicked.connect(self._choose_library)
+        lib_row.addWidget(other)
+        ll.addLayout(lib_row)
+        self.tabs.addTab(lib_tab, "Library")
+
+        # -- models and device
+        models_tab = QWidget()
+        ml = QVBoxLayout(models_tab)
+        form = QFormLayout()
+        self.device = QComboBox()
+        for key, text in DEVICES:
+            self.device.addItem(text, key)
+        self.device_info = QLabel()
+        self.device_info.setWordWrap(True)
+        form.addRow("Device", self.device)
+        form.addRow("", self.device_info)
+        self.face_backend = QComboBox()
+        for key, text in FACE_BACKENDS:
+            self.face_backend.addItem(text, key)
+        form.addRow("Faces", self.face_backend)
+        self.vlm = QComboBox()
+        self.vlm.setObjectName("vlmCombo")
+        form.addRow("Captions and questions", self.vlm)
+        self.clip = QComboBox()
+        for key, text in CLIP_MODELS:
+            self.clip.addItem(text, key)
+        form.addRow("Search and things", self.clip)
+        ml.addLayout(form)
+        ml.addWidget(QLabel("<b>Models on this computer</b>"))
+        self.models = QTreeWidget()
+        self.models.setObjectName("modelsTree")
+        self.models.setHeaderLabels(["Model", "For", "State", "Licence"])
+        self.models.setRootIsDecorated(False)
+        self.models.header().setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
+        self.models.header().setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
+        self.models.header().setSectionResizeMode(2, QHeaderView.ResizeMode.ResizeToContents)
+        self.models.header().setStretchLastSection(True)
+        self.models.currentItemChanged.connect(self._on_model)
+        ml.addWidget(self.models, 1)
+        self.model_fix = QLabel()
+        self.model_fix.setObjectName("modelFix")
+        self.model_fix.setWordWrap(True)
+        self.model_fix.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        ml.addWidget(self.model_fix)
+        note = QLabel("Downloading models from inside the app comes with the model manager. Until then, run the "
+                      "command shown for a missing model; nothing is downloaded without your say-so.")
+        note.setWordWrap(True)
+        note.setObjectName("pageSummary")
+        ml.addWidget(note)
+        self.tabs.addTab(models_tab, "Models")
+
+        # -- thresholds and appearance
+        other_tab = QWidget()
+        ol = QFormLayout(other_tab)
+        self.preview_cache = QSpinBox()
+        self.preview_cache.setRange(100, 200_000)
+        self.preview_cache.setSingleStep(500)
+        self.preview_cache.setSuffix(" MB")
+        ol.addRow("Preview cache", self.preview_cache)
+        self.theme = QComboBox()
+        self.theme.setObjectName("themeCombo")
+        for key, text in THEMES:
+            self.theme.addItem(text, key)
+        ol.addRow("Appearance", self.theme)
+        self.tabs.addTab(other_tab, "General")
+
+        self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel)
+        self.buttons.accepted.connect(self.save)
+        self.buttons.rejected.connect(self.reject)
+        lay.addWidget(self.buttons)
+        self.buttons.button(QDialogButtonBox.StandardButton.Save).setEnabled(False)
+        self.tabs.setEnabled(False)
+
+        theme = self.qsettings.value("theme", "system") if self.qsettings is not None else "system"
+        self.theme.setCurrentIndex(max(0, self.theme.findData(theme)))
+        device = self.qsettings.value("device", "") if self.qsettings is not None else ""
+        self.device.setCurrentIndex(max(0, self.device.findData(device or "")))
+        engine.call(load_settings, self._on_loaded, self._on_failed, label="settings")
+
+    def _on_loaded(self, data: dict[str, Any]) -> None:
+        self.data = data
+        self.loading.hide()
+        self.tabs.setEnabled(True)
+        self.buttons.button(QDialogButtonBox.StandardButton.Save).setEnabled(True)
+        for f in data["folders"]:
+            item = QListWidgetItem(f["path"] + ("  (offline)" if f["status"] == "offline" else ""))
+            item.setData(Qt.ItemDataRole.UserRole, f["id"])
+            self.folder_list.addItem(item)
+        self.polling.setChecked(data["watch_polling"])
+        self.library_label.setText(data["library"])
+        dev = data["doctor"].get("device", {})
+        self.device_info.setText(f"This computer: {dev.get('kind', '?').upper()} — {dev.get('name', '')}"
+                                 + (f", {dev['memory_gb']} GB" if dev.get("memory_gb") else "")
+                                 + (f"; {dev['ram_gb']} GB RAM" if dev.get("ram_gb") else ""))
+        self.face_backend.setCurrentIndex(max(0, self.face_backend.findData(data["face_backend"])))
+        for key, title, licence, tiny in data["vlms"]:
+            self.vlm.addItem(f"{title} — {licence}", key)
+        i = self.vlm.findData(data["vlm"])
+        if i < 0:
+            self.vlm.addItem(data["vlm"], data["vlm"])
+            i = self.vlm.count() - 1
+        self.vlm.setCurrentIndex(i)
+        self.clip.setCurrentIndex(max(0, self.clip.findData(data["clip_model"])))
+        self.preview_cache.setValue(int(data["preview_cache_bytes"] / 1024**2))
+        for name, purpose, state, licence, fix in model_rows(data["doctor"]):
+            item = QTreeWidgetItem([name, purpose, state, licence])
+            item.setData(0, Qt.ItemDataRole.UserRole, fix)
+            item.setForeground(2, Qt.GlobalColor.darkGreen if state == "present" else Qt.GlobalColor.darkRed)
+            self.models.addTopLevelItem(item)
+
+    def _on_failed(self, exc: BaseException) -> None:
+        self.loading.setText(f"Settings could not be read: {user_message(exc)}")
+
+    def _on_model(self, item: QTreeWidgetItem | None, _prev: Any = None) -> None:
+        self.model_fix.setText(item.data(0, Qt.ItemDataRole.UserRole) if item is not None else "")
+
+    def _add_folder(self) -> None:
+        start = os.path.expanduser("~")
+        path = QFileDialog.getExistingDirectory(self, "Add a Folder of Photos", start)
+        if path:
+            self.added.append(path)
+            self.folder_list.addItem(QListWidgetItem(path + "  (new)"))
+
+    def _remove_folder(self) -> None:
+        item = self.folder_list.currentItem()
+        if item is None:
+            return
+        fid = item.data(Qt.ItemDataRole.UserRole)
+        if fid is not None:
+            self.removed.append(int(fid))
+        self.folder_list.takeItem(self.folder_list.row(item))
+
+    def _choose_library(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Open or Make a Library", str(Path.home()))
+        if path:
+            self.libraryChosen.emit(path)
+            self.reject()
+
+    def changes(self) -> dict[str, Any]:
+        if self.data is None:
+            return {}
+        out: dict[str, Any] = {}
+        for key, widget in (("face_backend", self.face_backend), ("vlm", self.vlm), ("clip_model", self.clip)):
+            value = widget.currentData()
+            if value != self.data[key]:
+                out[key] = value
+        if self.polling.isChecked() != self.data["watch_polling"]:
+            out["watch_polling"] = self.polling.isChecked()
+        cache = self.preview_cache.value() * 1024**2
+        if abs(cache - self.data["preview_cache_bytes"]) >= 1024**2:
+            out["preview_cache_bytes"] = cache
+        return out
+
+    def save(self) -> None:
+        if self.qsettings is not None:
+            self.qsettings.setValue("theme", self.theme.currentData())
+            self.qsettings.setValue("device", self.device.currentData() or "")
+        changes, removed = self.changes(), list(self.removed)
+        if removed and QMessageBox.question(
+                self, "Stop Watching Folders",
+                "The app forgets the photos of the folders you removed (names, captions and faces in them). "
+                "The files themselves stay untouched. Go on?") != QMessageBox.StandardButton.Yes:
+            return
+        self.saved = True
+        self.engine.call(lambda lib: save_settings(lib, changes, removed), lambda _r: self.accept(),
+                         self._on_save_failed, label="save settings")
+
+    def _on_save_failed(self, exc: BaseException) -> None:
+        from .widgets import show_error
+
+        show_error(self, "Settings Not Saved", user_message(exc))

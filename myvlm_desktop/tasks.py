@@ -1,0 +1,197 @@
+"""Engine calls off the GUI thread.
+
+`EngineThread` runs callables one after another on a thread of its own that holds its OWN engine `Library`
+(a catalog connection belongs to the thread that opened it). Writes (naming, merging, captions) go through it, so
+the GUI never waits on the database's write lock while the indexing process commits; so do reads that may be slow.
+Results and errors come back on the GUI thread through callbacks.
+
+Errors are for people: `user_message()` turns an engine exception into a sentence (the engine's own messages say
+what to do); anything unexpected is logged with its traceback and shown as one line, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QObject, QThread, Signal, Slot
+
+from engine.api import Library
+
+log = logging.getLogger(__name__)
+
+Done = Callable[[Any], None]
+Failed = Callable[[BaseException], None]
+
+
+def user_message(exc: BaseException) -> str:
+    """A sentence for an error dialog: the engine's own message for errors it raises on purpose, else a short
+    description (the traceback goes to the log)."""
+    from engine.concepts.object_head import TrainingCancelled
+    from engine.concepts.registry import ConceptError
+    from engine.people import PeopleError
+
+    expected: tuple[type[BaseException], ...] = (PeopleError, ConceptError, TrainingCancelled, KeyError,
+                                                 ValueError, FileNotFoundError, PermissionError)
+    from engine.faces.backends import FaceBackendError
+    from engine.personalize.vlm import VlmError
+
+    expected += (VlmError, FaceBackendError)
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    if isinstance(exc, expected) and text:
+        return text[:1].upper() + text[1:]
+    if isinstance(exc, MemoryError):
+        return "Not enough memory for this. Close other programs or choose a smaller model in Settings."
+    return f"Something went wrong ({type(exc).__name__}: {text or 'no details'}). The log file has the details."
+
+
+@dataclass
+class _Task:
+    id: int
+    fn: Callable[[Library], Any]
+    label: str
+
+
+class _Bridge(QObject):
+    done = Signal(int, object, object)  # task id, result, exception (or None)
+
+
+class EngineThread(QThread):
+    """A serial queue of engine calls on one thread with its own `Library`."""
+
+    busyChanged = Signal(bool)
+
+    def __init__(self, library_root: Path, options: dict[str, Any] | None = None, *, name: str = "engine",
+                 parent: QObject | None = None):
+        super().__init__(parent)
+        self.setObjectName(f"myvlm-{name}")
+        self._root = Path(library_root)
+        self.options = dict(options or {})
+        self._queue: queue.Queue[_Task | None] = queue.Queue()
+        self._ids = itertools.count(1)
+        self._callbacks: dict[int, tuple[Done | None, Failed | None]] = {}
+        self._bridge = _Bridge()
+        self._bridge.done.connect(self._on_done)
+        self._stopped = False
+        self.current: str = ""
+        self.longest_task_s = 0.0
+
+    # -- GUI thread -------------------------------------------------------------------------------------------------
+
+    def call(self, fn: Callable[[Library], Any], done: Done | None = None, failed: Failed | None = None,
+             label: str = "") -> int:
+        """Run `fn(library)` on the thread; `done(result)` or `failed(exception)` later, on the GUI thread."""
+        if self._stopped:
+            return 0
+        tid = next(self._ids)
+        was_idle = not self._callbacks
+        self._callbacks[tid] = (done, failed)
+        self._queue.put(_Task(tid, fn, label or getattr(fn, "__name__", "task")))
+        if not self.isRunning():
+            self.start()
+        if was_idle:
+            self.busyChanged.emit(True)
+        return tid
+
+    def pending(self) -> int:
+        return len(self._callbacks)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._callbacks)
+
+    def shutdown(self, timeout_ms: int = 30_000) -> bool:
+        """Finish the queued calls, close the thread's library and end the thread. A call still running after
+        `timeout_ms` (a model loading) is left to finish on its own; the thread is kept alive, not destroyed."""
+        self._stopped = True
+        if not self.isRunning():
+            return True
+        self._queue.put(None)
+        if self.wait(timeout_ms):
+            return True
+        keep_until_finished(self)
+        return False
+
+    @Slot(int, object, object)
+    def _on_done(self, tid: int, result: Any, error: BaseException | None) -> None:
+        done, failed = self._callbacks.pop(tid, (None, None))
+        try:
+            if error is None:
+                if done is not None:
+                    done(result)
+            elif failed is not None:
+                failed(error)
+            else:
+                log.error("background task failed: %s", user_message(error))
+        finally:
+            if not self._callbacks:
+                self.busyChanged.emit(False)
+
+    # -- the thread -------------------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        lib: Library | None = None
+        try:
+            while True:
+                task = self._queue.get()
+                if task is None:
+                    break
+                self.current = task.label
+                started = time.perf_counter()
+                try:
+                    if lib is None:
+                        lib = Library(self._root)
+                        lib.options.update(self.options)
+                    result, error = task.fn(lib), None
+                except BaseException as exc:
+                    if not _quiet(exc):
+                        log.exception("task %s failed", task.label)
+                    result, error = None, exc
+                self.longest_task_s = max(self.longest_task_s, time.perf_counter() - started)
+                self.current = ""
+                self._bridge.done.emit(task.id, result, error)
+        finally:
+            if lib is not None:
+                lib.close()
+
+
+_orphans: set[QThread] = set()
+
+
+def keep_until_finished(thread: QThread) -> None:
+    """A thread that outlives its window: detach it from the window (Qt would destroy it with its parent, and a
+    QThread destroyed while running aborts the process) and keep it referenced until it ends."""
+    log.warning("thread %s is still busy (%s); letting it finish", thread.objectName(),
+                getattr(thread, "current", "") or "work in progress")
+    thread.setParent(None)
+    _orphans.add(thread)
+    thread.finished.connect(lambda: _orphans.discard(thread))
+
+
+def _quiet(exc: BaseException) -> bool:
+    """Errors that are a normal answer (a name taken, a cancelled training) need no traceback in the log."""
+    from engine.concepts.object_head import TrainingCancelled
+    from engine.concepts.registry import ConceptError
+    from engine.people import PeopleError
+
+    return isinstance(exc, (PeopleError, ConceptError, TrainingCancelled))
+
+
+class CancelFlag:
+    """A cancel flag for engine calls that accept `cancel` (anything with is_set())."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
