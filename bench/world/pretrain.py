@@ -778,7 +778,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("what", choices=["blip2", "llava", "eval"])
     ap.add_argument("model", nargs="?", choices=["blip2", "llava"], help="with eval: which checkpoint")
     ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=None, help="images per step (blip2 32, llava 16)")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 = reproducible, bit for bit)")
@@ -795,10 +795,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: v for k, v in res.items() if k != "examples"}, indent=2))
         return 0
     if args.what == "blip2":
-        s = TrainSettings(steps=args.steps or 2400, batch=args.batch, lr=args.lr, seed=args.seed)
+        s = TrainSettings(steps=args.steps or 2400, batch=args.batch or 32, lr=args.lr, seed=args.seed)
         rep = pretrain_blip2(args.out or BLIP2_DIR, s, Blip2Sizes(), log)
     else:
-        s = TrainSettings(steps=args.steps or 2400, batch=args.batch, lr=args.lr, seed=args.seed)
+        s = TrainSettings(steps=args.steps or 2400, batch=args.batch or 16, lr=args.lr, seed=args.seed)
         rep = pretrain_llava(args.out or LLAVA_DIR, s, LlavaSizes(), log)
     print(json.dumps({k: v for k, v in rep.items() if k not in ("examples", "settings")}, indent=2))
     return 0
