@@ -8,6 +8,7 @@ timeout instead of failing with "database is locked" when it upgrades a read to 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import sqlite3
@@ -322,6 +323,50 @@ class SchemaTooNew(RuntimeError):
     pass
 
 
+class DiskFull(OSError):
+    """The disk (or quota) holding the library is full. Nothing half-written is kept: the catalog rolled back,
+    temporary files were removed, and the work not stored is simply still to do, so the same command resumes
+    once there is room. The message says what could not be written and what to do."""
+
+    def __init__(self, message: str):
+        super().__init__(errno.ENOSPC, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+_DISK_FULL_WORDS = ("no space left on device", "disk quota exceeded", "database or disk is full", "storagefull")
+SQLITE_FULL = 13
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """True for every way "the disk is full" reaches us: an OSError (ENOSPC, EDQUOT), SQLite's SQLITE_FULL, or a
+    library that wraps the OS error in its own exception (safetensors says "StorageFull"), also as a cause."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, DiskFull):
+            return True
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL:
+            return True
+        if any(w in str(exc).lower() for w in _DISK_FULL_WORDS):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def disk_full(where: str, exc: BaseException | None = None) -> DiskFull:
+    """The error to raise when `where` (e.g. "the thumbnail of /a/b.jpg") could not be written: disk full."""
+    if isinstance(exc, DiskFull):
+        return exc
+    detail = f" ({exc})" if exc is not None and str(exc) else ""
+    return DiskFull(f"The disk holding the library is full: {where} could not be written{detail}. Free some "
+                    "space (or move the library to a bigger disk), then run again: nothing written so far is "
+                    "lost, and the work resumes where it stopped.")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -448,18 +493,35 @@ class Catalog:
             finally:
                 self._depth -= 1
             return
-        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            if is_disk_full(exc):
+                raise disk_full(f"the catalog {self.paths.db}", exc) from exc
+            raise
         self._depth = 1
         try:
             yield self.db
-        except BaseException:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
+        except BaseException as exc:
+            self._rollback()
+            if is_disk_full(exc) and not isinstance(exc, DiskFull):
+                raise disk_full(f"the catalog {self.paths.db}", exc) from exc
             raise
         else:
-            self.conn.execute("COMMIT")
+            try:
+                self.conn.execute("COMMIT")
+            except sqlite3.Error as exc:   # e.g. SQLITE_FULL at commit: the transaction is rolled back, not kept
+                self._rollback()
+                if is_disk_full(exc):
+                    raise disk_full(f"the catalog {self.paths.db}", exc) from exc
+                raise
         finally:
             self._depth = 0
+
+    def _rollback(self) -> None:
+        if self.conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK")
 
     def query(self, sql: str, params: Iterable[Any] | dict[str, Any] = ()) -> list[sqlite3.Row]:
         return self.conn.execute(sql, params).fetchall()

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .api import FolderNotFound, Library
+from .catalog import DiskFull
 from .library import default_pictures_path
 from .pipeline import ALL, ERRORS, MISSING, ProgressEvent
 
@@ -757,6 +758,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_personalize(sub)
 
+    from .cli_check import register as register_check
+
+    register_check(sub)
+
+    from .cli_backup import register as register_backup
+
+    register_backup(sub)
+
+    from .cli_models import register as register_models
+
+    register_models(sub)
+
     s = sub.add_parser("settings", help="show or change a library setting")
     s.add_argument("key", nargs="?")
     s.add_argument("value", nargs="?")
@@ -792,6 +805,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BrokenPipeError:  # `myvlm photos | head` is fine
             sys.stderr.close()
             return 0
+        except DiskFull as exc:  # the message says what could not be written and what to do
+            print(f"myvlm: {exc}", file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":

@@ -27,6 +27,14 @@ def _errors():
     return (ConceptError, VlmError, ValueError, FileNotFoundError), TrainingCancelled
 
 
+def _resource_errors():
+    """Out of memory, a full disk: the job failed for a reason the message explains (exit status 1)."""
+    from .catalog import DiskFull
+    from .personalize.training import TrainingOutOfMemory
+
+    return (DiskFull, TrainingOutOfMemory)
+
+
 def _config(args: argparse.Namespace):
     from .personalize.training import TrainingConfig
 
@@ -74,6 +82,9 @@ def cmd_train(args: argparse.Namespace, lib) -> int:
     except errors as exc:
         print(f"myvlm: {exc}", file=sys.stderr)
         return 2
+    except _resource_errors() as exc:
+        print(f"myvlm: {exc}", file=sys.stderr)
+        return 1
     finally:
         bar.close()
     reg = lib.concepts()

@@ -98,7 +98,7 @@ class ClipEncoder:
         if path is None:
             return (f"CLIP weights for {self.spec.name} are not downloaded ({self.spec.hub_id} on the Hugging Face hub, "
                     f"licence: {self.spec.licence}). Download them on a machine with internet "
-                    f"(`huggingface-cli download {self.spec.hub_id}`) or set clip_weights to a local file; "
+                    f"(`myvlm models get` or `hf download {self.spec.hub_id}`) or set clip_weights to a local file; "
                     "search by image content and object recognition wait until then.")
         if not path.exists():
             return f"CLIP weights file {path} does not exist"

@@ -10,6 +10,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError, features
@@ -56,7 +57,15 @@ UNSUPPORTED_REASON = {
     "avif": "AVIF needs Pillow with AVIF support or the pillow-avif-plugin package",
 }
 
-MAX_PIXELS = 300_000_000  # larger than any camera or stitched panorama we expect; beyond it, a decompression bomb
+# Decompression bombs: a few kilobytes that claim billions of pixels. A sequential JPEG is decoded at reduced scale
+# (memory follows the preview), so it may be as large as any camera or stitched panorama we expect; every other
+# format, and progressive JPEG, is decoded at full size (about 4-8 bytes per pixel at the peak), so its limit is
+# lower, though still above 100-megapixel medium-format cameras.
+MAX_PIXELS = 300_000_000
+MAX_FULL_DECODE_PIXELS = 120_000_000
+# Pillow's own guard (a warning from MAX_IMAGE_PIXELS, an error from twice that) would refuse what the limits above
+# allow; `decode` checks them itself from the header, before any pixel is decoded.
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 # EXIF orientation -> the transpose that shows the photo upright.
 _ORIENT_TRANSPOSE = {
@@ -139,43 +148,77 @@ def _header_info(img: Image.Image) -> tuple[int, datetime | None]:
 
 
 def probe(path: str) -> tuple[int, int, int, str, datetime | None]:
-    """(displayed width, displayed height, orientation, format, date taken) from the header alone, no decode."""
-    with Image.open(path) as img:
-        w, h = img.size
-        orientation, date_taken = _header_info(img)
-        fmt = img.format or "unknown"
+    """(displayed width, displayed height, orientation, format, date taken) from the header alone, no decode.
+
+    Raises PhotoReadError (like `decode`) for a file that is missing, unreadable or not an image.
+    """
+    with _open_file(path) as fh:
+        img = _open_image(fh)
+        with img:
+            w, h = img.size
+            if w <= 0 or h <= 0:
+                raise PhotoReadError("image has no pixels")
+            orientation, date_taken = _header_info(img)
+            fmt = img.format or "unknown"
     return (h, w, orientation, fmt, date_taken) if orientation >= 5 else (w, h, orientation, fmt, date_taken)
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow mode to 8-bit RGB: 16-bit scaled (not clipped), alpha and palette transparency over white."""
+# Modes in which resampling averages meaningful values: shrunk in their own mode, before any conversion, so a large
+# image is held at full size only once (decoded) instead of three or four times (converted, composited, shrunk).
+_SHRINK_FIRST = {"RGB", "RGBA", "RGBa", "L", "LA", "La", "CMYK", "YCbCr"}
+_DEEP = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
+
+
+def _grey8(img: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit integer or float image as 8-bit grey: scaled to its range (16-bit: 0..65535; others: 0..255,
+    or 0..max when brighter), not clipped; NaN as black. Row blocks keep the float copy small."""
+    arr = np.asarray(img)
+    hi = 65535.0
+    if not img.mode.startswith("I;16"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN float image
+            top = float(np.nanmax(arr)) if arr.size else 0.0
+        hi = top if math.isfinite(top) and top > 255 else 255.0
+    out = np.empty(arr.shape[:2], np.uint8)
+    rows = max(1, (1 << 20) // max(1, arr.shape[1]))
+    for y in range(0, arr.shape[0], rows):
+        block = np.nan_to_num(arr[y : y + rows].astype(np.float32), nan=0.0, posinf=hi, neginf=0.0)
+        np.clip(block * np.float32(255.0 / hi) + np.float32(0.5), 0, 255, out=block)
+        out[y : y + rows] = block
+    return Image.fromarray(out, "L")
+
+
+def _to_rgb(img: Image.Image, max_side: int) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB, at most `max_side` on its long side: 16-bit scaled (not clipped), alpha and
+    palette transparency over white."""
+    mode = img.mode
+    if mode in _DEEP:
+        img = _grey8(img)
+    elif mode == "1":
+        img = img.convert("L")  # one byte per pixel; shrunk in grey, not by dropping pixels
+    elif mode in ("P", "PA"):
+        img = img.convert("RGBA" if mode == "PA" or "transparency" in img.info else "RGB")
+    elif mode not in _SHRINK_FIRST:
+        img = img.convert("RGB")  # LAB, HSV ...: converted before they are resampled
+    if max(img.size) > max_side:
+        img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC, reducing_gap=2.0)
     mode = img.mode
     if mode == "RGB":
         return img
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        hi = 65535.0 if mode.startswith("I;16") else max(float(arr.max()), 1.0)
-        if mode in ("I", "F") and arr.max() <= 255:
-            hi = 255.0
-        arr8 = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr8, "L").convert("RGB")
-    if mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-        mode = "RGBA"
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    if mode in ("RGBA", "LA", "RGBa", "La"):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
 
 
-def decode(path: str, max_side: int = 1440, max_pixels: int = MAX_PIXELS) -> DecodedPhoto:
-    """Decode a photo once, as small as `max_side` allows (JPEG draft mode), upright and in RGB."""
+def _open_file(path: str) -> BinaryIO:
+    """The file opened for reading; every OS failure as a PhotoReadError."""
     try:
         size = os.stat(path).st_size
         if size == 0:
             raise PhotoReadError("empty file (0 bytes)")
-        fh = open(path, "rb")  # noqa: SIM115 - closed below
+        return open(path, "rb")  # the caller closes it
     except FileNotFoundError as exc:
         raise PhotoReadError("file vanished before it could be read", vanished=True) from exc
     except PermissionError as exc:
@@ -184,32 +227,52 @@ def decode(path: str, max_side: int = 1440, max_pixels: int = MAX_PIXELS) -> Dec
         raise PhotoReadError("not a file") from exc
     except OSError as exc:
         raise PhotoReadError(f"cannot open the file: {exc.strerror or exc}") from exc
-    with fh:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img = Image.open(fh)
-                img.seek(0)  # GIF/APNG/multi-page TIFF: the first frame
-        except UnidentifiedImageError as exc:
-            raise PhotoReadError("not an image, or an image format that cannot be read") from exc
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise PhotoReadError(f"image too large to decode safely: {exc}") from exc
-        except OSError as exc:
-            if "truncated" in str(exc).lower():
-                raise PhotoReadError("truncated file: the image data ends early (incomplete copy or download?)") from exc
-            raise PhotoReadError(f"unreadable image header: {exc}") from exc
-        except Exception as exc:  # noqa: BLE001 - plugin bugs must not take the run down
-            raise PhotoReadError(f"unreadable image header: {type(exc).__name__}: {exc}") from exc
 
+
+def _open_image(fh: BinaryIO) -> Image.Image:
+    """Pillow's reading of the header (no pixels yet), its failures as PhotoReadErrors."""
+    try:
+        with warnings.catch_warnings():
+            # Pillow's own guard warns from MAX_IMAGE_PIXELS on and refuses from twice that; `decode` applies the
+            # stricter per-format limits itself, right after this, before any pixel is decoded.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(fh)
+            img.seek(0)  # GIF/APNG/multi-page TIFF: the first frame
+    except UnidentifiedImageError as exc:
+        raise PhotoReadError("not an image, or an image format that cannot be read") from exc
+    except Image.DecompressionBombError as exc:
+        raise PhotoReadError(f"image too large to decode safely: {exc}") from exc
+    except OSError as exc:
+        if "truncated" in str(exc).lower():
+            raise PhotoReadError("truncated file: the image data ends early (incomplete copy or download?)") from exc
+        raise PhotoReadError(f"unreadable image header: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - plugin bugs must not take the run down
+        raise PhotoReadError(f"unreadable image header: {type(exc).__name__}: {exc}") from exc
+    return img
+
+
+def decode(path: str, max_side: int = 1440, max_pixels: int = MAX_PIXELS) -> DecodedPhoto:
+    """Decode a photo once, as small as `max_side` allows (JPEG draft mode), upright and in RGB.
+
+    Size limits, checked from the header before any pixel is decoded: a sequential JPEG (decoded by libjpeg at 1/2,
+    1/4 or 1/8 scale, so its memory follows the preview's size) may have up to `max_pixels`; anything decoded at
+    full size (PNG, TIFF, WebP, HEIC, GIF, progressive JPEG, whose decoder holds the whole image) up to
+    MAX_FULL_DECODE_PIXELS. Every failure is a PhotoReadError.
+    """
+    with _open_file(path) as fh:
+        img = _open_image(fh)
         raw_w, raw_h = img.size
         if raw_w <= 0 or raw_h <= 0:
             raise PhotoReadError("image has no pixels")
-        if raw_w * raw_h > max_pixels:
+        fmt = img.format or "unknown"
+        reduced = fmt == "JPEG" and not img.info.get("progressive")  # libjpeg scales it while decoding
+        limit = max_pixels if reduced else min(max_pixels, MAX_FULL_DECODE_PIXELS)
+        if raw_w * raw_h > limit:
+            kind = "progressive JPEG" if fmt == "JPEG" and not reduced else fmt
             raise PhotoReadError(
                 f"image too large to decode safely: {raw_w}×{raw_h} = {raw_w * raw_h / 1e6:.0f} megapixels "
-                f"(limit {max_pixels / 1e6:.0f})"
+                f"(limit {limit / 1e6:.0f} for {kind} images)"
             )
-        fmt = img.format or "unknown"
         orientation, date_taken = _header_info(img)
 
         scale = min(1.0, max_side / max(raw_w, raw_h))
@@ -227,9 +290,7 @@ def decode(path: str, max_side: int = 1440, max_pixels: int = MAX_PIXELS) -> Dec
             raise PhotoReadError(f"corrupt image data: {type(exc).__name__}: {exc}") from exc
 
         try:
-            rgb = _to_rgb(img)
-            if max(rgb.size) > max_side:
-                rgb.thumbnail((max_side, max_side), Image.Resampling.BICUBIC, reducing_gap=2.0)
+            rgb = _to_rgb(img, max_side)
             transpose = _ORIENT_TRANSPOSE.get(orientation)
             if transpose is not None:
                 rgb = rgb.transpose(transpose)

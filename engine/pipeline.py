@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import paths as P
-from .catalog import Catalog
+from .catalog import Catalog, DiskFull, disk_full, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -319,9 +319,11 @@ class Pipeline:
         in_flight: dict[Future, list[list[Job]]] = {}
         queue = iter(work)
         exhausted = False
+        full: DiskFull | None = None   # the disk filled up: stop, keep what is stored, leave the rest to do
         with ThreadPoolExecutor(max(1, stage.workers), thread_name_prefix=f"stage-{stage.name}") as pool:
             while True:
-                while not exhausted and not self.cancelled and len(in_flight) < 2 * max(1, stage.workers):
+                while (not exhausted and not self.cancelled and full is None
+                       and len(in_flight) < 2 * max(1, stage.workers)):
                     if not self._running.is_set():
                         if not in_flight:
                             flush(force=True)
@@ -345,6 +347,13 @@ class Pipeline:
                         outcomes = [(None, True, exc)] * len(batch)
                     for jobs, (result, ran, error) in zip(batch, outcomes, strict=True):
                         current = P.display(jobs[0].path_bytes)
+                        if error is not None and is_disk_full(error):
+                            # not the photo's fault, so not its error: it stays to do, and the run stops (every
+                            # later write would fail the same way)
+                            if full is None:
+                                full = disk_full(f"the {stage.name} data of {current}", error)
+                                log.error("stage %s stopped: %s", stage.name, full)
+                            continue
                         if error is not None:
                             record_failure(jobs, error)
                             rep.errors += len(jobs)
@@ -358,6 +367,9 @@ class Pipeline:
                         done += len(jobs)
                 flush()
         flush(force=True)
+        if full is not None:
+            self._emit(ProgressEvent(stage.name, done, total, str(full), rep.errors, "cancelled"))
+            raise full
         stage.finish(cat)
         rep.seconds = time.perf_counter() - start
         state = "cancelled" if self.cancelled else "finished"

@@ -22,7 +22,7 @@ from PySide6.QtWidgets import QApplication, QDialog, QMessageBox
 
 from engine import __version__
 from engine.catalog import SchemaTooNew
-from engine.library import APP_NAME, APP_SLUG, ENV_LIBRARY, default_library_path
+from engine.library import APP_NAME, APP_SLUG, ENV_LIBRARY, default_library_path, follow_moves
 
 from .qt_compat import install_none_refcount_guard
 from .resources import app_icon, stylesheet
@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     library = args.library
     if library is None:
         last = settings.value("library")
-        library = Path(str(last)) if last and not _env_library() else default_library_path()
+        library = follow_moves(Path(str(last))) if last and not _env_library() else default_library_path()
     library = Path(library).expanduser().absolute()
     albums = [str(Path(a).expanduser().absolute()) for a in args.album]
 

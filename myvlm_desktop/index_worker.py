@@ -159,8 +159,14 @@ class Worker:
                     pipeline.cancel()
                 result["pipeline"] = lib.process(mode=mode, progress=self._on_progress, pipeline=pipeline).to_json()
         except Exception as exc:
-            log.exception("indexing failed")
-            result["error"] = f"{type(exc).__name__}: {exc}"
+            from engine.catalog import DiskFull
+
+            if isinstance(exc, DiskFull):   # a sentence that says what to do, not a bug
+                log.error("indexing stopped: %s", exc)
+                result["error"] = str(exc)
+            else:
+                log.exception("indexing failed")
+                result["error"] = f"{type(exc).__name__}: {exc}"
         finally:
             with self._lock:
                 self._pipeline = None

@@ -1684,6 +1684,57 @@ class MainWindow(QMainWindow):
                                max(0, pos.y() - self.stages_popup.height() - 4))
         self.stages_popup.show()
 
+    # -- models arriving ------------------------------------------------------------------------------------------------
+
+    def stages_waiting_for_models(self) -> dict[str, str]:
+        """The stages that could not run here, stage -> why (their weights are missing, as a rule): what the last
+        catalog read says, and what the current or last indexing run reported."""
+        waiting: dict[str, str] = {}
+        for name, st in (self._status.get("stages") or {}).items():
+            if isinstance(st, dict) and st.get("unavailable"):
+                waiting[name] = str(st["unavailable"])
+        last = self.indexer.last_result
+        if last is not None:
+            waiting.update(last.unavailable)
+        for name, ev in self.indexer.stage_events.items():
+            if ev.state == "unavailable":
+                waiting[name] = ev.current
+        if self._stages is not None:  # a window opened with `stages=` runs only those
+            waiting = {name: why for name, why in waiting.items() if name in self._stages}
+        return waiting
+
+    @Slot(list)
+    def on_models_changed(self, rows: list | None = None) -> None:
+        """Settings ▸ Models downloaded, imported or removed a model. The stages that were waiting for weights are
+        asked again (off the GUI thread) whether they can run; if one can, the pipeline runs again the way Index Now
+        runs it, without the rescan (the files did not change): mode "missing" does the waiting work and nothing
+        that is done already. A run in progress is followed by that one."""
+        if self._closing:
+            return
+        waiting = self.stages_waiting_for_models()
+        if not waiting:
+            return
+
+        def check(lib: Library) -> dict[str, str | None]:
+            return {name: st.get("unavailable") for name, st in lib.status()["stages"].items()}
+
+        def checked(now: dict[str, str | None]) -> None:
+            if self._closing:
+                return
+            order = dict.fromkeys(STAGE_ORDER + sorted(waiting))  # pipeline order, then any other stage
+            ready = [name for name in order if name in waiting and name in now and not now[name]]
+            if not ready:
+                return
+            log.info("GUI: models changed; %s can run now: indexing again", ", ".join(ready))
+            self.statusBar().showMessage(f"{', '.join(stage_label(s) for s in ready)}: the model is here, "
+                                         "indexing again", 8000)
+            self.start_indexing(scan=False)
+
+        def failed(exc: BaseException) -> None:
+            log.warning("cannot check the stages after a model change: %s", user_message(exc))
+
+        self.reader_thread.call(check, checked, failed, label="check the stages' models")
+
     # -- watching -------------------------------------------------------------------------------------------------------
 
     def _start_watching(self) -> None:
@@ -1769,6 +1820,7 @@ class MainWindow(QMainWindow):
 
         dlg = SettingsDialog(self.actions_thread, self._settings, self)
         dlg.libraryChosen.connect(self.libraryChangeRequested)
+        dlg.model_panel.modelsChanged.connect(self.on_models_changed)  # a download may unblock waiting stages
 
         def accepted() -> None:
             for path in dlg.added:

@@ -1,13 +1,19 @@
-"""Icons and the stylesheet, loaded by path from the repository's `resources/` folder (optional: the app works
-without it, falling back to the style's own icons)."""
+"""Icons and the stylesheet, loaded by path from the app's resources folder (optional: the app works without it,
+falling back to the style's own icons).
+
+Where that folder is depends on how the app was installed (see `resources_dir`): a wheel carries it inside the
+package as `myvlm_desktop/_resources/` (setup.py copies the repository's `resources/` there), a PyInstaller build
+next to its executables, and a source checkout or an editable install has the repository's `resources/`.
+"""
 
 from __future__ import annotations
 
 import logging
+import sys
 from functools import cache
 from pathlib import Path
 
-from PySide6.QtGui import QIcon
+from PySide6.QtGui import QGuiApplication, QIcon
 from PySide6.QtWidgets import QApplication, QStyle
 
 log = logging.getLogger(__name__)
@@ -16,10 +22,24 @@ APP_ICON = "myvlm-desktop.svg"
 STYLESHEET = "style.qss"
 
 
+def resource_dirs() -> list[Path]:
+    """Where the resources may be, first found wins: a PyInstaller bundle's, the installed package's own copy,
+    then the repository's `resources/` beside the package (a source checkout or an editable install)."""
+    here = Path(__file__).resolve().parent
+    out = []
+    frozen = getattr(sys, "_MEIPASS", None)
+    if frozen:
+        out.append(Path(frozen) / "resources")
+    out += [here / "_resources", here.parent / "resources"]
+    return out
+
+
 def resources_dir() -> Path | None:
-    """`resources/` beside the package (a source checkout or an editable install), or None when absent."""
-    d = Path(__file__).resolve().parents[1] / "resources"
-    return d if d.is_dir() else None
+    """The resources folder this copy of the app uses, or None when it has none."""
+    for d in resource_dirs():
+        if (d / APP_ICON).is_file():
+            return d
+    return None
 
 
 def resource_path(name: str) -> Path | None:
@@ -36,6 +56,9 @@ def app_icon() -> QIcon:
     p = resource_path(APP_ICON)
     if p is not None:
         icon = QIcon(str(p))
+        if QGuiApplication.instance() is not None:   # loading a bitmap needs the application object
+            for png in sorted(p.parent.glob("hicolor/*/apps/myvlm-desktop.png")):
+                icon.addFile(str(png))  # exact bitmaps for small sizes, and an icon even without Qt's SVG plugin
         if not icon.isNull():
             return icon
     icon = QIcon.fromTheme("myvlm-desktop")

@@ -1,8 +1,10 @@
-"""Settings: folders, the library, the device, the face backend, the captioning model, models present or missing
-(as `engine.doctor.report()` says, with the command that fetches a missing one), thresholds, appearance.
+"""Settings: folders, the library, the device, the face backend, the captioning model, the models each feature
+needs (the model manager's table, with Download / Cancel / Remove / Import / Verify: see models_page.py),
+thresholds, appearance.
 
 Library settings live in the catalog (the CLI's `myvlm settings` sees the same); the device and the theme are
-per-user app settings (QSettings). Reading the doctor's report and saving run on an engine thread.
+per-user app settings (QSettings). Reading the doctor's report and saving run on an engine thread; model downloads
+and the other model jobs on a thread of their own.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from PySide6.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QListWidget,
     QListWidgetItem,
@@ -29,14 +30,13 @@ from PySide6.QtWidgets import (
     QPushButton,
     QSpinBox,
     QTabWidget,
-    QTreeWidget,
-    QTreeWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
 from engine.api import Library
 
+from .models_page import ModelsPanel
 from .tasks import EngineThread, user_message
 
 log = logging.getLogger(__name__)
@@ -87,21 +87,10 @@ def save_settings(lib: Library, changes: dict[str, Any], remove_folders: list[in
     return {"removed_photos": removed}
 
 
-def model_rows(doctor: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
-    """(model, purpose, state, licence, what to do) from the doctor's report."""
-    m = doctor.get("models", {})
-    rows = []
-    d = m.get("dlib_face", {})
-    rows.append(("dlib face models", "faces (default)", d.get("state", "?"), d.get("licence", "CC0"),
-                 d.get("fix") or d.get("path") or ""))
-    for pack in m.get("insightface_packs", []):
-        rows.append((f"InsightFace {pack['name']}", "faces (optional)", pack["state"], pack["licence"],
-                     pack.get("fix") or pack.get("path") or ""))
-    for hub in m.get("hub", []):
-        rows.append((hub["name"], hub["purpose"], hub["state"], hub["licence"],
-                     hub.get("fix") or (f"{hub['size_mb']:,} MB in the Hugging Face cache" if hub.get("size_mb")
-                                        else "")))
-    return rows
+def model_rows(doctor: dict[str, Any]) -> list[dict[str, Any]]:
+    """The model manager's rows (one dict per model: state, size, licence, where, what to do) in the doctor's
+    report."""
+    return list(doctor.get("models", {}).get("catalogue", []))
 
 
 class SettingsDialog(QDialog):
@@ -153,6 +142,9 @@ class SettingsDialog(QDialog):
         other = QPushButton("Open Another Library…")
         other.clicked.connect(self._choose_library)
         lib_row.addWidget(other)
+        from .library_tools import LibraryTools
+
+        self.library_tools = LibraryTools(self, lib_row)  # Back Up…, Move Library… (off the GUI thread)
         ll.addLayout(lib_row)
         self.tabs.addTab(lib_tab, "Library")
 
@@ -180,23 +172,12 @@ class SettingsDialog(QDialog):
         form.addRow("Search and things", self.clip)
         ml.addLayout(form)
         ml.addWidget(QLabel("<b>Models on this computer</b>"))
-        self.models = QTreeWidget()
-        self.models.setObjectName("modelsTree")
-        self.models.setHeaderLabels(["Model", "For", "State", "Licence"])
-        self.models.setRootIsDecorated(False)
-        self.models.header().setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
-        self.models.header().setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
-        self.models.header().setSectionResizeMode(2, QHeaderView.ResizeMode.ResizeToContents)
-        self.models.header().setStretchLastSection(True)
-        self.models.currentItemChanged.connect(self._on_model)
-        ml.addWidget(self.models, 1)
-        self.model_fix = QLabel()
-        self.model_fix.setObjectName("modelFix")
-        self.model_fix.setWordWrap(True)
-        self.model_fix.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        ml.addWidget(self.model_fix)
-        note = QLabel("Downloading models from inside the app comes with the model manager. Until then, run the "
-                      "command shown for a missing model; nothing is downloaded without your say-so.")
+        self.model_panel = ModelsPanel()
+        self.models = self.model_panel.tree
+        self.model_fix = self.model_panel.detail
+        ml.addWidget(self.model_panel, 1)
+        note = QLabel("Nothing is downloaded unless you click Download. Hugging Face models go to the Hugging Face "
+                      "cache (HF_HOME), face packs into this library's models folder.")
         note.setWordWrap(True)
         note.setObjectName("pageSummary")
         ml.addWidget(note)
@@ -255,17 +236,16 @@ class SettingsDialog(QDialog):
         self.vlm.setCurrentIndex(i)
         self.clip.setCurrentIndex(max(0, self.clip.findData(data["clip_model"])))
         self.preview_cache.setValue(int(data["preview_cache_bytes"] / 1024**2))
-        for name, purpose, state, licence, fix in model_rows(data["doctor"]):
-            item = QTreeWidgetItem([name, purpose, state, licence])
-            item.setData(0, Qt.ItemDataRole.UserRole, fix)
-            item.setForeground(2, Qt.GlobalColor.darkGreen if state == "present" else Qt.GlobalColor.darkRed)
-            self.models.addTopLevelItem(item)
+        self.model_panel.set_library(data["library"])
+        self.model_panel.set_rows(model_rows(data["doctor"]))
 
     def _on_failed(self, exc: BaseException) -> None:
         self.loading.setText(f"Settings could not be read: {user_message(exc)}")
 
-    def _on_model(self, item: QTreeWidgetItem | None, _prev: Any = None) -> None:
-        self.model_fix.setText(item.data(0, Qt.ItemDataRole.UserRole) if item is not None else "")
+    def done(self, result: int) -> None:
+        """Closing stops a model download (what arrived is kept: Download resumes it next time)."""
+        self.model_panel.shutdown()
+        super().done(result)
 
     def _add_folder(self) -> None:
         start = os.path.expanduser("~")

@@ -40,10 +40,13 @@ def user_message(exc: BaseException) -> str:
 
     expected: tuple[type[BaseException], ...] = (PeopleError, ConceptError, TrainingCancelled, KeyError,
                                                  ValueError, FileNotFoundError, PermissionError)
+    from engine.catalog import DiskFull
     from engine.faces.backends import FaceBackendError
+    from engine.model_manager import ModelError
+    from engine.personalize.training import TrainingOutOfMemory
     from engine.personalize.vlm import VlmError
 
-    expected += (VlmError, FaceBackendError)
+    expected += (VlmError, FaceBackendError, DiskFull, TrainingOutOfMemory, ModelError)
     text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
     if isinstance(exc, expected) and text:
         return text[:1].upper() + text[1:]

@@ -132,7 +132,8 @@ def metrics_text(info: ThingInfo) -> str:
 
 def embedding_text(state: str) -> str:
     return {"ready": "Captions use its name", "partial": "Captioner training unfinished: teach again to continue",
-            "stale": "Captioner taught on another model: teach again", "training": "Teaching the captioner…"
+            "stale": "Captioner taught on another model: teach again", "training": "Teaching the captioner…",
+            "failed": "Teaching the captioner failed: teach again to continue"
             }.get(state, "The captioner does not know it yet")
 
 

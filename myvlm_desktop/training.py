@@ -166,7 +166,13 @@ class TrainingJob(QObject):
         except TrainingCancelled:
             out.cancelled = True
         except Exception as exc:
-            log.exception("training failed")
+            from engine.catalog import DiskFull
+            from engine.personalize.training import TrainingOutOfMemory
+
+            if isinstance(exc, (TrainingOutOfMemory, DiskFull)):   # the message says it all: no traceback
+                log.error("training failed: %s", exc)
+            else:
+                log.exception("training failed")
             out.error = user_message(exc)
         finally:
             if lib is not None:

@@ -37,7 +37,7 @@ def test_index_status_photos_json(tmp_path: Path, album: Path):
     st = json.loads(myvlm("status", "--json", library=lib).stdout)
     assert st["photos"]["ok"] == 3
     assert st["stages"]["thumbnail"] == {"done": 3, "errors": 0, "pending": 0, "unavailable": None}
-    assert "huggingface-cli download" in st["stages"]["clip"]["unavailable"]  # no CLIP weights here
+    assert "hf download" in st["stages"]["clip"]["unavailable"]  # no CLIP weights here
     assert st["folders"][0]["path"] == str(album) and st["schema_version"] == SCHEMA_VERSION
     photos = json.loads(myvlm("photos", "--json", library=lib).stdout)
     assert [p["name"] for p in photos] == ["0.jpg", "1.jpg", "2.jpg"]
@@ -90,7 +90,7 @@ def test_doctor(tmp_path: Path):
     blip = hub["Salesforce/blip2-flan-t5-xl"]
     assert blip["state"] in ("present", "missing")
     if blip["state"] == "missing":
-        assert "huggingface-cli download" in blip["fix"]
+        assert "hf download" in blip["fix"]
     text = myvlm("doctor", library=tmp_path / "lib").stdout
     assert "Device:" in text and "Face models (dlib, CC0): present" in text
 

@@ -19,7 +19,7 @@ def test_concept_commands(tmp_path: Path, test_data: Path):
     lib = tmp_path / "lib"
     # without CLIP weights the app still works, and says what is missing
     out = json.loads(myvlm("index", str(album), "--json", "--no-progress", library=lib).stdout)
-    assert "huggingface-cli download" in out["pipeline"]["stages"]["clip"]["unavailable"]
+    assert "hf download" in out["pipeline"]["stages"]["clip"]["unavailable"]
     res = myvlm("concept", "add-object", "Spiff", str(album / "spiff.jpg"), library=lib, check=False)
     assert res.returncode == 2 and "CLIP" in res.stderr
     myvlm("concept", "remove", "Spiff", library=lib)

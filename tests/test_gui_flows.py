@@ -594,7 +594,7 @@ def test_theme_settings_and_about(qtbot, window, qapp):
     item = next(dlg.models.topLevelItem(i) for i in range(dlg.models.topLevelItemCount())
                 if dlg.models.topLevelItem(i).text(0) == "Salesforce/blip2-flan-t5-xl")
     dlg.models.setCurrentItem(item)
-    assert "huggingface-cli download Salesforce/blip2-flan-t5-xl" in dlg.model_fix.text()
+    assert "hf download Salesforce/blip2-flan-t5-xl" in dlg.model_fix.text()
     assert dlg.vlm.currentData() == "tiny-blip2" and dlg.folder_list.count() == 1
     dlg.vlm.setCurrentIndex(dlg.vlm.findData("tiny-blip2-opt"))
     assert dlg.changes() == {"vlm": "tiny-blip2-opt"}

@@ -269,7 +269,7 @@ def test_llava_vqa_trains_on_question_answer_pairs(models_dir, tmp_path):
 
 
 def test_missing_weights_and_unsupported_models_say_what_to_do(models_dir):
-    with pytest.raises(VlmWeightsMissing, match="huggingface-cli download Salesforce/blip2-flan-t5-xl"):
+    with pytest.raises(VlmWeightsMissing, match="hf download Salesforce/blip2-flan-t5-xl"):
         load_vlm("blip2", models_dir=models_dir)
     with pytest.raises(VlmError, match="MiniGPT-v2"):
         resolve_spec("minigpt-v2")
@@ -359,7 +359,7 @@ def test_personalised_caption_and_answer_end_to_end_through_the_cli(tmp_path: Pa
     assert myvlm("settings", "vlm", "gpt-17", library=lib, check=False).returncode == 2
 
     res = myvlm("train", "Spiff", "--vlm", "blip2", library=lib, check=False)
-    assert res.returncode == 2 and "huggingface-cli download Salesforce/blip2-flan-t5-xl" in res.stderr
+    assert res.returncode == 2 and "hf download Salesforce/blip2-flan-t5-xl" in res.stderr
 
 
 def test_llava_vqa_targets_are_generated_with_the_class_word_and_personalised(library, tmp_path):

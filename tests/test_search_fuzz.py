@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from engine.api import Library
@@ -60,3 +62,21 @@ def test_search_never_fails(lib, q, limit):
 def test_parse_never_fails(lib, q):
     parsed = parse(q, lib.searcher().names())
     assert all(w.strip() for w in parsed.words)
+
+
+LONG_PIECES = [" ", "\t", "\n", "\u00a0", "before", "in", "since", "2019", "20", "19", "x", ":", "person:", "in:", "'",
+               '"', "-", "/", "Alex", "Anne", "é", "1"]
+
+
+@settings(max_examples=25, deadline=None, database=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(unit=st.lists(st.sampled_from(LONG_PIECES), min_size=1, max_size=3).map("".join),
+       tail=st.lists(st.sampled_from(LONG_PIECES), max_size=3).map("".join))
+@example(unit=" ", tail="2019x")  # was quadratic: a date word's optional spaces scanned from every space of a run
+@example(unit="before ", tail="2019-")
+def test_long_pasted_queries_parse_in_linear_time(lib, unit, tail):
+    names = lib.searcher().names()
+    q = unit * (20_000 // len(unit)) + tail
+    start = time.perf_counter()
+    parse(q, names)
+    assert time.perf_counter() - start < 2.0, f"{len(q)} characters of {unit!r} took too long"

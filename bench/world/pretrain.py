@@ -18,13 +18,20 @@ Input layouts are the ones the project's wrappers use (engine/personalize/blip2.
   it and `</s>`. Pre-training packs up to three question turns per image in the vicuna v1 multi-turn format
   ("... ASSISTANT: a1</s>USER: q2 ASSISTANT: a2</s>"); the first turn is exactly the wrapper's single-turn layout.
 
-Besides the language-model loss, pre-training adds an auxiliary loss on the vision encoder's *pooled* output (a
-linear probe predicting which backgrounds, class+colour pairs, patterns, detail colours, accessories and named
-figures are in the picture). Like CLIP's image embedding it makes the pooled feature informative, which the
-MyVLM object heads need; the probe is training-only and is not saved. (In LLaVA the LM reads layer -2, so the last
-layer and the pooled output are trained by this loss alone, as CLIP's are by its contrastive loss.)
+Besides the language-model loss, pre-training adds training-only auxiliary heads (not saved), because a rendered
+world gives labels for free and a tiny model on one CPU thread needs them to learn in minutes, not hours:
+* a linear probe on the vision encoder's *pooled* output predicting which backgrounds, class+colour pairs,
+  patterns, detail colours, accessories and named figures are in the picture. Like CLIP's image embedding this
+  makes the pooled feature informative, which MyVLM's object heads read. (In LLaVA the LM reads layer -2, so the
+  last layer and the pooled output are trained by this loss alone, as CLIP's are by its contrastive loss.)
+* a per-patch head on the patch tokens the language side reads (class / colour / pattern of the object covering
+  each patch): shapes are learnt several times faster than from captions alone;
+* BLIP-2 only: a head on the Q-Former's query outputs predicting the background and, per slot (left / middle /
+  right), the object's class, colour and name — the real Q-Former has its own pre-training stage; without this one
+  the queries blur the objects of multi-object scenes together.
 
 Usage (one thread, reproducible):
+    .venv/bin/python bench/world/pretrain.py all            # both, one after the other (~45 min)
     .venv/bin/python bench/world/pretrain.py blip2          # -> bench/world/models/blip2-world/
     .venv/bin/python bench/world/pretrain.py llava          # -> bench/world/models/llava-world/
     .venv/bin/python bench/world/pretrain.py eval blip2     # re-measure a saved checkpoint
@@ -368,6 +375,73 @@ def probe_loss(head: torch.nn.Module, pooled: torch.Tensor, metas: list[SceneMet
     return F.binary_cross_entropy_with_logits(head(pooled), y, reduction="sum") / len(metas)
 
 
+# -- object looks: a CLIP-like contrast between the pooled feature and a description of each object's look ----------
+LOOK_FIELDS = (CLASSES, tuple(COLOURS), PATTERNS, ("none", *DETAIL_COLOURS), ACCESSORIES)
+LOOK_IN = sum(len(f) for f in LOOK_FIELDS)
+
+
+def look_key(inst) -> tuple:
+    return (inst.cls, inst.colour, inst.pattern, inst.detail or "none", inst.accessory)
+
+
+def look_onehot(keys: list[tuple]) -> torch.Tensor:
+    """(L, LOOK_IN): one one-hot block per look field."""
+    x = torch.zeros(len(keys), LOOK_IN)
+    for i, k in enumerate(keys):
+        off = 0
+        for field_values, v in zip(LOOK_FIELDS, k):
+            x[i, off + field_values.index(v)] = 1.0
+            off += len(field_values)
+    return x
+
+
+def near_look(key: tuple, rng: np.random.Generator) -> tuple:
+    """The same look with one of colour / pattern / detail colour / accessory changed."""
+    cls, colour, pattern, detail, acc = key
+    while True:
+        what = int(rng.integers(4))
+        if what == 0:
+            colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
+        elif what == 1:
+            pattern = PATTERNS[int(rng.integers(len(PATTERNS)))]
+        elif what == 2:
+            detail = LOOK_FIELDS[3][1 + int(rng.integers(len(DETAIL_COLOURS)))]
+        else:
+            acc = ACCESSORIES[int(rng.integers(len(ACCESSORIES)))]
+        new = (cls, colour, pattern, detail, acc)
+        if new != key:
+            return new
+
+
+class LookEncoder(torch.nn.Module):
+    """Embeds an object's look (class, colour, pattern, detail colour, accessory) into the pooled-feature space."""
+
+    def __init__(self, dim: int, hidden: int = 192):
+        super().__init__()
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(LOOK_IN, hidden), torch.nn.GELU(),
+                                       torch.nn.Linear(hidden, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, dim))
+        self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(10.0)))
+        self.bias = torch.nn.Parameter(torch.tensor(-5.0))
+
+    def forward(self, keys: list[tuple]) -> torch.Tensor:
+        return F.normalize(self.mlp(look_onehot(keys)), dim=-1)
+
+
+def look_loss(encoder: LookEncoder, pooled: torch.Tensor, metas: list[SceneMeta], rng: np.random.Generator
+              ) -> torch.Tensor:
+    """Is this exact look in the picture? Sigmoid contrast (as SigLIP) of every image against the looks of the
+    batch's objects and three near misses of each (one attribute off), so that the pooled feature binds the
+    attributes of one object together. That is what a 4-shot linear head needs to tell one toy from another;
+    CLIP's image embedding does it for real photos. The looks of the benchmark's personal concepts never occur."""
+    present = [{look_key(o.instance) for o in m.objects} for m in metas]
+    keys = sorted(set().union(*present))
+    keys = sorted(set(keys) | {near_look(k, rng) for k in keys for _ in range(3)})
+    emb = encoder(keys)                                                                   # (L, D)
+    y = torch.tensor([[1.0 if k in p else 0.0 for k in keys] for p in present])           # (B, L)
+    logits = F.normalize(pooled, dim=-1) @ emb.T * encoder.logit_scale.exp() + encoder.bias
+    return F.binary_cross_entropy_with_logits(logits, y, reduction="sum") / len(metas)
+
+
 def blip2_inputs(processor, images: list[Image.Image], fast: bool = True) -> dict:
     """Exactly what `processor(images=..., text=[""] * B, return_tensors="pt", padding=True)` returns."""
     if not fast:
@@ -489,6 +563,7 @@ class TrainSettings:
     clip: float = 1.0
     aux_weight: float = 0.05
     dense_weight: float = 20.0     # x aux_weight = 1.0 for the per-patch loss
+    look_weight: float = 10.0      # x aux_weight = 0.5 for the look contrast (BLIP-2)
     seed: int = 0
     log_every: int = 50
 
@@ -557,7 +632,9 @@ def pretrain_blip2(out: Path, s: TrainSettings, sizes: Blip2Sizes, log=print) ->
     aux_head = torch.nn.ModuleList([torch.nn.Linear(sizes.vision_hidden, len(ATTRIBUTES)),
                                     torch.nn.Linear(sizes.vision_hidden, DENSE_OUT),
                                     torch.nn.Linear(sizes.num_query_tokens * sizes.qformer_hidden,
-                                                    3 * SLOT_OUT + len(BACKGROUNDS))])
+                                                    3 * SLOT_OUT + len(BACKGROUNDS)),
+                                    LookEncoder(sizes.vision_hidden)])
+    look_rng = np.random.default_rng([s.seed, 13])
     stream = world.pretrain_scenes(seed=0)
     wording = np.random.default_rng([s.seed, 7])
     log(f"[blip2] {n_params(model) / 1e6:.2f}M parameters; {s.steps} steps of {s.batch}")
@@ -573,6 +650,8 @@ def pretrain_blip2(out: Path, s: TrainSettings, sizes: Blip2Sizes, log=print) ->
         aux = aux + s.dense_weight * dense_loss(aux_head[1], vis.last_hidden_state[:, 1:], scenes, sizes.patch_size)
         aux = aux + s.dense_weight * slot_loss(aux_head[2], outp.qformer_outputs.last_hidden_state,
                                                [sc.meta for sc in scenes])
+        if s.look_weight:
+            aux = aux + s.look_weight * look_loss(aux_head[3], vis.pooler_output, [sc.meta for sc in scenes], look_rng)
         return outp.loss, aux
 
     train = train_loop("blip2", model, aux_head, step_loss, s, log)
@@ -775,7 +854,7 @@ def evaluate_llava(folder: Path, n: int = 200, seed: int = 0, log=print, per_ima
 # ---------------------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["blip2", "llava", "eval"])
+    ap.add_argument("what", choices=["all", "blip2", "llava", "eval"])
     ap.add_argument("model", nargs="?", choices=["blip2", "llava"], help="with eval: which checkpoint")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--batch", type=int, default=None, help="images per step (blip2 32, llava 16)")
@@ -794,13 +873,16 @@ def main(argv: list[str] | None = None) -> int:
         res = evaluate_blip2(folder) if args.model == "blip2" else evaluate_llava(folder)
         print(json.dumps({k: v for k, v in res.items() if k != "examples"}, indent=2))
         return 0
-    if args.what == "blip2":
+    if args.what == "all" and args.out:
+        ap.error("--out names one checkpoint folder: use it with blip2 or llava")
+    if args.what in ("all", "blip2"):
         s = TrainSettings(steps=args.steps or 2400, batch=args.batch or 32, lr=args.lr, seed=args.seed)
         rep = pretrain_blip2(args.out or BLIP2_DIR, s, Blip2Sizes(), log)
-    else:
+        print(json.dumps({k: v for k, v in rep.items() if k not in ("examples", "settings")}, indent=2))
+    if args.what in ("all", "llava"):
         s = TrainSettings(steps=args.steps or 2400, batch=args.batch or 16, lr=args.lr, seed=args.seed)
         rep = pretrain_llava(args.out or LLAVA_DIR, s, LlavaSizes(), log)
-    print(json.dumps({k: v for k, v in rep.items() if k not in ("examples", "settings")}, indent=2))
+        print(json.dumps({k: v for k, v in rep.items() if k not in ("examples", "settings")}, indent=2))
     return 0
 
 

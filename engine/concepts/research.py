@@ -47,6 +47,8 @@ RESEARCH_EMBEDDINGS_DIR = "research_embeddings"  # concepts/<id>/research_embedd
 EMBEDDINGS_PREFIX = "concept_embeddings_"
 HEAD_SUFFIXES = (".pt", ".pth")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+MAX_JSON_BYTES = 32 << 20  # the paper's caption files are kilobytes
+CHECK_SIDE = 256  # images are checked by decoding them this small (JPEG: at reduced scale)
 OBJECT_THRESHOLD = 0.5  # the paper's object head fires at softmax p(concept) >= 0.5 (concept = class 1)
 WEIGHT, BIAS = "classifier.weight", "classifier.bias"
 
@@ -89,7 +91,7 @@ def _torch_load(path: Path, what: str) -> Any:
             f"{path.name} is not a plain tensor file; refused: only files of tensors and plain containers are "
             f"loaded, never ones that build Python objects or run code (a pickle can)"
             + (f" [{detail}]" if detail else "")) from None
-    except (RuntimeError, EOFError, ValueError, OSError, AttributeError, TypeError, IndexError, KeyError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a damaged file fails anywhere in torch: struct.error, AssertionError ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
         raise ConceptError(f"{path.name} cannot be read as a PyTorch tensor file ({type(exc).__name__}: {first})"
                            ) from None
@@ -100,9 +102,15 @@ def _to_numpy(value: Any, name: str, source: str) -> np.ndarray:
 
     if not isinstance(value, torch.Tensor):
         raise ConceptError(f"{source}: {name} is a {type(value).__name__}, not a tensor")
+    if value.is_nested or value.layout != torch.strided or value.is_meta:
+        kind = "nested" if value.is_nested else "data-less (meta)" if value.is_meta else str(value.layout)
+        raise ConceptError(f"{source}: {name} is a {kind} tensor, not a plain dense one")
     if not value.is_floating_point():
         raise ConceptError(f"{source}: {name} has dtype {value.dtype}, not a floating-point type")
-    arr = value.detach().to(torch.float32).cpu().numpy().copy()
+    try:
+        arr = value.detach().to(torch.float32).cpu().numpy().copy()
+    except (RuntimeError, TypeError, NotImplementedError, ValueError) as exc:
+        raise ConceptError(f"{source}: {name} cannot be read as numbers ({type(exc).__name__}: {exc})") from None
     if not np.isfinite(arr).all():
         raise ConceptError(f"{source}: {name} holds NaN or infinite values")
     return arr
@@ -232,15 +240,37 @@ def research_embeddings_filename(vlm: str, task: str) -> str:
 
 
 def _read_json(path: Path) -> Any:
+    """A JSON file of the folder; any failure (not UTF-8, not JSON, nested too deep, a number too long to read,
+    too large to be a captions file) is a ConceptError. A UTF-8 byte-order mark (Windows editors) is fine."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ConceptError(f"{path.name} is not readable: {exc.strerror or exc}") from None
+    if size > MAX_JSON_BYTES:
+        raise ConceptError(f"{path.name} is {size / 1e6:.0f} MB, too large for a captions file "
+                           f"(limit {MAX_JSON_BYTES / 1e6:.0f} MB)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8-sig"))
+    except RecursionError:
+        raise ConceptError(f"{path.name} is not readable JSON: nested too deeply") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, and int("9" * 5000)'s ValueError
         raise ConceptError(f"{path.name} is not readable JSON: {exc}") from None
+
+
+def _is_text(value: Any) -> bool:
+    """A str that is valid Unicode: JSON's "\\ud800" escapes give lone surrogates, which cannot be written out."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _image_name(key: Any, source: str) -> str:
     """An image named by a captions/VQA file: a plain file name (paths keep their last part, nothing outside)."""
-    if not isinstance(key, str) or not key.strip():
+    if not _is_text(key) or not key.strip() or "\x00" in key:
         raise ConceptError(f"{source}: {key!r} is not an image file name")
     name = Path(key.replace("\\", "/")).name
     if name in ("", ".", ".."):
@@ -256,6 +286,7 @@ def read_research_captions(folder: Path) -> dict[str, list[str]]:
         raise ConceptError(f"{folder} has no {' or '.join(CAPTION_FILES)}: not a MyVLM concept folder")
     out: dict[str, list[str]] = {}
     for path in found:
+        _inside(folder, path)
         data = _read_json(path)
         if not isinstance(data, dict):
             raise ConceptError(f"{path.name} must map image names to lists of captions")
@@ -263,7 +294,7 @@ def read_research_captions(folder: Path) -> dict[str, list[str]]:
             name = _image_name(key, path.name)
             if isinstance(caps, str):
                 caps = [caps]
-            if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
+            if not isinstance(caps, list) or not all(_is_text(c) for c in caps):
                 raise ConceptError(f"{path.name}: the captions of {key!r} must be a list of strings")
             have = out.setdefault(name, [])
             have.extend(c.strip() for c in caps if c.strip() and c.strip() not in have)
@@ -275,6 +306,7 @@ def read_research_vqa(folder: Path) -> dict[str, list[list[str]]] | None:
     path = folder / VQA_FILE
     if not path.is_file():
         return None
+    _inside(folder, path)
     data = _read_json(path)
     if not isinstance(data, dict):
         raise ConceptError(f"{VQA_FILE} must map image names to lists of [question, answer] pairs")
@@ -282,20 +314,32 @@ def read_research_vqa(folder: Path) -> dict[str, list[list[str]]] | None:
     for key, pairs in data.items():
         name = _image_name(key, VQA_FILE)
         if not isinstance(pairs, list) or not all(
-                isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(s, str) for s in p) for p in pairs):
+                isinstance(p, (list, tuple)) and len(p) == 2 and all(_is_text(s) for s in p) for p in pairs):
             raise ConceptError(f"{VQA_FILE}: the entry of {key!r} must be a list of [question, answer] pairs")
         out.setdefault(name, []).extend([str(q), str(a)] for q, a in pairs)
     return out
 
 
 def _check_image(path: Path) -> None:
-    from PIL import Image, UnidentifiedImageError
+    """The image decodes, as the album's photos do (same size limits, truncation and corruption checks)."""
+    from ..images import PhotoReadError, decode
 
     try:
-        with Image.open(path) as img:
-            img.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        decode(str(path), max_side=CHECK_SIDE)
+    except PhotoReadError as exc:
         raise ConceptError(f"{path.name} is not a readable image ({exc})") from None
+
+
+def _inside(folder: Path, path: Path) -> None:
+    """Refuse a file of the folder that is a link to somewhere outside it: an import reads only the folder."""
+    try:
+        target = path.resolve(strict=True)
+        inside = target.is_relative_to(folder.resolve(strict=True))
+    except (OSError, RuntimeError) as exc:  # a dangling link, a link loop
+        raise ConceptError(f"{path.name} is a broken link ({exc})") from None
+    if not inside:
+        raise ConceptError(f"{path.name} is a link to {target}, outside the concept folder: copy the file into the "
+                           f"folder instead (an import reads nothing outside its folder)")
 
 
 def _word_re(token: str) -> re.Pattern[str]:
@@ -336,7 +380,8 @@ def import_research_concept(registry: ConceptRegistry, folder: str | Path, name:
       paper's multi-face rule: `face_head.build_person_head_from_images`). The concept is tied to no album person.
 
     Everything is validated before the concept is created; if a later step fails the concept is removed again.
-    Raises ConceptError with the reason.
+    Only the folder is read: names in the caption files are plain file names, and a file that is a link to
+    somewhere outside the folder is refused. Raises ConceptError with the reason.
     """
     folder = Path(folder).expanduser()
     if not folder.is_dir():
@@ -359,6 +404,7 @@ def import_research_concept(registry: ConceptRegistry, folder: str | Path, name:
     if not files:
         raise ConceptError(f"{folder} holds no images")
     for p in files.values():
+        _inside(folder, p)
         _check_image(p)
     if vqa:
         stray = sorted(set(vqa) - set(files))
@@ -378,6 +424,8 @@ def import_research_concept(registry: ConceptRegistry, folder: str | Path, name:
             raise ConceptError(f"{folder} holds several possible object heads ({', '.join(p.name for p in candidates)}):"
                                f" name the one to use")
         head_file = candidates[0] if candidates else None
+        if head_file is not None:
+            _inside(folder, head_file)
     space = None
     if head_file is not None:
         head_tensors = load_research_object_head(head_file)
@@ -386,7 +434,10 @@ def import_research_concept(registry: ConceptRegistry, folder: str | Path, name:
         if space is None:
             raise ConceptError(f"{head_file.name} reads {dim}-d features; MyVLM's released object heads read 1024-d "
                                f"DFN5B-CLIP-ViT-H-14-378 features, and no other space is known for it")
-    embeddings = {p.stem: load_research_concept_embeddings(p) for p in sorted(folder.glob(EMBEDDINGS_PREFIX + "*.pt"))}
+    embedding_files = sorted(folder.glob(EMBEDDINGS_PREFIX + "*.pt"))
+    for p in embedding_files:
+        _inside(folder, p)
+    embeddings = {p.stem: load_research_concept_embeddings(p) for p in embedding_files}
 
     # -- the identifier the captions use, and the concept's ------------------------------------------------------------
     all_caps = [c for caps in captions.values() for c in caps]
@@ -450,10 +501,23 @@ def load_imported_embeddings(path: str | Path) -> dict[int, dict[str, np.ndarray
     """The research concept embeddings an import kept (safetensors) -> {step: {"keys", "values"}}."""
     from safetensors.numpy import load_file
 
-    out: dict[int, dict[str, np.ndarray]] = {}
-    for key, arr in load_file(str(path)).items():
-        step, part = key.split("/", 1)
-        out.setdefault(int(step), {})[part] = arr
+    path = Path(path)
+    try:
+        tensors = load_file(str(path))
+        out: dict[int, dict[str, np.ndarray]] = {}
+        for key, arr in tensors.items():
+            step, part = key.split("/", 1)
+            out.setdefault(int(step), {})[part] = arr
+        for step, entry in out.items():
+            if set(entry) != {"keys", "values"}:
+                raise ValueError(f"step {step} has {sorted(entry)}, not keys and values")
+            if entry["values"].ndim != 2 or not np.isfinite(entry["values"]).all():
+                raise ValueError(f"step {step} values have shape {entry['values'].shape} or are not finite")
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, a foreign key, a wrong shape: all "damaged"
+        raise ConceptError(f"{path.name} is damaged and cannot be read ({type(exc).__name__}: {exc}); import the "
+                           f"research concept again") from None
+    if not out:
+        raise ConceptError(f"{path.name} holds no concept embeddings; import the research concept again")
     return dict(sorted(out.items()))
 
 

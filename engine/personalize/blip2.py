@@ -36,6 +36,10 @@ class Blip2Wrapper(VlmWrapper):
         # method.md's Q-Former key/value rescale of the appended positions; on by default (the paper's BLIP-2).
         # bench/bench_myvlm_world.py measures what it does on a small model.
         self.rescale_appended = True
+        # The rescale's target is gain × that mean norm; method.md's rule is gain 1. A checkpoint may declare its own
+        # (`myvlm_appended_gain` in config.json): a 2M-parameter Q-Former attends far more evenly than BLIP-2's,
+        # and there one token at the mean norm cannot win enough attention to be heard (bench/README.md).
+        self.appended_gain = float(getattr(model.config, "myvlm_appended_gain", 1.0) or 1.0)
         self.concept_layer = ConceptLayer(vcfg.hidden_size, keep_unit_norm).to(device)   # D = 1408 for ViT-g
         self.concept_layer.attach(model.vision_model.encoder.layers[-1])
         self._cross_attentions = [layer.crossattention for layer in model.qformer.encoder.layer
@@ -57,13 +61,13 @@ class Blip2Wrapper(VlmWrapper):
 
     # -- hooks --------------------------------------------------------------------------------------------------
     def _rescale_appended(self, module, args, out: torch.Tensor):
-        """Keys/values (B, S, H·d): positions ≥ n_image take the mean norm of the image positions."""
+        """Keys/values (B, S, H·d): positions ≥ n_image take the mean norm of the image positions (× the gain)."""
         n = self.n_image_tokens
         if out.shape[1] <= n or not self.rescale_appended:
             return None
         image = out[:, :n]
         extra = out[:, n:]
-        target = image.norm(dim=-1, keepdim=True).mean(dim=1, keepdim=True)            # (B, 1, 1)
+        target = image.norm(dim=-1, keepdim=True).mean(dim=1, keepdim=True) * self.appended_gain   # (B, 1, 1)
         extra = extra / extra.norm(dim=-1, keepdim=True).clamp_min(1e-12) * target
         return torch.cat([image, extra], dim=1)
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from ..catalog import disk_full, is_disk_full
+from ..concepts.registry import ConceptError
 from ..concepts.research import (
     EMBEDDINGS_PREFIX,
     RESEARCH_EMBEDDINGS_DIR,
@@ -39,6 +41,10 @@ def checkpoint_slug(checkpoint: str) -> str:
         digest = hashlib.blake2b(checkpoint.encode(), digest_size=4).hexdigest()
         return f"{re.sub(r'[^A-Za-z0-9._-]+', '-', Path(checkpoint).name)[:48]}-{digest}"
     return re.sub(r"[^A-Za-z0-9._-]+", "-", checkpoint.replace("/", "--")).strip("-")[:80] or "model"
+
+
+class EmbeddingFileError(ConceptError):
+    """A concept-embedding file that cannot be used (truncated, overwritten, not ours); the message names it."""
 
 
 @dataclass
@@ -88,31 +94,53 @@ class EmbeddingStore:
                 "settings": json.dumps(emb.settings), "source": emb.source,
                 "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
         tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata=meta)
-        tmp.replace(path)   # atomic: a kill mid-write keeps the previous checkpoint
+        try:
+            save_file(tensors, str(tmp), metadata=meta)
+            tmp.replace(path)   # atomic: a kill mid-write keeps the previous checkpoint
+        except BaseException as exc:
+            tmp.unlink(missing_ok=True)   # never leave a half-written file behind (a full disk, an interrupt)
+            if is_disk_full(exc):
+                raise disk_full(f"the concept embedding checkpoint {path.name} (step {emb.step})", exc) from exc
+            raise
         return path
 
     def load(self, concept_id: int, checkpoint: str, task: str) -> ConceptEmbedding | None:
+        """The concept's embedding for this checkpoint and task, or None. A damaged file counts as none (with a
+        warning): the concept is untrained for this VLM again, and teaching it rewrites the file."""
         path = self.path(concept_id, checkpoint, task)
-        if path.exists():
-            return self._read(path)
-        return self._imported(concept_id, checkpoint, task)
+        try:
+            if path.exists():
+                return self.read(path)
+            return self._imported(concept_id, checkpoint, task)
+        except ConceptError as exc:
+            log.warning("concept %s: %s", concept_id, exc)
+            return None
 
-    def _read(self, path: Path) -> ConceptEmbedding:
+    def read(self, path: Path) -> ConceptEmbedding:
+        """One embedding file, checked; EmbeddingFileError saying what is wrong otherwise."""
         from safetensors import safe_open
 
-        with safe_open(str(path), "np") as f:
-            meta = f.metadata() or {}
-        tensors = load_file(str(path))
-        history = {int(k.split(".", 1)[1]): v for k, v in tensors.items() if k.startswith("history.")}
-        adam = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("adam.")}
-        return ConceptEmbedding(
-            concept_id=int(meta["concept_id"]), checkpoint=meta["checkpoint"], family=meta["family"],
-            task=meta["task"], identifier=meta.get("identifier", ""), values=tensors["values"],
-            keys=tensors["keys"], step=int(meta["step"]), steps_total=int(meta["steps_total"]),
-            history=dict(sorted(history.items())), adam=adam, adam_step=int(meta.get("adam_step", 0)),
-            settings=json.loads(meta.get("settings") or "{}"), source=meta.get("source", "trained"),
-            updated=meta.get("updated", ""))
+        path = Path(path)
+        try:
+            with safe_open(str(path), "np") as f:
+                meta = f.metadata() or {}
+            tensors = load_file(str(path))
+            if meta.get("format") != FORMAT:
+                raise ValueError(f"format {meta.get('format')!r}, not {FORMAT!r}")
+            history = {int(k.split(".", 1)[1]): v for k, v in tensors.items() if k.startswith("history.")}
+            adam = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("adam.")}
+            emb = ConceptEmbedding(
+                concept_id=int(meta["concept_id"]), checkpoint=meta["checkpoint"], family=meta["family"],
+                task=meta["task"], identifier=meta.get("identifier", ""), values=tensors["values"],
+                keys=tensors["keys"], step=int(meta["step"]), steps_total=int(meta["steps_total"]),
+                history=dict(sorted(history.items())), adam=adam, adam_step=int(meta.get("adam_step", 0)),
+                settings=json.loads(meta.get("settings") or "{}"), source=meta.get("source", "trained"),
+                updated=meta.get("updated", ""))
+            _check(emb)
+        except Exception as exc:  # noqa: BLE001 - SafetensorError, a missing key, a wrong shape: all "damaged"
+            raise EmbeddingFileError(f"concept embedding {path.name} is damaged and was not used ({type(exc).__name__}"
+                                     f": {exc}); teach the concept again to rewrite it") from None
+        return emb
 
     def _imported(self, concept_id: int, checkpoint: str, task: str) -> ConceptEmbedding | None:
         """Embeddings that came with a research concept folder, for the checkpoint the paper trained them on."""
@@ -125,9 +153,15 @@ class EmbeddingStore:
                 return None
             steps = load_imported_embeddings(path)
             last = max(steps)
-            return ConceptEmbedding(concept_id, checkpoint, spec.family, task, "", steps[last]["values"][:1],
-                                    steps[last]["keys"], last, last,
-                                    history={s: e["values"][:1] for s, e in steps.items()}, source="research-import")
+            emb = ConceptEmbedding(concept_id, checkpoint, spec.family, task, "", steps[last]["values"][:1],
+                                   np.atleast_2d(steps[last]["keys"]), last, last,
+                                   history={s: e["values"][:1] for s, e in steps.items()}, source="research-import")
+            try:
+                _check(emb)
+            except (ValueError, TypeError) as exc:
+                raise EmbeddingFileError(f"imported concept embedding {path.name} cannot be used ({exc}); import "
+                                         f"the research concept again") from None
+            return emb
         return None
 
     def for_checkpoint(self, checkpoint: str, task: str, concept_ids: list[int] | None = None
@@ -150,7 +184,7 @@ class EmbeddingStore:
         found = []
         for p in sorted(folder.glob("embedding-*.safetensors")) if folder.exists() else []:
             try:
-                found.append(self._read(p).checkpoint)
+                found.append(self.read(p).checkpoint)
             except Exception as exc:  # noqa: BLE001 - a damaged file is reported by `load`, not here
                 log.warning("unreadable concept embedding %s: %s", p, exc)
         return sorted(set(found))
@@ -166,6 +200,23 @@ class EmbeddingStore:
         steps = {s: {"keys": emb.keys, "values": v} for s, v in (emb.history or {emb.step: emb.values}).items()}
         name = f"{EMBEDDINGS_PREFIX}{vlm_name}_{RESEARCH_TASK.get(task, task)}.pt"
         return export_research_concept_embeddings(Path(out_dir) / name, steps)
+
+
+def _check(emb: ConceptEmbedding) -> None:
+    """What a VLM needs of an embedding: (1, D) finite float32 values, the same D in history and optimiser state."""
+    values = emb.values
+    if values.dtype != np.float32 or values.ndim != 2 or values.shape[0] != 1 or values.shape[1] < 1:
+        raise ValueError(f"values are {values.dtype} {values.shape}, not float32 (1, D)")
+    if not isinstance(emb.settings, dict):
+        raise TypeError("settings are not a mapping")
+    if emb.step < 0 or emb.steps_total < 0:
+        raise ValueError(f"step {emb.step} of {emb.steps_total}")
+    for name, arr in [("values", values), *((f"history.{k}", v) for k, v in emb.history.items()),
+                      *((f"adam.{k}", v) for k, v in emb.adam.items())]:
+        if arr.shape != values.shape or arr.dtype != np.float32:
+            raise ValueError(f"{name} is {arr.dtype} {arr.shape}, not float32 {values.shape}")
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{name} holds NaN or infinite values")
 
 
 def as_numpy(x) -> np.ndarray:

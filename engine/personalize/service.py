@@ -22,6 +22,7 @@ from PIL import Image
 
 from .. import paths as P
 from ..catalog import Catalog, now
+from ..concepts.object_head import TrainingCancelled
 from ..concepts.registry import PERSON, Concept, ConceptError, ConceptRegistry
 from ..concepts.research import VQA_FILE
 from .embeddings import EmbeddingStore
@@ -306,16 +307,24 @@ class Personalizer:
         try:
             result = trainer.train(todo, examples, task, progress=progress, cancel=cancel, resume=resume)
         except BaseException as exc:
-            state = "partial" if any(self.store.load(c.id, self.checkpoint, task) for c in found) else "untrained"
-            with self.catalog.write():
-                self.catalog.conn.executemany(
-                    "UPDATE concepts SET embedding_state = ?, last_error = ?, updated_at = ? WHERE id = ?",
-                    [[state, None if state == "partial" else str(exc)[:500], now(), c.id] for c in found])
+            # stopped on purpose (Stop, Ctrl-C): partial or untrained. Anything else (out of memory, a full disk,
+            # a bug) is a failed job, with its message; its last checkpoint is kept and teaching again resumes.
+            stopped = isinstance(exc, (TrainingCancelled, KeyboardInterrupt))
+            partial = any(self.store.load(c.id, self.checkpoint, task) for c in found)
+            state = ("partial" if partial else "untrained") if stopped else "failed"
+            error = None if stopped and partial else (str(exc) or type(exc).__name__)[:500]
+            try:
+                with self.catalog.write():
+                    self.catalog.conn.executemany(
+                        "UPDATE concepts SET embedding_state = ?, last_error = ?, updated_at = ? WHERE id = ?",
+                        [[state, error, now(), c.id] for c in found])
+            except Exception:  # e.g. the disk is full: the training's own error is the one to show
+                log.exception("could not record the training's end")
             raise
         self._loaded_task = None
         with self.catalog.write():
-            self.catalog.conn.executemany("UPDATE concepts SET embedding_state = 'ready', updated_at = ? "
-                                          "WHERE id = ?", [[now(), c.id] for c in found])
+            self.catalog.conn.executemany("UPDATE concepts SET embedding_state = 'ready', last_error = NULL, "
+                                          "updated_at = ? WHERE id = ?", [[now(), c.id] for c in found])
             # personalised captions of the photos these concepts appear in are out of date now
             for c in found:
                 self.catalog.conn.execute(

@@ -28,6 +28,27 @@ from .vlm import CAPTION, VQA, VlmWrapper
 
 log = logging.getLogger(__name__)
 
+class TrainingOutOfMemory(RuntimeError):
+    """The device ran out of memory during training; the message says what to try. The last checkpoint is kept,
+    so teaching again continues from it."""
+
+
+def out_of_memory_message(exc: BaseException, device: Any, step: int, steps: int, checkpoint_step: int) -> str:
+    # torch.OutOfMemoryError is what the CUDA (and MPS) allocators raise; the CPU's says MemoryError / "can't allocate"
+    gpu = isinstance(exc, torch.OutOfMemoryError) or getattr(device, "type", str(device)) not in ("cpu", "None")
+    where = "out of GPU memory" if gpu else "out of memory"
+    kept = (f"the last checkpoint (step {checkpoint_step}) is kept and teaching again continues from it"
+            if checkpoint_step else "nothing was lost: teaching again starts over")
+    tips = ("try a smaller batch, train on the CPU instead (slower), or close other apps that use the GPU"
+            if gpu else "try a smaller batch, or close other apps to free memory")
+    return f"Training stopped at step {step} of {steps}: {where} ({type(exc).__name__}). To fix it, {tips}; {kept}."
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
 # λ per VLM family and task: the reference code's values (method.md §4)
 DEFAULT_LAMBDA = {("blip2", CAPTION): 0.04, ("llava", CAPTION): 0.0075, ("llava", VQA): 10.0}
 
@@ -227,6 +248,18 @@ class ConceptTrainer:
             if step > start:
                 save(step)
             raise
+        except Exception as exc:
+            if not _is_out_of_memory(exc):
+                raise
+            # free what the failed step held before anyone else (captions, the GUI) needs the memory
+            opt.zero_grad(set_to_none=True)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            last = max([start] + [s for s in range(start + 1, step + 1)
+                                  if s % cfg.checkpoint_every == 0 or s == cfg.steps])
+            message = out_of_memory_message(exc, w.device, step + 1, cfg.steps, last)
+            log.error("%s", message)
+            raise TrainingOutOfMemory(message) from None   # the cause holds the failed step's tensors: let them go
         finally:
             param.requires_grad_(False)
         return {cid: self.store.load(cid, w.checkpoint, task) for cid in ids}

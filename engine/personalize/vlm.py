@@ -163,7 +163,7 @@ def checkpoint_folder(spec: VlmSpec, checkpoint: str, models_dir: Path) -> Path:
     except Exception as exc:
         raise VlmWeightsMissing(
             f"the weights of {spec.title} ({checkpoint}, about {spec.params_b * 2:.0f} GB in bf16) are not on this "
-            f"machine. Download them where there is internet (`huggingface-cli download {checkpoint}`, into the "
+            f"machine. Download them where there is internet (`myvlm models get` or `hf download {checkpoint}`, into the "
             f"Hugging Face cache) or put a checkpoint folder at {local}. "
             f"Nothing is downloaded without your say-so.") from exc
 

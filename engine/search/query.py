@@ -21,7 +21,9 @@ from .text import COMMON_WORDS, STOPWORDS, Token, fold, searchable, tokens
 
 FILTER = re.compile(r"""(?<![\w])(person|people|who|thing|object|pet|concept|before|after|in|during|year|folder|dir)
                         :\s*(?:"([^"]*)"?|'([^']*)'?|([^\s"']+))""", re.IGNORECASE | re.VERBOSE)
-DATE_WORDS = re.compile(r"(?<![\w:])(before|after|in|during|from|since|until)?\s*\b((?:19|20)\d\d)\b(?![-/.:]?\d)",
+# The optional word carries its own spaces: with a bare `(word)?\s*` every space of a long run was a start that
+# scanned the rest of the run, quadratic in the query's length (seconds for a few thousand pasted spaces).
+DATE_WORDS = re.compile(r"(?<![\w:])(?:(before|after|in|during|from|since|until)\s*)?\b((?:19|20)\d\d)\b(?![-/.:]?\d)",
                         re.IGNORECASE)
 PERSON, THING = "person", "thing"
 

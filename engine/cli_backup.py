@@ -1,0 +1,176 @@
+"""`myvlm backup`, `restore` and `move-library`: keeping a library safe (engine/backup.py does the work).
+
+Kept apart from cli.py like cli_personalize.py; `register(sub)` adds the subcommands. The photos themselves are
+never copied, moved or changed by any of them: the catalog keeps their paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from tqdm import tqdm
+
+
+def _print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+class _Bar:
+    """One tqdm bar per phase (catalog, files, verify), on stderr."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.bar: tqdm | None = None
+        self.phase = ""
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        if phase != self.phase:
+            self.close()
+            self.phase = phase
+            self.bar = tqdm(total=total, desc=f"{phase:>8}", unit="file", file=sys.stderr, dynamic_ncols=True)
+        assert self.bar is not None
+        self.bar.total = total
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _release(lib) -> None:
+    """The command line opened the library before the command ran; a restore or move works on the folder itself,
+    so the catalog connection and the log file are let go first (closing again later is harmless)."""
+    from .library import close_logging
+
+    lib.close()
+    close_logging(lib.paths)
+
+
+def _run(args: argparse.Namespace, fn) -> tuple[int, Any]:
+    from .backup import BackupError
+
+    bar = _Bar(args.json or args.no_progress)
+    try:
+        report = fn(bar)
+    except BackupError as exc:
+        print(f"myvlm: {exc}", file=sys.stderr)
+        return 2, None
+    except KeyboardInterrupt:
+        print("myvlm: interrupted; nothing was changed (the unfinished copy was removed)", file=sys.stderr)
+        return 130, None
+    except OSError as exc:
+        print(f"myvlm: {exc}", file=sys.stderr)
+        return 1, None
+    finally:
+        bar.close()
+    return 0, report
+
+
+def cmd_backup(args: argparse.Namespace, lib) -> int:
+    from .backup import backup_library
+
+    rc, r = _run(args, lambda bar: backup_library(lib.paths.root, args.dest, with_thumbnails=args.with_thumbnails,
+                                               progress=bar))
+    if rc:
+        return rc
+    if args.json:
+        _print_json(r.to_json())
+    else:
+        c = r.counts
+        print(f"backed up {lib.paths.root} to {r.path}: {r.files} files, {_mb(r.bytes)} "
+              f"({c.get('photos', 0)} photos, {c.get('people', 0)} people, {c.get('concepts', 0)} concepts"
+              f"{'' if r.with_thumbnails else '; thumbnails are made again after a restore'}). "
+              "The photos themselves are not part of a backup.")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace, lib) -> int:
+    from .backup import restore_library
+
+    target = lib.paths.root
+    _release(lib)
+    rc, r = _run(args, lambda bar: restore_library(args.backup, target, force=args.force, progress=bar))
+    if rc:
+        return rc
+    if args.json:
+        _print_json(r.to_json())
+    else:
+        c = r.counts
+        print(f"restored the backup of {r.created} (MyVLM Desktop {r.app_version}) into {r.library}"
+              f"{' (the library that was there was replaced)' if r.replaced else ''}: {c.get('photos', 0)} photos, "
+              f"{c.get('people', 0)} people, {c.get('concepts', 0)} concepts")
+        if r.thumbnails_to_rebuild:
+            print(f"{r.thumbnails_to_rebuild} thumbnail(s) will be made again: run `myvlm index` or open the app")
+    return 0
+
+
+def cmd_move_library(args: argparse.Namespace, lib) -> int:
+    from .backup import move_library
+    from .library import ENV_LIBRARY
+
+    source = lib.paths.root
+    _release(lib)
+    rc, r = _run(args, lambda bar: move_library(source, args.new_path, delete_old=args.delete_old, progress=bar))
+    if rc:
+        return rc
+    if args.json:
+        _print_json(r.to_json())
+        return 0
+    print(f"moved the library {r.old} to {r.new} ({r.files} files, {_mb(r.bytes)}, every one checked); "
+          "the photos stay where they are")
+    if r.default:
+        print(f"it is the default library now (remembered in {r.pointer})")
+    else:
+        print(f"open it with: myvlm --library {r.new} …  (or myvlm-desktop --library {r.new})")
+    env = os.environ.get(ENV_LIBRARY)
+    if env:
+        print(f"note: ${ENV_LIBRARY} is set ({env}) and wins over the default: change it to {r.new}")
+    if r.old_deleted:
+        print(f"the old folder {r.old} was removed")
+    elif r.old_kept_reason:
+        print(f"the old folder {r.old} was kept: {r.old_kept_reason}")
+    else:
+        print(f"the old folder {r.old} was kept; remove it once you are happy: myvlm --library {r.new} status, "
+              f"then delete it (or move with --delete-old)")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("backup", help="back the library up (catalog, concepts, faces; the photos stay where they are)")
+    s.add_argument("dest", metavar="DEST",
+                   help="the backup folder to make (an existing folder gets a new dated backup folder inside it)")
+    s.add_argument("--with-thumbnails", action="store_true",
+                   help="include the thumbnails (otherwise they are made again from the photos after a restore)")
+    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_backup)
+
+    s = sub.add_parser("restore", help="restore a backup into the library folder (checks it before anything changes)")
+    s.add_argument("backup", metavar="BACKUP", help="a folder made by `myvlm backup`")
+    s.add_argument("--library", metavar="PATH", default=argparse.SUPPRESS,
+                   help="the library folder to restore into (default: the --library before the command, else the "
+                        "default library)")
+    s.add_argument("--force", action="store_true", help="replace a library that holds photos, people or concepts")
+    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_restore)
+
+    s = sub.add_parser("move-library", help="move the library folder elsewhere (copy, check, switch; photos untouched)")
+    s.add_argument("new_path", metavar="NEW_PATH", help="where the library goes (a new or empty folder)")
+    s.add_argument("--delete-old", action="store_true", help="remove the old folder once the copy is verified")
+    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_move_library)

@@ -1,0 +1,138 @@
+"""Is a library whole? SQLite's own checks plus the catalog's invariants, for `myvlm check` and the fault tests.
+
+A kill, a full disk or two processes writing at once must never leave a library that is wrong in a way the app
+cannot see by itself. `check_library` reports:
+
+- problems (the library is damaged; `ok` is False): SQLite's `PRAGMA integrity_check` and foreign keys, the
+  search index out of step with its documents, stage results recorded twice or in an unknown state, the same face
+  stored twice, a photo that says its thumbnail is done without the thumbnail file, signals of a head revision
+  that does not exist yet;
+- notes (harmless, for the curious): temporary files left by a write that was killed half-way (the real file was
+  never replaced, so nothing is wrong; `clean=True` removes those older than a minute), concepts whose captioner
+  training is marked running (another process may be training, or a training was killed: teaching again resumes).
+
+No Qt here; no model is loaded.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .catalog import Catalog
+
+TEMP_PATTERNS = {"thumbs": ".tmp-*", "previews": ".tmp-*", "concepts": "*.tmp"}
+STALE_TEMP_S = 60.0
+
+
+@dataclass
+class IntegrityReport:
+    sqlite: list[str] = field(default_factory=list)      # PRAGMA integrity_check lines ("ok" when whole)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    temp_files: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    counts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.sqlite == ["ok"] and not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "sqlite": self.sqlite, "problems": self.problems, "notes": self.notes,
+                "temp_files": self.temp_files, "removed": self.removed, "counts": self.counts}
+
+
+def _rows(catalog: Catalog, sql: str, params: list[Any] | None = None) -> list[sqlite3.Row]:
+    return catalog.query(sql, params or [])
+
+
+def check_library(catalog: Catalog, *, files: bool = True, clean: bool = False) -> IntegrityReport:
+    rep = IntegrityReport()
+    rep.sqlite = [str(r[0]) for r in _rows(catalog, "PRAGMA integrity_check")] or ["no answer"]
+    for r in _rows(catalog, "PRAGMA foreign_key_check"):
+        rep.problems.append(f"row {r[1]} of table {r[0]} points to a missing row of {r[2]}")
+    _search_index(catalog, rep)
+    _invariants(catalog, rep)
+    if files:
+        _files(catalog, rep, clean)
+    rep.counts = {
+        "photos": catalog.scalar("SELECT COUNT(*) FROM photos"),
+        "stages": {r["stage"]: {"done": r["done"], "errors": r["errors"]} for r in _rows(
+            catalog, "SELECT stage, SUM(state = 'done') AS done, SUM(state = 'error') AS errors "
+                     "FROM stage_status GROUP BY stage ORDER BY stage")},
+        "faces": catalog.scalar("SELECT COUNT(*) FROM faces"),
+        "captions": catalog.scalar("SELECT COUNT(*) FROM captions"),
+        "concepts": catalog.scalar("SELECT COUNT(*) FROM concepts"),
+    }
+    return rep
+
+
+def _search_index(catalog: Catalog, rep: IntegrityReport) -> None:
+    """FTS5's own check of the search index, and (rank 1) that it matches its documents; it reads only, under
+    a write lock."""
+    if not catalog.scalar("SELECT COUNT(*) FROM sqlite_master WHERE name = 'search_docs_fts'"):
+        return
+    try:
+        with catalog.write():
+            catalog.conn.execute("INSERT INTO search_docs_fts(search_docs_fts, rank) VALUES ('integrity-check', 1)")
+    except sqlite3.DatabaseError as exc:
+        rep.problems.append(f"the search index does not match its documents ({exc}); it can be rebuilt")
+
+
+def _invariants(catalog: Catalog, rep: IntegrityReport) -> None:
+    for r in _rows(catalog, "SELECT stage, state, COUNT(*) AS n FROM stage_status WHERE state NOT IN ('done', 'error') "
+                            "GROUP BY stage, state"):
+        rep.problems.append(f"{r['n']} {r['stage']} result(s) in an unknown state {r['state']!r}")
+    for r in _rows(catalog, "SELECT stage, COUNT(*) AS n FROM stage_status WHERE runs > 1 AND state = 'done' "
+                            "GROUP BY stage"):
+        # a result is stored once per version: more runs of the same version is work done twice
+        rep.notes.append(f"{r['n']} photo(s) had their {r['stage']} stage run more than once")
+    for r in _rows(catalog, """
+            SELECT a.photo_id, COUNT(*) AS n FROM faces a JOIN faces b
+              ON a.photo_id = b.photo_id AND a.backend = b.backend AND a.id < b.id
+             AND abs(a.x - b.x) < 0.5 AND abs(a.y - b.y) < 0.5 AND abs(a.w - b.w) < 0.5 AND abs(a.h - b.h) < 0.5
+             AND a.state != 'ignored' AND b.state != 'ignored'
+            GROUP BY a.photo_id"""):
+        rep.problems.append(f"photo {r['photo_id']} has the same face stored {r['n'] + 1} times")
+    for r in _rows(catalog, "SELECT p.id, p.path FROM photos p JOIN stage_status s ON s.photo_id = p.id "
+                            "AND s.stage = 'thumbnail' AND s.state = 'done' WHERE p.status = 'pending' "
+                            "OR p.content_hash IS NULL"):
+        rep.problems.append(f"{r['path']}: its thumbnail is marked done but the photo is not ready")
+    for r in _rows(catalog, "SELECT s.concept_id, COUNT(*) AS n FROM concept_signals s JOIN concepts c "
+                            "ON c.id = s.concept_id WHERE s.revision > c.head_revision GROUP BY s.concept_id"):
+        rep.problems.append(f"concept {r['concept_id']} has {r['n']} signal(s) from a head it never had")
+    for r in _rows(catalog, "SELECT name FROM concepts WHERE embedding_state = 'training'"):
+        rep.notes.append(f"the captioner is marked as learning {r['name']}: a training is running, or one was "
+                         "interrupted (teaching again continues from its last checkpoint)")
+
+
+def _files(catalog: Catalog, rep: IntegrityReport, clean: bool) -> None:
+    paths = catalog.paths
+    thumbs = paths.thumbs
+    for r in _rows(catalog, "SELECT p.path, p.content_hash FROM photos p JOIN stage_status s ON s.photo_id = p.id "
+                            "AND s.stage = 'thumbnail' AND s.state = 'done' WHERE p.status = 'ok' "
+                            "AND p.content_hash IS NOT NULL"):
+        h = r["content_hash"]
+        if not (thumbs / h[:2] / f"{h}.jpg").exists():
+            rep.problems.append(f"{r['path']}: its thumbnail is marked done but the file is missing")
+    now = time.time()
+    for folder, pattern in TEMP_PATTERNS.items():
+        root = Path(paths.root) / folder
+        if not root.exists():
+            continue
+        for f in root.rglob(pattern):
+            rep.temp_files.append(str(f))
+            try:
+                old = now - f.stat().st_mtime > STALE_TEMP_S
+            except FileNotFoundError:   # finished meanwhile by a running process
+                continue
+            if clean and old:
+                f.unlink(missing_ok=True)
+                rep.removed.append(str(f))
+    if rep.temp_files:
+        rep.notes.append(f"{len(rep.temp_files)} temporary file(s) left by an interrupted write"
+                         + (f"; {len(rep.removed)} removed" if clean else " (myvlm check --clean removes them)"))

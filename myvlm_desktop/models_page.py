@@ -1,0 +1,471 @@
+"""The Models section of Settings: every model each feature can use, its state, and Download / Cancel / Remove /
+Import / Verify.
+
+The table comes from the engine's model manager (`engine.model_manager`). Every manager call (downloads, copies,
+hashing, deleting, even re-reading the states afterwards) runs on a worker QThread, one job at a time, so the window
+never waits on the disk or the network; progress comes back through a signal. Nothing is downloaded unless the user
+clicks Download and confirms; Cancel stops a download after the chunk in flight and keeps what arrived, so Download
+resumes it later.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QCoreApplication, QObject, Qt, QThread, Signal, Slot
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .tasks import CancelFlag, keep_until_finished, user_message
+
+log = logging.getLogger(__name__)
+
+KeyRole = Qt.ItemDataRole.UserRole + 1  # the model's catalogue name on column 0 (UserRole holds what to do)
+GET, CANCEL, REMOVE, IMPORT, VERIFY = "get", "cancel", "remove", "import", "verify"
+
+
+def _human(n: int | None) -> str:
+    from engine.model_manager import _human as human
+
+    return human(n)
+
+
+def _message(exc: BaseException) -> str:
+    from engine.model_manager import ModelError
+
+    if isinstance(exc, ModelError) and str(exc):
+        text = str(exc)
+        return text[:1].upper() + text[1:]
+    return user_message(exc)
+
+
+def row_texts(row: dict[str, Any]) -> list[str]:
+    """The table's cells for one model: Model, For, State, Size, Licence."""
+    if row["kind"] == "hub":
+        label = row["repo_id"]
+    elif row["kind"] == "face_pack":
+        label = f"InsightFace {row['name']}"
+    else:
+        label = row["title"]
+    if row["state"] == "present":
+        size = _human(row["size_bytes"])
+    elif row["state"] == "partial" and row.get("partial_bytes"):
+        size = f"{_human(row['partial_bytes'])} of ~{_human(row['approx_bytes'])}"
+    else:
+        size = f"~{_human(row['approx_bytes'])}"
+    purpose = row["purpose"] + (" — used out of the box" if row.get("default") else "")
+    return [label, purpose, row["state"], size, row["licence"]]
+
+
+# -- the worker ------------------------------------------------------------------------------------------------------
+
+@dataclass
+class JobOutcome:
+    action: str
+    name: str
+    ok: bool = False
+    cancelled: bool = False
+    error: str | None = None
+    result: dict[str, Any] = field(default_factory=dict)
+    rows: list[dict[str, Any]] | None = None  # the states after the job
+    seconds: float = 0.0
+
+
+class ModelJob(QObject):
+    """One manager call on the job's thread, then the fresh states. `cancel()` is thread-safe."""
+
+    progress = Signal(object)  # engine.model_manager.Progress
+    finished = Signal(object)  # JobOutcome
+
+    def __init__(self, action: str, name: str, models_dir: Path | None, folder: str | None = None,
+                 manager_options: dict[str, Any] | None = None):
+        super().__init__()
+        self.action, self.name, self.folder = action, name, folder
+        self.models_dir = models_dir
+        self.options = dict(manager_options or {})
+        self.flag = CancelFlag()
+
+    def cancel(self) -> None:
+        self.flag.set()
+
+    @Slot()
+    def run(self) -> None:
+        from engine.model_manager import DownloadCancelled, ModelManager
+
+        out = JobOutcome(self.action, self.name)
+        started = time.perf_counter()
+        mm = None
+        try:
+            mm = ModelManager(self.models_dir, **self.options)
+            if self.action == GET:
+                out.result = mm.get(self.name, progress=self.progress.emit, cancel=self.flag).as_dict()
+            elif self.action == REMOVE:
+                out.result = {"freed_bytes": mm.remove(self.name)}
+            elif self.action == IMPORT:
+                out.result = mm.import_folder(self.name, self.folder or "", progress=self.progress.emit,
+                                              cancel=self.flag).as_dict()
+            elif self.action == VERIFY:
+                out.result = mm.verify(self.name, progress=self.progress.emit, cancel=self.flag).as_dict()
+            out.ok = True
+        except DownloadCancelled:
+            out.cancelled = True
+        except Exception as exc:
+            from engine.model_manager import ModelError
+
+            if not isinstance(exc, ModelError):
+                log.exception("model %s of %s failed", self.action, self.name)
+            out.error = _message(exc)
+        finally:
+            try:
+                if mm is not None:
+                    out.rows = [s.as_dict() for s in mm.status()]
+            except Exception:
+                log.exception("model states could not be read")
+            out.seconds = time.perf_counter() - started
+            app = QCoreApplication.instance()
+            if app is not None:
+                self.moveToThread(app.thread())  # deleted on the GUI thread later
+            self.finished.emit(out)
+
+
+class ModelJobRunner(QObject):
+    """Owns the model jobs' thread: one job at a time."""
+
+    progress = Signal(object)
+    finished = Signal(object)
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self._thread: QThread | None = None
+        self._job: ModelJob | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
+    @property
+    def job(self) -> ModelJob | None:
+        return self._job
+
+    def start(self, job: ModelJob) -> bool:
+        if self._thread is not None:
+            return False
+        thread = QThread(self)
+        thread.setObjectName(f"myvlm-models-{job.action}")
+        job.moveToThread(thread)
+        thread.started.connect(job.run)
+        job.progress.connect(self.progress)
+        # quit from the worker itself as soon as the job is done (see training.TrainingRunner)
+        job.finished.connect(thread.quit, Qt.ConnectionType.DirectConnection)
+        job.finished.connect(self._on_finished)
+        self._thread, self._job = thread, job
+        thread.start()
+        return True
+
+    def cancel(self) -> None:
+        if self._job is not None:
+            self._job.cancel()
+
+    def shutdown(self, timeout_ms: int = 5_000) -> bool:
+        """Cancel the job (a download keeps what arrived) and wait a little; a job still busy after that (a copy
+        of a large file) is left to finish on its own."""
+        thread = self._thread
+        if thread is None:
+            return True
+        self.cancel()
+        if thread.wait(timeout_ms):
+            return True
+        keep_until_finished(thread)
+        return False
+
+    @Slot(object)
+    def _on_finished(self, outcome: JobOutcome) -> None:
+        thread, job = self._thread, self._job
+        self._thread = self._job = None
+        if thread is not None:
+            if thread.wait(2000):
+                thread.deleteLater()
+            else:
+                thread.finished.connect(thread.deleteLater)
+        if job is not None:
+            job.deleteLater()
+        self.finished.emit(outcome)
+
+
+# -- the panel -------------------------------------------------------------------------------------------------------
+
+def _ask(parent: QWidget, title: str, text: str) -> bool:
+    return QMessageBox.question(parent, title, text) == QMessageBox.StandardButton.Yes
+
+
+def _choose_folder(parent: QWidget, title: str) -> str:
+    return QFileDialog.getExistingDirectory(parent, title, str(Path.home()))
+
+
+def _tell(parent: QWidget, title: str, text: str) -> None:
+    from .widgets import show_error
+
+    show_error(parent, title, text)
+
+
+class ModelsPanel(QWidget):
+    """The table of models with its buttons and progress bar."""
+
+    modelsChanged = Signal(list)  # the rows after a job changed something
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.models_dir: Path | None = None
+        self.manager_options: dict[str, Any] = {}
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.last: JobOutcome | None = None
+        # what the user is asked and shown: replaceable (tests answer for the user)
+        self.confirm: Callable[[QWidget, str, str], bool] = _ask
+        self.choose_folder: Callable[[QWidget, str], str] = _choose_folder
+        self.tell: Callable[[QWidget, str, str], None] = _tell
+        self.runner = ModelJobRunner(self)
+        self.runner.progress.connect(self._on_progress)
+        self.runner.finished.connect(self._on_finished)
+
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        self.tree = QTreeWidget()
+        self.tree.setObjectName("modelsTree")
+        self.tree.setHeaderLabels(["Model", "For", "State", "Size", "Licence"])
+        self.tree.setRootIsDecorated(False)
+        header = self.tree.header()
+        for col in (0, 2, 3):
+            header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
+        header.setStretchLastSection(True)
+        self.tree.currentItemChanged.connect(self._on_current)
+        lay.addWidget(self.tree, 1)
+        self.detail = QLabel()
+        self.detail.setObjectName("modelFix")
+        self.detail.setWordWrap(True)
+        self.detail.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        lay.addWidget(self.detail)
+
+        buttons = QHBoxLayout()
+        self.get_button = QPushButton("Download")
+        self.get_button.setToolTip("Download the model from the Hugging Face hub (an unfinished download resumes)")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop the download; what arrived is kept and Download resumes it")
+        self.remove_button = QPushButton("Remove")
+        self.import_button = QPushButton("Import from Folder…")
+        self.import_button.setToolTip("Copy the model from a folder (e.g. made by `hf download --local-dir` on "
+                                      "another computer, or an unpacked face pack)")
+        self.verify_button = QPushButton("Verify")
+        self.verify_button.setToolTip("Check the model's files against their sizes and hashes")
+        for b, slot in ((self.get_button, self.download), (self.cancel_button, self.cancel),
+                        (self.remove_button, self.remove), (self.import_button, self.import_folder),
+                        (self.verify_button, self.verify)):
+            b.clicked.connect(slot)
+            buttons.addWidget(b)
+        buttons.addStretch(1)
+        lay.addLayout(buttons)
+        self.progress = QProgressBar()
+        self.progress.setObjectName("modelProgress")
+        self.progress.setRange(0, 1000)
+        self.progress.hide()
+        lay.addWidget(self.progress)
+        self.status = QLabel()
+        self.status.setObjectName("pageSummary")
+        self.status.setWordWrap(True)
+        lay.addWidget(self.status)
+        self._update_buttons()
+
+    # -- data -------------------------------------------------------------------------------------------------------
+
+    def set_library(self, root: str | Path | None) -> None:
+        from engine.library import LibraryPaths
+
+        self.models_dir = LibraryPaths(Path(root)).models if root else None
+
+    def set_rows(self, rows: list[dict[str, Any]]) -> None:
+        current = self.current_name()
+        self.rows = {r["name"]: r for r in rows}
+        self.tree.clear()
+        for row in rows:
+            item = QTreeWidgetItem(row_texts(row))
+            item.setData(0, Qt.ItemDataRole.UserRole, self._what_to_do(row))
+            item.setData(0, KeyRole, row["name"])
+            colour = {"present": Qt.GlobalColor.darkGreen, "partial": Qt.GlobalColor.darkYellow}.get(
+                row["state"], Qt.GlobalColor.darkRed)
+            item.setForeground(2, colour)
+            item.setToolTip(0, row.get("where") or "")
+            item.setToolTip(1, f"{row['title']}: {row['purpose']}")
+            item.setToolTip(4, row["licence"])
+            self.tree.addTopLevelItem(item)
+            if row["name"] == current:
+                self.tree.setCurrentItem(item)
+        self._update_buttons()
+
+    @staticmethod
+    def _what_to_do(row: dict[str, Any]) -> str:
+        if row.get("fix"):
+            return row["fix"]
+        where = row.get("where") or ""
+        return f"{row['title']}: {row['state']}" + (f" in {where}" if where else "")
+
+    def current_name(self) -> str | None:
+        item = self.tree.currentItem()
+        return item.data(0, KeyRole) if item is not None else None
+
+    def select(self, name: str) -> None:
+        for i in range(self.tree.topLevelItemCount()):
+            item = self.tree.topLevelItem(i)
+            if item.data(0, KeyRole) == name:
+                self.tree.setCurrentItem(item)
+                return
+        raise KeyError(name)
+
+    def state_of(self, name: str) -> str:
+        return self.rows[name]["state"]
+
+    @property
+    def busy(self) -> bool:
+        return self.runner.running
+
+    # -- actions ----------------------------------------------------------------------------------------------------
+
+    def download(self) -> None:
+        row = self._current_row()
+        if row is None or self.busy:
+            return
+        verb = "Resume the download of" if row["state"] == "partial" else "Download"
+        text = (f"{verb} {row['title']} ({row['repo_id']}, about {_human(row['approx_bytes'])})?\n\n"
+                f"Licence: {row['licence']}.\nIt goes to {row.get('where') or 'its folder'}.")
+        if not self.confirm(self, "Download a Model", text):
+            return
+        self._start(GET, row["name"])
+
+    def cancel(self) -> None:
+        if self.busy:
+            self.runner.cancel()
+            self.status.setText("Stopping… what arrived is kept")
+            self.cancel_button.setEnabled(False)
+
+    def remove(self) -> None:
+        row = self._current_row()
+        if row is None or self.busy:
+            return
+        if not self.confirm(self, "Remove a Model", f"Delete {row['title']} from this computer "
+                                                    f"({_human(row['size_bytes'] or row['partial_bytes'])})?"
+                                                    " It can be downloaded again."):
+            return
+        self._start(REMOVE, row["name"])
+
+    def import_folder(self) -> None:
+        row = self._current_row()
+        if row is None or self.busy:
+            return
+        folder = self.choose_folder(self, f"Import {row['title']} from a Folder")
+        if folder:
+            self._start(IMPORT, row["name"], folder)
+
+    def verify(self) -> None:
+        row = self._current_row()
+        if row is None or self.busy:
+            return
+        self._start(VERIFY, row["name"])
+
+    def _current_row(self) -> dict[str, Any] | None:
+        name = self.current_name()
+        return self.rows.get(name) if name else None
+
+    def _start(self, action: str, name: str, folder: str | None = None) -> None:
+        job = ModelJob(action, name, self.models_dir, folder, self.manager_options)
+        if not self.runner.start(job):
+            return
+        words = {GET: "Connecting to the model hub…", REMOVE: "Removing…", IMPORT: "Copying…",
+                 VERIFY: "Checking the files…"}
+        self.status.setText(words[action])
+        self.progress.setRange(0, 0)  # busy until the first progress report
+        self.progress.show()
+        self._update_buttons()
+
+    def shutdown(self, timeout_ms: int = 5_000) -> bool:
+        return self.runner.shutdown(timeout_ms)
+
+    # -- feedback ---------------------------------------------------------------------------------------------------
+
+    @Slot(object)
+    def _on_progress(self, p: Any) -> None:
+        if p.total:
+            self.progress.setRange(0, 1000)
+            self.progress.setValue(int(1000 * min(1.0, p.done / p.total)))
+        verb = {"listing": "Listing the files", "downloading": "Downloading", "copying": "Copying",
+                "verifying": "Checking", "done": "Done"}.get(p.phase, p.phase)
+        text = f"{verb} {p.file}".strip()
+        if p.total:
+            text += f" — {_human(p.done)} of {_human(p.total)}"
+        if p.files_total:
+            text += f" ({p.files_done}/{p.files_total} files)"
+        if p.resumed:
+            text += f", resumed from {_human(p.resumed)}"
+        self.status.setText(text)
+
+    @Slot(object)
+    def _on_finished(self, out: JobOutcome) -> None:
+        self.last = out
+        self.progress.hide()
+        if out.rows is not None:
+            self.set_rows(out.rows)
+            self.modelsChanged.emit(out.rows)
+        title = self.rows.get(out.name, {}).get("title", out.name)
+        if out.cancelled:
+            self.status.setText(f"{title}: stopped. What arrived is kept; Download resumes it." if out.action == GET
+                                else f"{title}: stopped.")
+        elif out.error:
+            self.status.setText(f"{title}: {out.error}")
+            self.tell(self, "Model Not Changed" if out.action != VERIFY else "Model Not Checked", out.error)
+        elif out.action == GET:
+            done = "was already here" if out.result.get("already_present") else "is downloaded"
+            self.status.setText(f"{title} {done}.")
+        elif out.action == REMOVE:
+            self.status.setText(f"{title} removed ({_human(out.result.get('freed_bytes'))} freed).")
+        elif out.action == IMPORT:
+            self.status.setText(f"{title} imported.")
+        elif out.action == VERIFY:
+            problems = out.result.get("problems") or []
+            if out.result.get("ok"):
+                self.status.setText(f"{title}: all {len(out.result.get('checked') or [])} files are as they "
+                                    "should be.")
+            else:
+                text = "; ".join(problems) or "not present"
+                self.status.setText(f"{title}: {text}")
+                self.tell(self, "Model Damaged or Incomplete",
+                          f"{title}: {text}. Remove it and download it again.")
+        self._update_buttons()
+
+    def _on_current(self, item: QTreeWidgetItem | None, _prev: Any = None) -> None:
+        self.detail.setText(item.data(0, Qt.ItemDataRole.UserRole) if item is not None else "")
+        self._update_buttons()
+
+    def _update_buttons(self) -> None:
+        row = self._current_row()
+        busy = self.busy
+        state = row["state"] if row else None
+        self.get_button.setEnabled(bool(row) and not busy and row["can_get"] and state != "present")
+        self.get_button.setText("Resume Download" if state == "partial" else "Download")
+        job = self.runner.job
+        self.cancel_button.setEnabled(busy and job is not None and job.action in (GET, IMPORT, VERIFY))
+        self.remove_button.setEnabled(bool(row) and not busy and row["can_remove"])
+        self.import_button.setEnabled(bool(row) and not busy and row["can_import"])
+        self.verify_button.setEnabled(bool(row) and not busy and state != "missing")

@@ -1,0 +1,180 @@
+"""The synthetic world (bench/world/world.py) and its pre-trained BLIP-2 / LLaVA checkpoints (bench/world/models/).
+
+Fast: the generator is deterministic, its captions and answers parse back, personal concepts stay out of
+pre-training, and the committed checkpoints load through `from_pretrained` and still see and speak.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from bench.world import pretrain as P
+from bench.world.world import (CONCEPTS, IDENTIFIERS, NAMED, World, caption_variants, generic_caption,
+                               normalise_answer, parse_caption, personalised_caption, score_caption, vqa_pairs,
+                               words)
+
+# Measured on the committed checkpoints (see bench/world/README.md), minus a margin.
+BLIP2_MIN_SCENE, BLIP2_MIN_OBJECTS = 0.9, 0.65   # measured 1.00 and 0.72 on 300 held-out scenes
+LLAVA_MIN_SCENE = 0.9   # the scene question: measured 1.00 (all questions: 0.66)
+
+
+def _pixels(scenes) -> bytes:
+    return b"".join(np.asarray(sc.image).tobytes() for sc in scenes)
+
+
+def test_generator_is_deterministic_per_seed():
+    a = World(3).heldout_scenes(6, seed=1)
+    b = World(3).heldout_scenes(6, seed=1)
+    assert _pixels(a) == _pixels(b)
+    assert [sc.caption for sc in a] == [sc.caption for sc in b]
+    assert _pixels(a) != _pixels(World(4).heldout_scenes(6, seed=1))
+    assert _pixels(a) != _pixels(World(3).heldout_scenes(6, seed=2))
+    c1 = World(0).concept_images("blue_dotted_teddy", 3, seed=5)
+    c2 = World(0).concept_images("blue_dotted_teddy", 3, seed=5)
+    assert _pixels(c1) == _pixels(c2)
+    image, caption, meta = a[0]
+    assert image.size == (96, 96) and image.mode == "RGB" and caption == generic_caption(meta)
+
+
+def test_captions_parse_back_in_every_wording():
+    world = World(0)
+    rng = np.random.default_rng(0)
+    ids = {k: IDENTIFIERS[i] for i, k in enumerate(CONCEPTS)}
+    scenes = world.heldout_scenes(150, seed=3) + world.multi_concept_images(
+        ["blue_dotted_teddy", "red_checked_doll"], 20, distractors=1)
+    for sc in scenes:
+        for cap in [sc.caption, generic_caption(sc.meta, rng)]:
+            s = score_caption(cap, sc.meta)
+            assert s.correct and s.objects_found == s.objects_expected, cap
+        for cap in caption_variants(sc.meta, ids, 3, seed=1):
+            s = score_caption(cap, sc.meta, ids)
+            assert s.correct, cap
+            assert all(v["present"] and v["in_place"] for v in s.identifiers.values()), cap
+        # the generic caption, scored as if personalised, misses the identifiers
+        s = score_caption(sc.caption, sc.meta, ids)
+        assert all(not v["present"] for v in s.identifiers.values())
+    # a wrong caption is scored wrong
+    sc = scenes[0]
+    wrong_bg = "on the beach" if sc.meta.background != "beach" else "in the snow"
+    bad = score_caption(f"a red ball {wrong_bg}", sc.meta)
+    assert not bad.scene_ok
+
+
+def test_personalised_caption_replaces_only_the_concept():
+    world = World(0)
+    for sc in world.concept_images("red_checked_doll", 20, seed=0):
+        cap = personalised_caption(sc.meta, {"red_checked_doll": "sks"})
+        assert words(cap).count("sks") == 1
+        gen = parse_caption(sc.caption).phrases
+        per = parse_caption(cap).phrases
+        idx = next(i for i, o in enumerate(sc.meta.objects) if o.concept == "red_checked_doll")
+        assert per[idx].name == "sks" and gen[idx].cls == "doll" and gen[idx].colour == "red"
+        assert [p for i, p in enumerate(per) if i != idx] == [p for i, p in enumerate(gen) if i != idx]
+
+
+def test_vqa_answers_follow_the_scene():
+    world = World(0)
+    for sc in world.heldout_scenes(50, seed=4):
+        pairs = vqa_pairs(sc.meta)
+        kinds = Counter(p.kind for p in pairs)
+        assert kinds["caption"] == 1 and kinds["scene"] == 1 and kinds["slot"] == 3
+        for q, a in pairs:
+            assert q.endswith(("?", ".")) and a
+        count = next(p.answer for p in pairs if p.kind == "count")
+        assert count == ["zero", "one", "two", "three"][len(sc.meta.objects)]
+    sc = world.concept_images("black_striped_car", 1, seed=0)[0]
+    pairs = {p.question: p.answer for p in vqa_pairs(sc.meta, {"black_striped_car": "bella"})}
+    obj = sc.meta.object_for("black_striped_car")
+    assert pairs["What colour is bella?"] == "black"
+    assert pairs["Where is bella?"] == {"left": "on the left", "middle": "in the middle",
+                                        "right": "on the right"}[obj.slot]
+    assert pairs["What is bella?"] == "a car"
+
+
+def test_personal_concepts_stay_out_of_pretraining():
+    world = World(0)
+    concept_looks = {c.instance.look_key for c in CONCEPTS.values()}
+    seen_named = Counter()
+    for sc in world.heldout_scenes(1500, seed=7):
+        for o in sc.meta.objects:
+            assert o.concept is None and o.instance.look_key not in concept_looks
+            if o.name:
+                seen_named[o.name] += 1
+                assert o.instance == NAMED[o.name].instance
+    assert set(seen_named) == set(NAMED)      # the LM meets every identifier word in pre-training
+    # concept scenes hold the concept (and same-class distractors); negatives hold none
+    for key, concept in CONCEPTS.items():
+        pos = world.concept_images(key, 12, seed=1)
+        assert all(sc.meta.concepts == [key] for sc in pos)
+        assert any(sum(o.cls == concept.cls for o in sc.meta.objects) > 1 for sc in pos)
+        for sc in world.negative_images(6, seed=1, concept=key):
+            assert not sc.meta.concepts and any(o.cls == concept.cls for o in sc.meta.objects)
+        for sc in world.negative_images(6, seed=1, concept=key, hard=True):
+            near = [o.instance for o in sc.meta.objects if o.cls == concept.cls]
+            assert not sc.meta.concepts and near
+            diffs = [sum(getattr(i, f) != getattr(concept.instance, f)
+                         for f in ("colour", "detail", "pattern", "accessory")) for i in near]
+            assert 1 in diffs
+
+
+def test_tokenizer_covers_the_world_and_the_processor_layout():
+    tok = P.build_tokenizer("t5")
+    world = World(0)
+    texts = []
+    for sc in world.heldout_scenes(40, seed=9):
+        texts += caption_variants(sc.meta, {"x": "sks"}, 3) + [f"{q} {a}" for q, a in vqa_pairs(sc.meta)]
+    P.check_vocabulary(tok, texts)
+    assert tok.decode(tok("a photo of sks, a red ball and a blue toy on the beach").input_ids,
+                      skip_special_tokens=True) == "a photo of sks, a red ball and a blue toy on the beach"
+
+
+@pytest.fixture(scope="module")
+def blip2():
+    assert (P.BLIP2_DIR / "model.safetensors").exists(), "run: .venv/bin/python bench/world/pretrain.py blip2"
+    return P.load_blip2(P.BLIP2_DIR)
+
+
+def test_blip2_world_checkpoint_loads_and_captions(blip2):
+    model, processor = blip2
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    assert model.config.image_token_id == processor.tokenizer.convert_tokens_to_ids("<image>")
+    scenes = World(0).heldout_scenes(40, seed=0)
+    images = [sc.image for sc in scenes]
+    inputs = processor(images=images, text=[""] * len(images), return_tensors="pt", padding=True)
+    n_q = model.config.num_query_tokens
+    assert inputs["input_ids"].shape == (len(images), n_q + 1)
+    assert (inputs["input_ids"][:, :n_q] == model.config.image_token_id).all()
+    assert (inputs["input_ids"][:, n_q] == processor.tokenizer.eos_token_id).all()
+    with torch.no_grad():
+        ids = model.generate(**inputs, max_new_tokens=32, do_sample=False)
+    caps = processor.tokenizer.batch_decode(ids, skip_special_tokens=True)
+    scores = [score_caption(c, sc.meta) for c, sc in zip(caps, scenes)]
+    scene_acc = np.mean([s.scene_ok for s in scores])
+    obj_acc = sum(s.objects_found for s in scores) / sum(s.objects_expected for s in scores)
+    assert scene_acc >= BLIP2_MIN_SCENE, list(zip(caps, [sc.caption for sc in scenes]))
+    assert obj_acc >= BLIP2_MIN_OBJECTS, list(zip(caps, [sc.caption for sc in scenes]))
+    report = json.loads((P.BLIP2_DIR / "pretrain_report.json").read_text())
+    assert report["heldout"]["scene_accuracy"] >= BLIP2_MIN_SCENE
+    # the pooled vision feature the object heads read
+    feats = P.pooled_features(model, inputs["pixel_values"])
+    assert feats.shape == (len(images), model.config.vision_config.hidden_size)
+
+
+def test_llava_world_checkpoint_answers_through_the_project_wrapper(tmp_path):
+    from engine.personalize.vlm import GenerationSettings, load_vlm
+
+    assert (P.LLAVA_DIR / "model.safetensors").exists(), "run: .venv/bin/python bench/world/pretrain.py llava"
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    w = load_vlm(str(P.LLAVA_DIR), models_dir=tmp_path)
+    assert w.family == "llava"
+    scenes = World(0).heldout_scenes(20, seed=5)
+    answers = w.generate([sc.image for sc in scenes], ["Where was this photo taken?"] * len(scenes), None,
+                         GenerationSettings(max_new_tokens=8))
+    truth = [next(q.answer for q in vqa_pairs(sc.meta) if q.kind == "scene") for sc in scenes]
+    acc = np.mean([normalise_answer(a) == normalise_answer(t) for a, t in zip(answers, truth)])
+    assert acc >= LLAVA_MIN_SCENE, list(zip(answers, truth))
