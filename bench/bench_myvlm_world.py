@@ -65,6 +65,8 @@ class BenchConfig:
     head_views: int = 8
     head_lr: float | None = None     # None: the project's default (ObjectHeadConfig)
     steps: int = 100
+    lr: float = 1.0                   # the project's (and the paper's) defaults; --lr / --no-augment to study them
+    augment: bool = True
     ablation: bool = True
     no_rescale_variant: bool = True   # also MyVLM without the Q-Former key/value rescale of method.md §3
     paper_gain_variant: bool = True   # also MyVLM at the paper's rescale gain 1 when the checkpoint declares another
@@ -187,15 +189,18 @@ def run(cfg: BenchConfig, log=print) -> dict:
         return values
 
     t = time.perf_counter()
-    myvlm_values = train_embeddings(TrainingConfig(steps=cfg.steps, seed=cfg.seed))
+    def base_config() -> TrainingConfig:
+        return TrainingConfig(steps=cfg.steps, seed=cfg.seed, lr=cfg.lr, augment=cfg.augment)
+
+    myvlm_values = train_embeddings(base_config())
     train_seconds = time.perf_counter() - t
     variants = {"myvlm": myvlm_values}
     rescale_of = {"myvlm": True, "no_reg_no_aug": True, "no_kv_rescale": False, "paper_gain_1": True}
     gain_of = {"paper_gain_1": 1.0}
     if cfg.paper_gain_variant and checkpoint_gain != 1.0:
-        variants["paper_gain_1"] = train_embeddings(TrainingConfig(steps=cfg.steps, seed=cfg.seed), gain=1.0)
+        variants["paper_gain_1"] = train_embeddings(base_config(), gain=1.0)
     if cfg.no_rescale_variant:
-        variants["no_kv_rescale"] = train_embeddings(TrainingConfig(steps=cfg.steps, seed=cfg.seed), rescale=False)
+        variants["no_kv_rescale"] = train_embeddings(base_config(), rescale=False)
     if cfg.ablation:
         variants["no_reg_no_aug"] = train_embeddings(TrainingConfig(steps=cfg.steps, seed=cfg.seed,
                                                                     reg_lambda=0.0, augment=False))
@@ -360,8 +365,8 @@ def print_table(r: dict) -> None:
               f"{n['preservation']:.3f}, multi-concept {n['multi_concept_recall_given']:.3f} (given)")
     if "paper_gain_1" in r:
         n = r["paper_gain_1"]
-        print(f"MyVLM at the paper's rescale gain 1 (this checkpoint's: {r['appended_gain']}): recall {n['recall']:.3f} "
-              f"(concept given {n['recall_concept_given']:.3f}), correct naming {n['correct_naming']:.3f}, "
+        print(f"MyVLM at the paper's rescale gain 1 (this checkpoint's: {r['appended_gain']}): "
+              f"recall {n['recall']:.3f} (concept given {n['recall_concept_given']:.3f}), correct naming {n['correct_naming']:.3f}, "
               f"preservation {n['preservation']:.3f}")
     print(f"{'':<48}{'MyVLM':>8}{'no reg/aug':>12}{'replace word':>14}")
     for name, x, y, z in rows:
@@ -384,12 +389,14 @@ def main() -> None:
     ap.add_argument("--calibrate", action="store_true",
                     help="choose the checkpoint's appended-token gain on the calibration concepts and write it to "
                          "its config.json (then run the benchmark as usual)")
+    ap.add_argument("--lr", type=float, default=1.0, help="concept-embedding learning rate (default: the paper's 1.0)")
+    ap.add_argument("--no-augment", action="store_true", help="train the concept embeddings without augmentation")
     args = ap.parse_args()
     if args.calibrate:
         res = calibrate_gain(args.checkpoint, steps=args.steps)
         print(json.dumps(res, indent=2))
         return
-    cfg = BenchConfig(checkpoint=args.checkpoint, steps=args.steps)
+    cfg = BenchConfig(checkpoint=args.checkpoint, steps=args.steps, lr=args.lr, augment=not args.no_augment)
     if args.quick:
         cfg.heldout_positive, cfg.heldout_negative, cfg.ablation = 10, 30, False
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))

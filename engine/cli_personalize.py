@@ -66,11 +66,25 @@ class _TrainBar:
         self.bar.close()
 
 
+def _prepare_people(lib, names) -> None:
+    """A person added with `concept add-person` has no training photos yet: take their confirmed faces' photos,
+    as the app's "Teach the captioner" does (`Library.person_concept`)."""
+    reg = lib.concepts()
+    for name in names:
+        try:
+            c = reg.get(name)
+        except Exception:  # noqa: BLE001 - an unknown name gets the trainer's own message
+            continue
+        if c.kind == "person" and c.person_id is not None and not reg.examples(c.id):
+            lib.person_concept(c.person_id)
+
+
 def cmd_train(args: argparse.Namespace, lib) -> int:
     errors, cancelled = _errors()
     pers = lib.personalizer(args.vlm)
     bar = _TrainBar(args.json, "training")
     try:
+        _prepare_people(lib, args.concepts)
         result = pers.train(args.concepts, args.task, _config(args), progress=bar, resume=not args.restart)
     except cancelled as exc:
         print(f"myvlm: {exc}; run the same command again to continue from the last checkpoint", file=sys.stderr)

@@ -226,6 +226,7 @@ def test_command_line_in_subprocesses_makes_no_connection(album: Path, tmp_path:
     commands = [
         ["name", "{group}", "Barack"],
         ["concept", "add-person", "{group}"],                 # a person's head (faces)
+        ["--vlm", "tiny-blip2", "train", "Barack", "--steps", "2", "--json"],   # their photos become the examples
         ["concept", "add-object", "Spiff", spiff],            # a thing's head (CLIP)
         ["--vlm", "tiny-blip2", "train", "Spiff", "--steps", "3", "--json"],
         ["--vlm", "tiny-blip2", "caption", spiff, "--json"],
