@@ -387,3 +387,46 @@ def test_llava_vqa_targets_are_generated_with_the_class_word_and_personalised(li
     assert result[concept.id].task == "vqa" and result[concept.id].step == 3
     assert library.concepts().get(concept.id).embedding_state == "ready"
     assert pers.embedding_state(library.concepts().get(concept.id), "vqa") == "ready"
+
+
+def test_mirrored_views_get_mirrored_targets(models_dir, tmp_path, monkeypatch):
+    """A flipped training view must not be told "Bella is on the left" when she is now on the right."""
+    from engine.personalize import training as T
+
+    assert T.mirror_text("Where is sks? On the left, to the left of the car.") == \
+        "Where is sks? On the right, to the right of the car."
+    assert T.mirror_text("Left-hand side; the RIGHT side") == "Right-hand side; the LEFT side"
+    assert T.mirror_text("Alex left the room, that is right") == "Alex left the room, that is right"
+
+    w = load_vlm("tiny-blip2", models_dir=models_dir)
+    # images whose left half is red and right half blue: a mirrored view is blue on the left
+    half = np.zeros((64, 64, 3), np.uint8)
+    half[:, :32] = (220, 30, 30)
+    half[:, 32:] = (30, 30, 220)
+    image = Image.fromarray(half)
+    examples = [TrainingExample(image, [7], [("", "sks on the left")])]
+    seen: list[tuple[str, bool]] = []
+    real_augment = T.augment_view_flipped
+
+    def spy(img, rng, config):
+        view, flipped = real_augment(img, rng, config)
+        left_is_blue = np.asarray(view)[:, :8, 2].mean() > np.asarray(view)[:, :8, 0].mean()
+        assert left_is_blue == flipped          # the flag says what the view shows
+        seen.append(("flip", flipped))
+        return view, flipped
+
+    real_loss = w.training_loss
+
+    def capture(pixels, prompts, targets, concepts, lam):
+        seen.extend(("target", t) for t in targets)
+        return real_loss(pixels, prompts, targets, concepts, lam)
+
+    monkeypatch.setattr(T, "augment_view_flipped", spy)
+    monkeypatch.setattr(w, "training_loss", capture)
+    cfg = TrainingConfig(steps=8, batch_size=1, brightness=0.0, max_rotation=0.0, checkpoint_every=100)
+    ConceptTrainer(w, EmbeddingStore(tmp_path), cfg).train([ConceptToTrain(7, "sks")], examples)
+    flips = [v for k, v in seen if k == "flip"]
+    targets = [v for k, v in seen if k == "target"]
+    assert len(flips) == len(targets) == 8 and any(flips) and not all(flips)
+    for flipped, target in zip(flips, targets):
+        assert target == ("sks on the right" if flipped else "sks on the left")

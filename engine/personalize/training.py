@@ -12,6 +12,7 @@ step, and on cancel) hold the values, the optimiser's moments and the history of
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -113,10 +114,17 @@ def _is_cancelled(cancel: Any) -> bool:
 
 def augment_view(image: Image.Image, rng: np.random.Generator, config: TrainingConfig) -> Image.Image:
     """One training view: horizontal flip (p 0.5), brightness jitter (±0.6), rotation (±45°, edges mirrored)."""
+    return augment_view_flipped(image, rng, config)[0]
+
+
+def augment_view_flipped(image: Image.Image, rng: np.random.Generator, config: TrainingConfig
+                         ) -> tuple[Image.Image, bool]:
+    """`augment_view`, and whether the view is mirrored (its targets' left and right must be swapped)."""
     view = image.convert("RGB")
     if not config.augment:
-        return view
-    if rng.random() < config.flip_p:
+        return view, False
+    flipped = bool(rng.random() < config.flip_p)
+    if flipped:
         view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if config.brightness > 0:
         factor = float(rng.uniform(max(0.0, 1 - config.brightness), 1 + config.brightness))
@@ -125,7 +133,30 @@ def augment_view(image: Image.Image, rng: np.random.Generator, config: TrainingC
         angle = float(rng.uniform(-config.max_rotation, config.max_rotation))
         if abs(angle) > 1e-3:
             view = rotate_filled(view, angle)
-    return view
+    return view, flipped
+
+
+# "left"/"right" as sides only: after "on the", "to its", ... or before "-hand", " side", "-most", " of"; not the
+# verb ("Alex left the room") nor "right" as "correct".
+_SIDES = re.compile(r"\b(?P<pre>(?:on|to|at|from|the|its|his|her|their|my|your|far|upper|lower|top|bottom)\s+)"
+                    r"(?P<side>left|right)\b"
+                    r"|\b(?P<side2>left|right)(?=-hand\b|-most\b|-side\b| side\b| of\b)", re.IGNORECASE)
+
+
+def mirror_text(text: str) -> str:
+    """Left and right swapped ("Bella is on the left" → "... on the right"), keeping the case: what a target says of
+    a mirrored view. Without it a flipped view teaches the wrong side (measured in bench/README.md)."""
+    def other(word: str) -> str:
+        new = "right" if word.lower() == "left" else "left"
+        if word.isupper():
+            return new.upper()
+        return new.capitalize() if word[0].isupper() else new
+
+    def swap(m: re.Match) -> str:
+        if m.group("side"):
+            return m.group("pre") + other(m.group("side"))
+        return other(m.group("side2"))
+    return _SIDES.sub(swap, text)
 
 
 class ConceptTrainer:
@@ -225,9 +256,10 @@ class ConceptTrainer:
                 rng = np.random.default_rng([cfg.seed, step])
                 pick = rng.choice(n, size=min(cfg.batch_size, n), replace=False)
                 batch = [examples[i] for i in pick]
-                views = [augment_view(e.image, rng, cfg) for e in batch]
+                views, flips = zip(*(augment_view_flipped(e.image, rng, cfg) for e in batch))
                 pairs = [e.pairs[int(rng.integers(len(e.pairs)))] for e in batch]
-                pixels = w.preprocess(views)
+                pairs = [(mirror_text(p), mirror_text(t)) if f else (p, t) for (p, t), f in zip(pairs, flips)]
+                pixels = w.preprocess(list(views))
                 parts = w.training_loss(pixels, [p for p, _ in pairs], [t for _, t in pairs],
                                         [[c for c in e.concept_ids if c in by_id] for e in batch], lam)
                 opt.zero_grad(set_to_none=True)
