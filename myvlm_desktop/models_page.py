@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QCoreApplication, QObject, Qt, QThread, Signal, Slot
+from PySide6.QtCore import QCoreApplication, QObject, Qt, Signal, Slot
 from PySide6.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
@@ -32,7 +32,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from .tasks import CancelFlag, keep_until_finished, user_message
+from .tasks import CancelFlag, SingleJobThread, user_message
 
 log = logging.getLogger(__name__)
 
@@ -144,68 +144,20 @@ class ModelJob(QObject):
             self.finished.emit(out)
 
 
-class ModelJobRunner(QObject):
-    """Owns the model jobs' thread: one job at a time."""
+class ModelJobRunner(SingleJobThread):
+    """Owns the model jobs' thread: one job at a time. Shutting down cancels (a download keeps what arrived) and
+    waits a little; a job still busy after that (a copy of a large file) is left to finish on its own."""
 
     progress = Signal(object)
-    finished = Signal(object)
 
     def __init__(self, parent: QObject | None = None):
-        super().__init__(parent)
-        self._thread: QThread | None = None
-        self._job: ModelJob | None = None
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None
-
-    @property
-    def job(self) -> ModelJob | None:
-        return self._job
+        super().__init__("myvlm-models", shutdown_ms=5_000, parent=parent)
 
     def start(self, job: ModelJob) -> bool:
-        if self._thread is not None:
+        if self.running:
             return False
-        thread = QThread(self)
-        thread.setObjectName(f"myvlm-models-{job.action}")
-        job.moveToThread(thread)
-        thread.started.connect(job.run)
         job.progress.connect(self.progress)
-        # quit from the worker itself as soon as the job is done (see training.TrainingRunner)
-        job.finished.connect(thread.quit, Qt.ConnectionType.DirectConnection)
-        job.finished.connect(self._on_finished)
-        self._thread, self._job = thread, job
-        thread.start()
-        return True
-
-    def cancel(self) -> None:
-        if self._job is not None:
-            self._job.cancel()
-
-    def shutdown(self, timeout_ms: int = 5_000) -> bool:
-        """Cancel the job (a download keeps what arrived) and wait a little; a job still busy after that (a copy
-        of a large file) is left to finish on its own."""
-        thread = self._thread
-        if thread is None:
-            return True
-        self.cancel()
-        if thread.wait(timeout_ms):
-            return True
-        keep_until_finished(thread)
-        return False
-
-    @Slot(object)
-    def _on_finished(self, outcome: JobOutcome) -> None:
-        thread, job = self._thread, self._job
-        self._thread = self._job = None
-        if thread is not None:
-            if thread.wait(2000):
-                thread.deleteLater()
-            else:
-                thread.finished.connect(thread.deleteLater)
-        if job is not None:
-            job.deleteLater()
-        self.finished.emit(outcome)
+        return self.start_job(job, f"myvlm-models-{job.action}")
 
 
 # -- the panel -------------------------------------------------------------------------------------------------------

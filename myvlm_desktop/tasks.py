@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QObject, QThread, Signal, Slot
+from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 
 from engine.api import Library
 
@@ -176,6 +176,73 @@ def keep_until_finished(thread: QThread) -> None:
     thread.setParent(None)
     _orphans.add(thread)
     thread.finished.connect(lambda: _orphans.discard(thread))
+
+
+class SingleJobThread(QObject):
+    """Runs one cancellable job at a time on its own QThread (a model download, a training run).
+
+    A job is a QObject with a `run` slot, a `finished(outcome)` signal and `cancel()`; wire its other signals
+    before `start`. `finished` is re-emitted here once the thread is done and both are deleted.
+    """
+
+    finished = Signal(object)
+
+    def __init__(self, name: str, shutdown_ms: int, parent: QObject | None = None):
+        super().__init__(parent)
+        self._name, self._shutdown_ms = name, shutdown_ms
+        self._thread: QThread | None = None
+        self._job: QObject | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
+    @property
+    def job(self) -> QObject | None:
+        return self._job
+
+    def start_job(self, job: QObject, name: str | None = None) -> bool:
+        if self._thread is not None:
+            return False
+        thread = QThread(self)
+        thread.setObjectName(name or self._name)
+        job.moveToThread(thread)
+        thread.started.connect(job.run)
+        # quit from the worker thread itself, as soon as the job is done (queued to the GUI thread it would wait
+        # behind _on_finished, which waits for the thread)
+        job.finished.connect(thread.quit, Qt.ConnectionType.DirectConnection)
+        job.finished.connect(self._on_finished)
+        self._thread, self._job = thread, job
+        thread.start()
+        return True
+
+    def cancel(self) -> None:
+        if self._job is not None:
+            self._job.cancel()
+
+    def shutdown(self, timeout_ms: int | None = None) -> bool:
+        """Cancel the job and wait a little; a job still busy after that is left to finish on its own."""
+        thread = self._thread
+        if thread is None:
+            return True
+        self.cancel()
+        if thread.wait(self._shutdown_ms if timeout_ms is None else timeout_ms):
+            return True
+        keep_until_finished(thread)
+        return False
+
+    @Slot(object)
+    def _on_finished(self, outcome: Any) -> None:
+        thread, job = self._thread, self._job
+        self._thread = self._job = None
+        if thread is not None:
+            if thread.wait(2000):
+                thread.deleteLater()
+            else:  # still unwinding: delete it once it has really ended
+                thread.finished.connect(thread.deleteLater)
+        if job is not None:
+            job.deleteLater()
+        self.finished.emit(outcome)
 
 
 def _quiet(exc: BaseException) -> bool:

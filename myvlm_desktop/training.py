@@ -24,7 +24,6 @@ from PySide6.QtCore import (
     QPointF,
     QSize,
     Qt,
-    QThread,
     Signal,
     Slot,
 )
@@ -47,7 +46,7 @@ from PySide6.QtWidgets import (
 from engine.api import Library
 
 from .grid import thumb_key
-from .tasks import CancelFlag, EngineThread, keep_until_finished, user_message
+from .tasks import CancelFlag, EngineThread, SingleJobThread, user_message
 from .thumbnails import ThumbKey, ThumbnailLoader
 
 log = logging.getLogger(__name__)
@@ -184,74 +183,31 @@ class TrainingJob(QObject):
             self.finished.emit(out)
 
 
-class TrainingRunner(QObject):
+class TrainingRunner(SingleJobThread):
     """Owns a training thread: one job at a time."""
 
     started = Signal(str)
     progress = Signal(object)
-    finished = Signal(object)
 
     def __init__(self, library_root: Path, options: dict[str, Any], parent: QObject | None = None):
-        super().__init__(parent)
+        super().__init__("myvlm-training", shutdown_ms=60_000, parent=parent)
         self.root, self.options = Path(library_root), options
-        self._thread: QThread | None = None
-        self._job: TrainingJob | None = None
         self.concept_id: int | None = None
         self.last: Any = None  # the latest TrainingProgress
 
-    @property
-    def running(self) -> bool:
-        return self._thread is not None
-
     def start(self, concept_id: int, steps: int, edits: dict[int, list[str]] | None = None) -> bool:
-        if self._thread is not None:
+        if self.running:
             return False
-        thread = QThread(self)
-        thread.setObjectName("myvlm-training")
         job = TrainingJob(self.root, self.options, concept_id, steps, edits)
-        job.moveToThread(thread)
-        thread.started.connect(job.run)
         job.started.connect(self.started)
         job.progress.connect(self._on_progress)
-        # quit from the worker thread itself, as soon as the job is done (queued to the GUI thread it would wait
-        # behind _on_finished, which waits for the thread)
-        job.finished.connect(thread.quit, Qt.ConnectionType.DirectConnection)
-        job.finished.connect(self._on_finished)
-        self._thread, self._job, self.concept_id, self.last = thread, job, concept_id, None
-        thread.start()
-        return True
-
-    def cancel(self) -> None:
-        if self._job is not None:
-            self._job.cancel()
-
-    def shutdown(self, timeout_ms: int = 60_000) -> bool:
-        thread = self._thread
-        if thread is None:
-            return True
-        self.cancel()
-        if thread.wait(timeout_ms):
-            return True
-        keep_until_finished(thread)
-        return False
+        self.concept_id, self.last = concept_id, None
+        return self.start_job(job)
 
     @Slot(object)
     def _on_progress(self, p: Any) -> None:
         self.last = p
         self.progress.emit(p)
-
-    @Slot(object)
-    def _on_finished(self, outcome: TrainingOutcome) -> None:
-        thread, job = self._thread, self._job
-        self._thread = self._job = None
-        if thread is not None:
-            if thread.wait(2000):
-                thread.deleteLater()
-            else:  # still unwinding: delete it once it has really ended
-                thread.finished.connect(thread.deleteLater)
-        if job is not None:
-            job.deleteLater()
-        self.finished.emit(outcome)
 
 
 # -- the loss plot ------------------------------------------------------------------------------------------------
