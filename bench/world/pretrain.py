@@ -248,17 +248,26 @@ def build_llava(sizes: LlavaSizes, seed: int):
 # ---------------------------------------------------------------------------------------------------------------
 # Inputs
 # ---------------------------------------------------------------------------------------------------------------
+def uint8_pixels(images: list[Image.Image]) -> torch.Tensor:
+    """(B, H, W, 3) uint8: what a batch carries from a data worker to the GPU (a quarter of float32's bytes)."""
+    return torch.from_numpy(np.stack([np.asarray(im.convert("RGB"), np.uint8) for im in images]))
+
+
+def normalise_pixels(u8: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float, normalised like the image processors, on u8's device."""
+    x = u8.float().div(255.0).permute(0, 3, 1, 2)
+    mean = torch.tensor(CLIP_MEAN, device=u8.device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=u8.device).view(1, 3, 1, 1)
+    return ((x - mean) / std).contiguous()
+
+
 def fast_pixels(images: list[Image.Image]) -> torch.Tensor:
     """(B, 3, H, W) normalised like the image processors (the images are already at the model's size).
 
     Checked against the real processors at the start of every run (`check_pixels`), so training sees exactly
     what inference sees, without the processors' per-call overhead.
     """
-    arr = np.stack([np.asarray(im.convert("RGB"), np.float32) for im in images]) / 255.0
-    x = torch.from_numpy(arr).permute(0, 3, 1, 2)
-    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-    return ((x - mean) / std).contiguous()
+    return normalise_pixels(uint8_pixels(images))
 
 
 def processor_pixels(processor, images: list[Image.Image]) -> torch.Tensor:
@@ -324,12 +333,11 @@ def patch_targets(scenes, patch: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(out)).long()
 
 
-def dense_loss(head: torch.nn.Module, patch_tokens: torch.Tensor, scenes, patch: int) -> torch.Tensor:
-    """Per-patch cross-entropy: which object class / colour / pattern covers each patch.
+def dense_loss(head: torch.nn.Module, patch_tokens: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-patch cross-entropy: which object class / colour / pattern covers each patch (y: `patch_targets`).
 
     Dense labels come free with a rendered world; they teach the ViT shapes far faster than captions alone.
     """
-    y = patch_targets(scenes, patch)
     logits = head(patch_tokens)
     a, b = len(PATCH_CLASSES), len(PATCH_CLASSES) + len(PATCH_COLOURS)
     return (F.cross_entropy(logits[..., :a].flatten(0, 1), y[..., 0].flatten())
@@ -352,16 +360,18 @@ def slot_targets(metas: list[SceneMeta]) -> torch.Tensor:
     return y
 
 
-def slot_loss(head: torch.nn.Module, query_output: torch.Tensor, metas: list[SceneMeta]) -> torch.Tensor:
+def background_targets(metas: list[SceneMeta]) -> torch.Tensor:
+    return torch.tensor([list(BACKGROUNDS).index(m.background) for m in metas])
+
+
+def slot_loss(head: torch.nn.Module, query_output: torch.Tensor, y: torch.Tensor, bg: torch.Tensor) -> torch.Tensor:
     """From all Q-Former outputs together: the background, and what stands in each slot. Teaches the queries to
     keep the objects apart (without it, multi-object captions mix up classes) and not to drop the background.
 
     (The real BLIP-2 pre-trains its Q-Former with losses of its own before captioning; this plays that part.)
     """
-    y = slot_targets(metas)
-    bg = torch.tensor([list(BACKGROUNDS).index(m.background) for m in metas])
     out = head(query_output.flatten(1))
-    logits = out[:, :3 * SLOT_OUT].view(len(metas), 3, SLOT_OUT)
+    logits = out[:, :3 * SLOT_OUT].view(len(y), 3, SLOT_OUT)
     a, b = len(PATCH_CLASSES), len(PATCH_CLASSES) + len(PATCH_COLOURS)
     return (F.cross_entropy(logits[..., :a].flatten(0, 1), y[..., 0].flatten())
             + F.cross_entropy(logits[..., a:b].flatten(0, 1), y[..., 1].flatten())
@@ -369,10 +379,10 @@ def slot_loss(head: torch.nn.Module, query_output: torch.Tensor, metas: list[Sce
             + F.cross_entropy(out[:, 3 * SLOT_OUT:], bg))
 
 
-def probe_loss(head: torch.nn.Module, pooled: torch.Tensor, metas: list[SceneMeta]) -> torch.Tensor:
-    """Binary cross-entropy of the attribute probe, summed over attributes, averaged over images."""
-    y = attribute_targets(metas)
-    return F.binary_cross_entropy_with_logits(head(pooled), y, reduction="sum") / len(metas)
+def probe_loss(head: torch.nn.Module, pooled: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of the attribute probe (y: `attribute_targets`), summed over attributes, averaged
+    over images."""
+    return F.binary_cross_entropy_with_logits(head(pooled), y, reduction="sum") / len(y)
 
 
 # -- object looks: a CLIP-like contrast between the pooled feature and a description of each object's look ----------
@@ -423,23 +433,129 @@ class LookEncoder(torch.nn.Module):
         self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(10.0)))
         self.bias = torch.nn.Parameter(torch.tensor(-5.0))
 
-    def forward(self, keys: list[tuple]) -> torch.Tensor:
-        return F.normalize(self.mlp(look_onehot(keys)), dim=-1)
+    def forward(self, onehot: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.mlp(onehot), dim=-1)
 
 
-def look_loss(encoder: LookEncoder, pooled: torch.Tensor, metas: list[SceneMeta], rng: np.random.Generator
-              ) -> torch.Tensor:
-    """Is this exact look in the picture? Sigmoid contrast (as SigLIP) of every image against the looks of the
-    batch's objects and three near misses of each (one attribute off), so that the pooled feature binds the
-    attributes of one object together. That is what a 4-shot linear head needs to tell one toy from another;
-    CLIP's image embedding does it for real photos. The looks of the benchmark's personal concepts never occur."""
+def look_targets(metas: list[SceneMeta], rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The looks a batch is contrasted against: every object's look and three near misses of each (one attribute
+    off). Returns (their one-hot descriptions (L, LOOK_IN), which image holds which (B, L))."""
     present = [{look_key(o.instance) for o in m.objects} for m in metas]
     keys = sorted(set().union(*present))
     keys = sorted(set(keys) | {near_look(k, rng) for k in keys for _ in range(3)})
-    emb = encoder(keys)                                                                   # (L, D)
     y = torch.tensor([[1.0 if k in p else 0.0 for k in keys] for p in present])           # (B, L)
+    return look_onehot(keys), y
+
+
+def look_loss(encoder: LookEncoder, pooled: torch.Tensor, onehot: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Is this exact look in the picture? Sigmoid contrast (as SigLIP) of every image against the looks of
+    `look_targets`, so that the pooled feature binds the attributes of one object together. That is what a 4-shot
+    linear head needs to tell one toy from another; CLIP's image embedding does it for real photos. The looks of
+    the benchmark's personal concepts never occur."""
+    emb = encoder(onehot)                                                                 # (L, D)
     logits = F.normalize(pooled, dim=-1) @ emb.T * encoder.logit_scale.exp() + encoder.bias
-    return F.binary_cross_entropy_with_logits(logits, y, reduction="sum") / len(metas)
+    return F.binary_cross_entropy_with_logits(logits, y, reduction="sum") / len(y)
+
+
+# -- concept tokens: the MyVLM path met in pre-training (ours, not the paper's; bench/README.md says why) ----------
+TOKEN_IN = LOOK_IN + len(IDENTIFIERS)
+
+
+class TokenEncoder(torch.nn.Module):
+    """Makes a stand-in concept token from a look and a name (training only, not saved). The token enters where
+    MyVLM's concept layer puts one (appended after the last vision layer, before post_layernorm, unit norm; the
+    Q-Former's keys/values of it rescaled to the image tokens' mean norm), so the frozen model has learnt to read
+    such a token; MyVLM then learns each personal concept's token from scratch with the project's trainer."""
+
+    def __init__(self, dim: int, hidden: int = 192, linear: bool = True, noise: float = 0.0):
+        super().__init__()
+        # linear: a token is a sum of one vector per look attribute and one per name, so tokens span a subspace
+        # and a random vector (where MyVLM's training starts) is a faint mix of them, not something never seen
+        self.mlp = (torch.nn.Linear(TOKEN_IN, dim) if linear else
+                    torch.nn.Sequential(torch.nn.Linear(TOKEN_IN, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, dim)))
+        self.noise = noise
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:          # (B, k, TOKEN_IN) -> (B, k, D)
+        t = self.mlp(x)
+        if self.noise and self.training:   # random directions of up to `noise` × the token's norm
+            eps = torch.randn_like(t)
+            scale = torch.rand(*t.shape[:-1], 1, device=t.device) * self.noise
+            t = t + eps / eps.norm(dim=-1, keepdim=True) * t.norm(dim=-1, keepdim=True) * scale
+        return t
+
+
+def token_inputs(look: tuple, name: str) -> torch.Tensor:
+    x = torch.zeros(TOKEN_IN)
+    x[:LOOK_IN] = look_onehot([look])[0]
+    x[LOOK_IN + IDENTIFIERS.index(name)] = 1.0
+    return x
+
+
+def personalise_scenes(metas: list[SceneMeta], k: int, rng: np.random.Generator, match_p: float = 0.75
+                       ) -> tuple[list[SceneMeta], torch.Tensor]:
+    """k concept tokens per image. A token either matches an object of the scene (then the caption calls that
+    object by the token's name) or describes a look the scene does not hold, mostly a near miss of one of its
+    objects (then the caption stays as it was). Returns the captions' scenes and the tokens' inputs (B, k, TOKEN_IN).
+    """
+    from dataclasses import replace
+
+    out_metas, rows = [], []
+    for m in metas:
+        objects = list(m.objects)
+        present = {look_key(o.instance) for o in objects}
+        taken = {o.name for o in objects if o.name}
+        row = []
+        for _ in range(k):
+            free = [i for i, o in enumerate(objects) if not o.name]
+            names = [n for n in IDENTIFIERS if n not in taken]
+            name = names[int(rng.integers(len(names)))]
+            taken.add(name)
+            if free and rng.random() < match_p:
+                i = free[int(rng.integers(len(free)))]
+                objects[i] = replace(objects[i], name=name)
+                row.append(token_inputs(look_key(objects[i].instance), name))
+                continue
+            while True:
+                base = look_key(objects[int(rng.integers(len(objects)))].instance)
+                look = near_look(base, rng)
+                if look not in present:
+                    break
+            row.append(token_inputs(look, name))
+        out_metas.append(SceneMeta(m.background, objects))
+        rows.append(torch.stack(row) if row else torch.zeros(0, TOKEN_IN))
+    return out_metas, torch.stack(rows)
+
+
+class TokenAppender:
+    """The concept layer's arithmetic on a bare transformers BLIP-2 (as engine/personalize/blip2.py applies it):
+    unit-norm tokens appended to the last vision layer's output; in every Q-Former cross-attention the appended
+    positions' keys/values rescaled to gain × the mean norm of the image positions'."""
+
+    def __init__(self, model, gain: float = 1.0):
+        vcfg = model.config.vision_config
+        self.n_image = (vcfg.image_size // vcfg.patch_size) ** 2 + 1
+        self.gain = gain
+        self.tokens: torch.Tensor | None = None                      # (B, k, D)
+        model.vision_model.encoder.layers[-1].register_forward_hook(self._append)
+        for layer in model.qformer.encoder.layer:
+            if getattr(layer, "has_cross_attention", False):
+                layer.crossattention.attention.key.register_forward_hook(self._rescale)
+                layer.crossattention.attention.value.register_forward_hook(self._rescale)
+
+    def _append(self, module, args, out):
+        if self.tokens is None:
+            return None
+        hidden = out[0] if isinstance(out, tuple) else out
+        extended = torch.cat([hidden, F.normalize(self.tokens, dim=-1).to(hidden.dtype)], dim=1)
+        return (extended, *out[1:]) if isinstance(out, tuple) else extended
+
+    def _rescale(self, module, args, out):
+        n = self.n_image
+        if out.shape[1] <= n:
+            return None
+        target = out[:, :n].norm(dim=-1, keepdim=True).mean(dim=1, keepdim=True) * self.gain
+        extra = out[:, n:] / out[:, n:].norm(dim=-1, keepdim=True).clamp_min(1e-12) * target
+        return torch.cat([out[:, :n], extra], dim=1)
 
 
 def blip2_inputs(processor, images: list[Image.Image], fast: bool = True) -> dict:
@@ -455,6 +571,53 @@ def blip2_inputs(processor, images: list[Image.Image], fast: bool = True) -> dic
 def blip2_labels(tokenizer, captions: list[str]) -> torch.Tensor:
     enc = tokenizer(captions, padding=True, return_tensors="pt")
     return enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
+
+
+def blip2_batch(scenes, tokenizer, patch: int, wording: np.random.Generator, look_rng: np.random.Generator,
+                token_prob: float = 0.0, token_match: float = 0.75) -> dict[str, torch.Tensor]:
+    """One pre-training batch, every target computed where the scenes are drawn (a data worker on a GPU run).
+
+    With token_prob, the batch is a concept-token batch (one token per image, two in a third of them): captions
+    name the objects the tokens match (`personalise_scenes`); every other target describes the picture as is.
+    """
+    metas = [sc.meta for sc in scenes]
+    look_onehot_, look_y = look_targets(metas, look_rng)
+    k = 0
+    if token_prob and look_rng.random() < token_prob:
+        k = 2 if look_rng.random() < 1 / 3 else 1
+    caption_metas, token_in = personalise_scenes(metas, k, look_rng, token_match) if k else (metas, torch.zeros(len(metas), 0,
+                                                                                                   TOKEN_IN))
+    return {"pixels": uint8_pixels([sc.image for sc in scenes]),                      # (B, H, W, 3) uint8
+            "labels": blip2_labels(tokenizer, [generic_caption(m, wording) for m in caption_metas]),
+            "token_in": token_in,
+            "attributes": attribute_targets(metas), "patches": patch_targets(scenes, patch),
+            "slots": slot_targets(metas), "background": background_targets(metas),
+            "look_onehot": look_onehot_, "look_y": look_y}
+
+
+class BatchStream(torch.utils.data.IterableDataset):
+    """Endless pre-training batches. Each DataLoader worker k draws its own world stream (seed k) and wording /
+    near-miss generators, so a run is a pure function of (seed, workers); workers=0 is one stream in-process."""
+
+    def __init__(self, seed: int, batch: int, make_batch):
+        self.seed, self.batch, self.make_batch = seed, batch, make_batch
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        k = info.id if info else 0
+        stream = World(self.seed).pretrain_scenes(seed=k)
+        wording = np.random.default_rng([self.seed, 7, k])
+        look_rng = np.random.default_rng([self.seed, 13, k])
+        while True:
+            yield self.make_batch([next(stream) for _ in range(self.batch)], wording, look_rng)
+
+
+def batch_loader(dataset: BatchStream, workers: int, device: str):
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers,
+                                         prefetch_factor=4 if workers else None, pin_memory=device != "cpu",
+                                         persistent_workers=bool(workers))
+    for batch in loader:
+        yield {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 @torch.no_grad()
@@ -566,12 +729,24 @@ class TrainSettings:
     look_weight: float = 10.0      # x aux_weight = 0.5 for the look contrast (BLIP-2)
     seed: int = 0
     log_every: int = 50
+    device: str = "cpu"
+    workers: int = 0              # DataLoader workers drawing scenes (0: in-process, bit-for-bit reproducible)
+    time_budget: float = 0.0      # > 0: train for this many seconds; the cosine runs over time, not `steps`
+    checkpoint_every: float = 0.0  # > 0: save the checkpoint folder this often (seconds), for runs that may be cut
+    token_prob: float = 0.0       # BLIP-2: share of batches with concept tokens (TokenEncoder; ours, see README)
+    freeze_vision: bool = False   # BLIP-2: train the Q-Former and language model only
+    token_match: float = 0.75     # share of concept tokens that match an object of the scene (the rest: near misses)
+    token_linear: bool = True     # TokenEncoder: linear (True) or a two-layer MLP
+    token_noise: float = 0.0      # TokenEncoder: random directions added, up to this share of the token's norm
 
 
-def lr_at(step: int, s: TrainSettings) -> float:
+def lr_at(step: int, s: TrainSettings, progress: float | None = None) -> float:
+    """Warmup over `warmup` steps, then a cosine to min_lr_ratio over the run (progress in [0, 1]: the share of
+    steps done, or of the time budget spent)."""
     if step < s.warmup:
         return s.lr * (step + 1) / s.warmup
-    t = (step - s.warmup) / max(1, s.steps - s.warmup)
+    t = (step - s.warmup) / max(1, s.steps - s.warmup) if progress is None else progress
+    t = min(1.0, max(0.0, t))
     return s.lr * (s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
@@ -582,33 +757,48 @@ def make_optimizer(params, s: TrainSettings) -> torch.optim.Optimizer:
                               {"params": no_decay, "weight_decay": 0.0}], lr=s.lr, betas=(0.9, 0.98))
 
 
-def train_loop(name: str, model, aux_head, step_loss, s: TrainSettings, log) -> dict:
-    """The shared loop: warmup + cosine AdamW, gradient clipping, a log line every `log_every` steps."""
+def train_loop(name: str, model, aux_head, step_loss, batches, s: TrainSettings, log, save=None) -> dict:
+    """The shared loop: warmup + cosine AdamW, gradient clipping, a log line every `log_every` steps.
+
+    With a time budget the run ends when the budget is spent (the cosine follows the clock) and reports the steps
+    it made; `save()` is called every `checkpoint_every` seconds so that a run cut short still leaves weights.
+    """
     params = [p for p in [*model.parameters(), *aux_head.parameters()] if p.requires_grad]
     opt = make_optimizer(params, s)
     model.train()
-    t0 = time.time()
+    t0 = last_save = time.time()
     hist: dict[str, list[float]] = defaultdict(list)
-    for step in range(s.steps):
+    step = 0
+    while True:
+        el = time.time() - t0
+        progress = el / s.time_budget if s.time_budget else None
+        if (progress is not None and progress >= 1.0) or (progress is None and step >= s.steps):
+            break
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, s)
-        lm, aux = step_loss(step)
+            g["lr"] = lr_at(step, s, progress)
+        lm, aux = step_loss(next(batches))
         loss = lm + s.aux_weight * aux
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, s.clip)
         opt.step()
-        hist["lm"].append(lm.item())
-        hist["aux"].append(aux.item())
-        if (step + 1) % s.log_every == 0 or step == 0:
+        step += 1
+        if step % s.log_every == 0 or step == 1:
+            hist["lm"].append(lm.item())        # a sync with the device: only on logged steps
+            hist["aux"].append(aux.item())
             el = time.time() - t0
-            log(f"[{name}] step {step + 1}/{s.steps}  lm {np.mean(hist['lm'][-s.log_every:]):.4f}  "
-                f"aux {np.mean(hist['aux'][-s.log_every:]):.4f}  lr {lr_at(step, s):.2e}  {el:.0f}s "
-                f"(eta {el / (step + 1) * (s.steps - step - 1):.0f}s)")
+            left = (s.time_budget - el) if s.time_budget else el / step * (s.steps - step)
+            log(f"[{name}] step {step}{'' if s.time_budget else f'/{s.steps}'}  lm {hist['lm'][-1]:.4f}  "
+                f"aux {hist['aux'][-1]:.4f}  lr {lr_at(step - 1, s, progress):.2e}  {el:.0f}s (eta {left:.0f}s)")
+        if save and s.checkpoint_every and time.time() - last_save >= s.checkpoint_every:
+            model.eval()
+            save(step)
+            model.train()
+            last_save = time.time()
     model.eval()
-    return {"train_seconds": round(time.time() - t0, 1),
-            "final_lm_loss": round(float(np.mean(hist["lm"][-100:])), 4),
-            "final_aux_loss": round(float(np.mean(hist["aux"][-100:])), 4)}
+    return {"train_seconds": round(time.time() - t0, 1), "steps_done": step,
+            "final_lm_loss": round(float(np.mean(hist["lm"][-3:])), 4),
+            "final_aux_loss": round(float(np.mean(hist["aux"][-3:])), 4)}
 
 
 def folder_mb(folder: Path) -> float:
@@ -619,10 +809,22 @@ def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def pretrain_blip2(out: Path, s: TrainSettings, sizes: Blip2Sizes, log=print) -> dict:
+def pretrain_blip2(out: Path, s: TrainSettings, sizes: Blip2Sizes, log=print, evaluate: bool = True,
+                   init: Path | None = None) -> dict:
+    """Pre-train from scratch, or (init) go on from a saved checkpoint, whose sizes then win over `sizes`."""
     torch.manual_seed(s.seed)
     world = World(s.seed)
-    model, processor = build_blip2(sizes, s.seed)
+    if init:
+        model, processor = load_blip2(init)
+        c = model.config
+        sizes = Blip2Sizes(image_size=c.vision_config.image_size, patch_size=c.vision_config.patch_size,
+                           vision_hidden=c.vision_config.hidden_size, vision_layers=c.vision_config.num_hidden_layers,
+                           heads=c.vision_config.num_attention_heads, qformer_hidden=c.qformer_config.hidden_size,
+                           qformer_layers=c.qformer_config.num_hidden_layers, num_query_tokens=c.num_query_tokens,
+                           text_hidden=c.text_config.d_model, text_layers=c.text_config.num_layers)
+        model.train()
+    else:
+        model, processor = build_blip2(sizes, s.seed)
     tok = processor.tokenizer
     probe_scenes = world.heldout_scenes(8, seed=999)
     check_pixels(processor, [sc.image for sc in probe_scenes])
@@ -633,36 +835,66 @@ def pretrain_blip2(out: Path, s: TrainSettings, sizes: Blip2Sizes, log=print) ->
                                     torch.nn.Linear(sizes.vision_hidden, DENSE_OUT),
                                     torch.nn.Linear(sizes.num_query_tokens * sizes.qformer_hidden,
                                                     3 * SLOT_OUT + len(BACKGROUNDS)),
-                                    LookEncoder(sizes.vision_hidden)])
-    look_rng = np.random.default_rng([s.seed, 13])
-    stream = world.pretrain_scenes(seed=0)
+                                    LookEncoder(sizes.vision_hidden),
+                                    TokenEncoder(sizes.vision_hidden, linear=s.token_linear,
+                                                 noise=s.token_noise)])
+    appender = TokenAppender(model)
+    n_image = appender.n_image
+    if s.freeze_vision:   # going on from a checkpoint: its vision features (what the concept heads read) stay
+        model.vision_model.requires_grad_(False)
+    model.to(s.device)
+    aux_head.to(s.device)
     wording = np.random.default_rng([s.seed, 7])
-    log(f"[blip2] {n_params(model) / 1e6:.2f}M parameters; {s.steps} steps of {s.batch}")
-    check_vocabulary(tok, [generic_caption(next(stream).meta, wording) for _ in range(500)])
+    log(f"[blip2] {n_params(model) / 1e6:.2f}M parameters; "
+        f"{f'{s.time_budget:.0f} s' if s.time_budget else f'{s.steps} steps'} of {s.batch} on {s.device}")
+    check_vocabulary(tok, [generic_caption(sc.meta, wording) for sc in world.heldout_scenes(500, seed=998)])
+    prompt = blip2_inputs(processor, [probe_scenes[0].image])["input_ids"].to(s.device)            # (1, Q + 1)
+    batches = batch_loader(BatchStream(s.seed, s.batch, lambda sc, wr, lr: blip2_batch(sc, tok, sizes.patch_size,
+                                                                                        wr, lr, s.token_prob,
+                                                                                        s.token_match)),
+                           s.workers, s.device)
 
-    def step_loss(step):
-        scenes = [next(stream) for _ in range(s.batch)]
-        inputs = blip2_inputs(processor, [sc.image for sc in scenes])
-        labels = blip2_labels(tok, [generic_caption(sc.meta, wording) for sc in scenes])
-        outp = model(**inputs, labels=labels)
+    def step_loss(b):
+        pixels = normalise_pixels(b["pixels"])
+        ids = prompt.expand(len(pixels), -1)
+        appender.tokens = aux_head[4](b["token_in"]) if b["token_in"].shape[1] else None     # (B, k, D)
+        try:
+            outp = model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels, labels=b["labels"])
+        finally:
+            appender.tokens = None
         vis = outp.vision_outputs
-        aux = probe_loss(aux_head[0], vis.pooler_output, [sc.meta for sc in scenes])
-        aux = aux + s.dense_weight * dense_loss(aux_head[1], vis.last_hidden_state[:, 1:], scenes, sizes.patch_size)
-        aux = aux + s.dense_weight * slot_loss(aux_head[2], outp.qformer_outputs.last_hidden_state,
-                                               [sc.meta for sc in scenes])
+        aux = probe_loss(aux_head[0], vis.pooler_output, b["attributes"])
+        aux = aux + s.dense_weight * dense_loss(aux_head[1], vis.last_hidden_state[:, 1:n_image], b["patches"])
+        aux = aux + s.dense_weight * slot_loss(aux_head[2], outp.qformer_outputs.last_hidden_state, b["slots"],
+                                               b["background"])
         if s.look_weight:
-            aux = aux + s.look_weight * look_loss(aux_head[3], vis.pooler_output, [sc.meta for sc in scenes], look_rng)
+            aux = aux + s.look_weight * look_loss(aux_head[3], vis.pooler_output, b["look_onehot"], b["look_y"])
         return outp.loss, aux
 
-    train = train_loop("blip2", model, aux_head, step_loss, s, log)
+    def report_of(train: dict) -> dict:
+        return {"model": "blip2-world", "architecture": "Blip2ForConditionalGeneration (flan-T5 layout)",
+                "seed": s.seed, "steps": train.get("steps_done", s.steps), "batch": s.batch, "settings": asdict(s),
+                "initialised_from": str(init) if init else None,
+                "sizes": asdict(sizes), "parameters": n_params(model), **train,
+                "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(),
+                "device": torch.cuda.get_device_name() if s.device.startswith("cuda") else "cpu"}
+
+    def save(step: int) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out)
+        processor.save_pretrained(out)
+        (out / "pretrain_report.json").write_text(json.dumps(report_of({"steps_done": step, "partial": True}),
+                                                             indent=2) + "\n")
+        log(f"[blip2] saved step {step} to {out}")
+
+    train = train_loop("blip2", model, aux_head, step_loss, batches, s, log, save)
+    model.to("cpu")
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    report = {"model": "blip2-world", "architecture": "Blip2ForConditionalGeneration (flan-T5 layout)",
-              "seed": s.seed, "steps": s.steps, "batch": s.batch, "settings": asdict(s), "sizes": asdict(sizes),
-              "parameters": n_params(model), **train, "threads": torch.get_num_threads(),
-              "torch": torch.__version__, "machine": platform.machine()}
-    report |= evaluate_blip2(out, log=log)
+    report = report_of(train)
+    if evaluate:
+        report |= evaluate_blip2(out, log=log)
     report["folder_mb"] = folder_mb(out)
     (out / "pretrain_report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
@@ -682,17 +914,20 @@ def pretrain_llava(out: Path, s: TrainSettings, sizes: LlavaSizes, log=print, tu
     log(f"[llava] {n_params(model) / 1e6:.2f}M parameters; {s.steps} steps of {s.batch}")
     check_vocabulary(tok, [f"{q} {a}" for _ in range(300) for q, a, _k in sample_turns(next(stream).meta, qrng, 9)])
 
-    def step_loss(step):
-        scenes = [next(stream) for _ in range(s.batch)]
+    def scene_batches():
+        while True:
+            yield [next(stream) for _ in range(s.batch)]
+
+    def step_loss(scenes):
         pixels = fast_pixels([sc.image for sc in scenes])
         convs = [[(q, a) for q, a, _k in sample_turns(sc.meta, qrng, turns)] for sc in scenes]
         embeds, mask, labels, (patch_feats, pooled) = llava_batch(model, tok, pixels, convs, left_pad=False)
         outp = model(inputs_embeds=embeds, attention_mask=mask, labels=labels)
-        aux = probe_loss(aux_head[0], pooled, [sc.meta for sc in scenes])
-        aux = aux + s.dense_weight * dense_loss(aux_head[1], patch_feats, scenes, sizes.patch_size)
+        aux = probe_loss(aux_head[0], pooled, attribute_targets([sc.meta for sc in scenes]))
+        aux = aux + s.dense_weight * dense_loss(aux_head[1], patch_feats, patch_targets(scenes, sizes.patch_size))
         return outp.loss, aux
 
-    train = train_loop("llava", model, aux_head, step_loss, s, log)
+    train = train_loop("llava", model, aux_head, step_loss, scene_batches(), s, log)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
@@ -724,7 +959,7 @@ def sample_turns(meta: SceneMeta, rng: np.random.Generator, k: int) -> list[tupl
 def load_blip2(folder: Path):
     from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
-    model = Blip2ForConditionalGeneration.from_pretrained(folder, local_files_only=True).eval()
+    model = Blip2ForConditionalGeneration.from_pretrained(folder, dtype=torch.float32, local_files_only=True).eval()
     processor = Blip2Processor.from_pretrained(folder, local_files_only=True)
     return model, processor
 
@@ -732,9 +967,26 @@ def load_blip2(folder: Path):
 def load_llava(folder: Path):
     from transformers import AutoProcessor, LlavaNextForConditionalGeneration
 
-    model = LlavaNextForConditionalGeneration.from_pretrained(folder, local_files_only=True).eval()
+    model = LlavaNextForConditionalGeneration.from_pretrained(folder, dtype=torch.float32,
+                                                              local_files_only=True).eval()
     processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
     return model, processor
+
+
+def store_half(folder: Path, log=print) -> None:
+    """Rewrite the folder's weights in float16 (half the bytes of a test fixture). The project's wrappers load them
+    in float32 on a CPU, and everything this folder reports is measured after this step, on the stored weights."""
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "model.safetensors"
+    before = path.stat().st_size
+    tensors = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(path).items()}
+    save_file(tensors, path, metadata={"format": "pt"})
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text())
+    config["dtype"] = "float16"
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    log(f"{path}: {before / 1e6:.1f} MB -> {path.stat().st_size / 1e6:.1f} MB (float16)")
 
 
 def evaluate_blip2(folder: Path, n: int = 300, seed: int = 0, log=print, examples: int = 8) -> dict:
@@ -854,7 +1106,7 @@ def evaluate_llava(folder: Path, n: int = 200, seed: int = 0, log=print, per_ima
 # ---------------------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["all", "blip2", "llava", "eval"])
+    ap.add_argument("what", choices=["all", "blip2", "llava", "eval", "half"])
     ap.add_argument("model", nargs="?", choices=["blip2", "llava"], help="with eval: which checkpoint")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--batch", type=int, default=None, help="images per step (blip2 32, llava 16)")
@@ -862,22 +1114,62 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 = reproducible, bit for bit)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda for a GPU run (with --workers)")
+    ap.add_argument("--workers", type=int, default=0, help="data workers drawing the scenes (0: in-process)")
+    ap.add_argument("--time-budget", type=float, default=0.0,
+                    help="BLIP-2: train for this many seconds instead of --steps (the lr cosine follows the clock)")
+    ap.add_argument("--checkpoint-every", type=float, default=0.0, help="save the folder every N seconds")
+    ap.add_argument("--warmup", type=int, default=150)
+    ap.add_argument("--log-every", type=int, default=50)
+    ap.add_argument("--look-weight", type=float, default=10.0)
+    ap.add_argument("--vision-hidden", type=int, default=Blip2Sizes.vision_hidden)
+    ap.add_argument("--vision-layers", type=int, default=Blip2Sizes.vision_layers)
+    ap.add_argument("--text-layers", type=int, default=Blip2Sizes.text_layers)
+    ap.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation (run `eval` later)")
+    ap.add_argument("--token-prob", type=float, default=0.0,
+                    help="BLIP-2: share of batches that carry concept tokens (see TokenEncoder)")
+    ap.add_argument("--init", type=Path, default=None, help="BLIP-2: go on from this checkpoint folder")
+    ap.add_argument("--freeze-vision", action="store_true", help="BLIP-2: keep the vision encoder as it is")
+    ap.add_argument("--token-mlp", action="store_true", help="BLIP-2: an MLP token encoder instead of a linear one")
+    ap.add_argument("--token-noise", type=float, default=0.0)
+    ap.add_argument("--token-match", type=float, default=0.75,
+                    help="BLIP-2: share of concept tokens that match an object (the rest describe absent looks)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
     def log(msg: str) -> None:
         print(msg, flush=True)
 
+    if args.what == "half":
+        store_half(args.out or (BLIP2_DIR if args.model == "blip2" else LLAVA_DIR), log)
+        return 0
     if args.what == "eval":
         folder = args.out or (BLIP2_DIR if args.model == "blip2" else LLAVA_DIR)
         res = evaluate_blip2(folder) if args.model == "blip2" else evaluate_llava(folder)
         print(json.dumps({k: v for k, v in res.items() if k != "examples"}, indent=2))
+        report_path = folder / "pretrain_report.json"
+        if report_path.exists():   # a run trained elsewhere with --no-eval: its report gains the measurements
+            report = json.loads(report_path.read_text()) | res
+            report.pop("partial", None)
+            report["folder_mb"] = folder_mb(folder)
+            report_path.write_text(json.dumps(report, indent=2) + "\n")
         return 0
     if args.what == "all" and args.out:
         ap.error("--out names one checkpoint folder: use it with blip2 or llava")
     if args.what in ("all", "blip2"):
-        s = TrainSettings(steps=args.steps or 2400, batch=args.batch or 32, lr=args.lr, seed=args.seed)
-        rep = pretrain_blip2(args.out or BLIP2_DIR, s, Blip2Sizes(), log)
+        s = TrainSettings(steps=args.steps or 2400, batch=args.batch or 32, lr=args.lr, seed=args.seed,
+                          warmup=args.warmup, look_weight=args.look_weight, device=args.device,
+                          workers=args.workers, time_budget=args.time_budget,
+                          checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+                          token_prob=args.token_prob, freeze_vision=args.freeze_vision,
+                          token_match=args.token_match, token_linear=not args.token_mlp,
+                          token_noise=args.token_noise)
+        sizes = Blip2Sizes(vision_hidden=args.vision_hidden, vision_layers=args.vision_layers,
+                           text_layers=args.text_layers)
+        rep = pretrain_blip2(args.out or BLIP2_DIR, s, sizes, log, evaluate=not args.no_eval, init=args.init)
         print(json.dumps({k: v for k, v in rep.items() if k not in ("examples", "settings")}, indent=2))
     if args.what in ("all", "llava"):
         s = TrainSettings(steps=args.steps or 2400, batch=args.batch or 16, lr=args.lr, seed=args.seed)
