@@ -35,6 +35,14 @@ Usage (one thread, reproducible):
     .venv/bin/python bench/world/pretrain.py blip2          # -> bench/world/models/blip2-world/
     .venv/bin/python bench/world/pretrain.py llava          # -> bench/world/models/llava-world/
     .venv/bin/python bench/world/pretrain.py eval blip2     # re-measure a saved checkpoint
+
+The committed blip2-world was trained on a GPU (one H200, 470 s; bench/README.md), then stored in float16 and
+measured here on a CPU:
+    bench/world/pretrain_gpu.sh OUT 470 "" "--vision-hidden 160 --vision-layers 6 --text-layers 3"   # on the GPU
+    .venv/bin/python bench/world/pretrain.py half blip2 --out FOLDER    # float16 weights (half the bytes)
+    .venv/bin/python bench/world/pretrain.py eval blip2 --out FOLDER    # measure; adds to pretrain_report.json
+On a GPU the data workers draw the scenes, so a run depends on (seed, workers) and on the GPU's arithmetic; the
+one-thread CPU recipe (`--steps N --batch 128 --vision-hidden 160 ...`) is the bit-for-bit reproducible one.
 """
 
 from __future__ import annotations
@@ -45,8 +53,8 @@ import math
 import platform
 import sys
 import time
-from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field
+from collections import defaultdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -57,9 +65,26 @@ from PIL import Image
 if __package__ in (None, ""):   # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.world.world import (ACCESSORIES, BACKGROUNDS, CLASSES, COLOURS, CONCEPTS, DETAIL_COLOURS,  # noqa: E402
-                               IDENTIFIERS, NAMED, PATTERNS, CaptionAccuracy, SceneMeta, World, generic_caption,
-                               normalise_answer, parse_caption, score_caption, vqa_pairs, words)
+from bench.world.world import (
+    ACCESSORIES,
+    BACKGROUNDS,
+    CLASSES,
+    COLOURS,
+    CONCEPTS,
+    DETAIL_COLOURS,
+    IDENTIFIERS,
+    NAMED,
+    PATTERNS,
+    CaptionAccuracy,
+    SceneMeta,
+    World,
+    generic_caption,
+    normalise_answer,
+    parse_caption,
+    score_caption,
+    vqa_pairs,
+    words,
+)
 
 HERE = Path(__file__).resolve().parent
 MODELS = HERE / "models"
@@ -89,7 +114,14 @@ def build_tokenizer(style: str, extra_text: str = ""):
     style "t5": pad 0, eos 1, unk 2, and `</s>` appended to every text (as T5's tokenizer does).
     style "llama": unk 0, bos 1, eos 2, pad 3, and `<s>` prepended (as Llama's tokenizer does).
     """
-    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
     from tokenizers.models import WordLevel
     from transformers import AddedToken, PreTrainedTokenizerFast
 
@@ -159,8 +191,17 @@ class LlavaSizes:
 
 def build_blip2(sizes: Blip2Sizes, seed: int):
     """A fresh BLIP-2 (ViT + Q-Former + flan-T5 layout) and its processor."""
-    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor, T5Config
-    from transformers.models.blip_2.configuration_blip_2 import Blip2QFormerConfig, Blip2VisionConfig
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2Processor,
+        BlipImageProcessor,
+        T5Config,
+    )
+    from transformers.models.blip_2.configuration_blip_2 import (
+        Blip2QFormerConfig,
+        Blip2VisionConfig,
+    )
 
     tokenizer = build_tokenizer("t5")
     s = sizes
@@ -207,8 +248,14 @@ def build_blip2(sizes: Blip2Sizes, seed: int):
 
 def build_llava(sizes: LlavaSizes, seed: int):
     """A fresh LLaVA-NeXT (CLIP ViT + two-linear projector + Llama) and its processor."""
-    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration,
-                              LlavaNextImageProcessor, LlavaNextProcessor)
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessor,
+        LlavaNextProcessor,
+    )
 
     tokenizer = build_tokenizer("llama", extra_text=vicuna_prompt("") + " USER:")
     s = sizes
@@ -457,107 +504,6 @@ def look_loss(encoder: LookEncoder, pooled: torch.Tensor, onehot: torch.Tensor, 
     return F.binary_cross_entropy_with_logits(logits, y, reduction="sum") / len(y)
 
 
-# -- concept tokens: the MyVLM path met in pre-training (ours, not the paper's; bench/README.md says why) ----------
-TOKEN_IN = LOOK_IN + len(IDENTIFIERS)
-
-
-class TokenEncoder(torch.nn.Module):
-    """Makes a stand-in concept token from a look and a name (training only, not saved). The token enters where
-    MyVLM's concept layer puts one (appended after the last vision layer, before post_layernorm, unit norm; the
-    Q-Former's keys/values of it rescaled to the image tokens' mean norm), so the frozen model has learnt to read
-    such a token; MyVLM then learns each personal concept's token from scratch with the project's trainer."""
-
-    def __init__(self, dim: int, hidden: int = 192, linear: bool = True, noise: float = 0.0):
-        super().__init__()
-        # linear: a token is a sum of one vector per look attribute and one per name, so tokens span a subspace
-        # and a random vector (where MyVLM's training starts) is a faint mix of them, not something never seen
-        self.mlp = (torch.nn.Linear(TOKEN_IN, dim) if linear else
-                    torch.nn.Sequential(torch.nn.Linear(TOKEN_IN, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, dim)))
-        self.noise = noise
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:          # (B, k, TOKEN_IN) -> (B, k, D)
-        t = self.mlp(x)
-        if self.noise and self.training:   # random directions of up to `noise` × the token's norm
-            eps = torch.randn_like(t)
-            scale = torch.rand(*t.shape[:-1], 1, device=t.device) * self.noise
-            t = t + eps / eps.norm(dim=-1, keepdim=True) * t.norm(dim=-1, keepdim=True) * scale
-        return t
-
-
-def token_inputs(look: tuple, name: str) -> torch.Tensor:
-    x = torch.zeros(TOKEN_IN)
-    x[:LOOK_IN] = look_onehot([look])[0]
-    x[LOOK_IN + IDENTIFIERS.index(name)] = 1.0
-    return x
-
-
-def personalise_scenes(metas: list[SceneMeta], k: int, rng: np.random.Generator, match_p: float = 0.75
-                       ) -> tuple[list[SceneMeta], torch.Tensor]:
-    """k concept tokens per image. A token either matches an object of the scene (then the caption calls that
-    object by the token's name) or describes a look the scene does not hold, mostly a near miss of one of its
-    objects (then the caption stays as it was). Returns the captions' scenes and the tokens' inputs (B, k, TOKEN_IN).
-    """
-    from dataclasses import replace
-
-    out_metas, rows = [], []
-    for m in metas:
-        objects = list(m.objects)
-        present = {look_key(o.instance) for o in objects}
-        taken = {o.name for o in objects if o.name}
-        row = []
-        for _ in range(k):
-            free = [i for i, o in enumerate(objects) if not o.name]
-            names = [n for n in IDENTIFIERS if n not in taken]
-            name = names[int(rng.integers(len(names)))]
-            taken.add(name)
-            if free and rng.random() < match_p:
-                i = free[int(rng.integers(len(free)))]
-                objects[i] = replace(objects[i], name=name)
-                row.append(token_inputs(look_key(objects[i].instance), name))
-                continue
-            while True:
-                base = look_key(objects[int(rng.integers(len(objects)))].instance)
-                look = near_look(base, rng)
-                if look not in present:
-                    break
-            row.append(token_inputs(look, name))
-        out_metas.append(SceneMeta(m.background, objects))
-        rows.append(torch.stack(row) if row else torch.zeros(0, TOKEN_IN))
-    return out_metas, torch.stack(rows)
-
-
-class TokenAppender:
-    """The concept layer's arithmetic on a bare transformers BLIP-2 (as engine/personalize/blip2.py applies it):
-    unit-norm tokens appended to the last vision layer's output; in every Q-Former cross-attention the appended
-    positions' keys/values rescaled to gain × the mean norm of the image positions'."""
-
-    def __init__(self, model, gain: float = 1.0):
-        vcfg = model.config.vision_config
-        self.n_image = (vcfg.image_size // vcfg.patch_size) ** 2 + 1
-        self.gain = gain
-        self.tokens: torch.Tensor | None = None                      # (B, k, D)
-        model.vision_model.encoder.layers[-1].register_forward_hook(self._append)
-        for layer in model.qformer.encoder.layer:
-            if getattr(layer, "has_cross_attention", False):
-                layer.crossattention.attention.key.register_forward_hook(self._rescale)
-                layer.crossattention.attention.value.register_forward_hook(self._rescale)
-
-    def _append(self, module, args, out):
-        if self.tokens is None:
-            return None
-        hidden = out[0] if isinstance(out, tuple) else out
-        extended = torch.cat([hidden, F.normalize(self.tokens, dim=-1).to(hidden.dtype)], dim=1)
-        return (extended, *out[1:]) if isinstance(out, tuple) else extended
-
-    def _rescale(self, module, args, out):
-        n = self.n_image
-        if out.shape[1] <= n:
-            return None
-        target = out[:, :n].norm(dim=-1, keepdim=True).mean(dim=1, keepdim=True) * self.gain
-        extra = out[:, n:] / out[:, n:].norm(dim=-1, keepdim=True).clamp_min(1e-12) * target
-        return torch.cat([out[:, :n], extra], dim=1)
-
-
 def blip2_inputs(processor, images: list[Image.Image], fast: bool = True) -> dict:
     """Exactly what `processor(images=..., text=[""] * B, return_tensors="pt", padding=True)` returns."""
     if not fast:
@@ -573,23 +519,13 @@ def blip2_labels(tokenizer, captions: list[str]) -> torch.Tensor:
     return enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
 
 
-def blip2_batch(scenes, tokenizer, patch: int, wording: np.random.Generator, look_rng: np.random.Generator,
-                token_prob: float = 0.0, token_match: float = 0.75) -> dict[str, torch.Tensor]:
-    """One pre-training batch, every target computed where the scenes are drawn (a data worker on a GPU run).
-
-    With token_prob, the batch is a concept-token batch (one token per image, two in a third of them): captions
-    name the objects the tokens match (`personalise_scenes`); every other target describes the picture as is.
-    """
+def blip2_batch(scenes, tokenizer, patch: int, wording: np.random.Generator, look_rng: np.random.Generator
+                ) -> dict[str, torch.Tensor]:
+    """One pre-training batch, every target computed where the scenes are drawn (a data worker on a GPU run)."""
     metas = [sc.meta for sc in scenes]
     look_onehot_, look_y = look_targets(metas, look_rng)
-    k = 0
-    if token_prob and look_rng.random() < token_prob:
-        k = 2 if look_rng.random() < 1 / 3 else 1
-    caption_metas, token_in = personalise_scenes(metas, k, look_rng, token_match) if k else (metas, torch.zeros(len(metas), 0,
-                                                                                                   TOKEN_IN))
     return {"pixels": uint8_pixels([sc.image for sc in scenes]),                      # (B, H, W, 3) uint8
-            "labels": blip2_labels(tokenizer, [generic_caption(m, wording) for m in caption_metas]),
-            "token_in": token_in,
+            "labels": blip2_labels(tokenizer, [generic_caption(m, wording) for m in metas]),
             "attributes": attribute_targets(metas), "patches": patch_targets(scenes, patch),
             "slots": slot_targets(metas), "background": background_targets(metas),
             "look_onehot": look_onehot_, "look_y": look_y}
@@ -733,11 +669,6 @@ class TrainSettings:
     workers: int = 0              # DataLoader workers drawing scenes (0: in-process, bit-for-bit reproducible)
     time_budget: float = 0.0      # > 0: train for this many seconds; the cosine runs over time, not `steps`
     checkpoint_every: float = 0.0  # > 0: save the checkpoint folder this often (seconds), for runs that may be cut
-    token_prob: float = 0.0       # BLIP-2: share of batches with concept tokens (TokenEncoder; ours, see README)
-    freeze_vision: bool = False   # BLIP-2: train the Q-Former and language model only
-    token_match: float = 0.75     # share of concept tokens that match an object of the scene (the rest: near misses)
-    token_linear: bool = True     # TokenEncoder: linear (True) or a two-layer MLP
-    token_noise: float = 0.0      # TokenEncoder: random directions added, up to this share of the token's norm
 
 
 def lr_at(step: int, s: TrainSettings, progress: float | None = None) -> float:
@@ -809,22 +740,10 @@ def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def pretrain_blip2(out: Path, s: TrainSettings, sizes: Blip2Sizes, log=print, evaluate: bool = True,
-                   init: Path | None = None) -> dict:
-    """Pre-train from scratch, or (init) go on from a saved checkpoint, whose sizes then win over `sizes`."""
+def pretrain_blip2(out: Path, s: TrainSettings, sizes: Blip2Sizes, log=print, evaluate: bool = True) -> dict:
     torch.manual_seed(s.seed)
     world = World(s.seed)
-    if init:
-        model, processor = load_blip2(init)
-        c = model.config
-        sizes = Blip2Sizes(image_size=c.vision_config.image_size, patch_size=c.vision_config.patch_size,
-                           vision_hidden=c.vision_config.hidden_size, vision_layers=c.vision_config.num_hidden_layers,
-                           heads=c.vision_config.num_attention_heads, qformer_hidden=c.qformer_config.hidden_size,
-                           qformer_layers=c.qformer_config.num_hidden_layers, num_query_tokens=c.num_query_tokens,
-                           text_hidden=c.text_config.d_model, text_layers=c.text_config.num_layers)
-        model.train()
-    else:
-        model, processor = build_blip2(sizes, s.seed)
+    model, processor = build_blip2(sizes, s.seed)
     tok = processor.tokenizer
     probe_scenes = world.heldout_scenes(8, seed=999)
     check_pixels(processor, [sc.image for sc in probe_scenes])
@@ -835,13 +754,7 @@ def pretrain_blip2(out: Path, s: TrainSettings, sizes: Blip2Sizes, log=print, ev
                                     torch.nn.Linear(sizes.vision_hidden, DENSE_OUT),
                                     torch.nn.Linear(sizes.num_query_tokens * sizes.qformer_hidden,
                                                     3 * SLOT_OUT + len(BACKGROUNDS)),
-                                    LookEncoder(sizes.vision_hidden),
-                                    TokenEncoder(sizes.vision_hidden, linear=s.token_linear,
-                                                 noise=s.token_noise)])
-    appender = TokenAppender(model)
-    n_image = appender.n_image
-    if s.freeze_vision:   # going on from a checkpoint: its vision features (what the concept heads read) stay
-        model.vision_model.requires_grad_(False)
+                                    LookEncoder(sizes.vision_hidden)])
     model.to(s.device)
     aux_head.to(s.device)
     wording = np.random.default_rng([s.seed, 7])
@@ -850,21 +763,16 @@ def pretrain_blip2(out: Path, s: TrainSettings, sizes: Blip2Sizes, log=print, ev
     check_vocabulary(tok, [generic_caption(sc.meta, wording) for sc in world.heldout_scenes(500, seed=998)])
     prompt = blip2_inputs(processor, [probe_scenes[0].image])["input_ids"].to(s.device)            # (1, Q + 1)
     batches = batch_loader(BatchStream(s.seed, s.batch, lambda sc, wr, lr: blip2_batch(sc, tok, sizes.patch_size,
-                                                                                        wr, lr, s.token_prob,
-                                                                                        s.token_match)),
+                                                                                        wr, lr)),
                            s.workers, s.device)
 
     def step_loss(b):
         pixels = normalise_pixels(b["pixels"])
         ids = prompt.expand(len(pixels), -1)
-        appender.tokens = aux_head[4](b["token_in"]) if b["token_in"].shape[1] else None     # (B, k, D)
-        try:
-            outp = model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels, labels=b["labels"])
-        finally:
-            appender.tokens = None
+        outp = model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels, labels=b["labels"])
         vis = outp.vision_outputs
         aux = probe_loss(aux_head[0], vis.pooler_output, b["attributes"])
-        aux = aux + s.dense_weight * dense_loss(aux_head[1], vis.last_hidden_state[:, 1:n_image], b["patches"])
+        aux = aux + s.dense_weight * dense_loss(aux_head[1], vis.last_hidden_state[:, 1:], b["patches"])
         aux = aux + s.dense_weight * slot_loss(aux_head[2], outp.qformer_outputs.last_hidden_state, b["slots"],
                                                b["background"])
         if s.look_weight:
@@ -874,7 +782,6 @@ def pretrain_blip2(out: Path, s: TrainSettings, sizes: Blip2Sizes, log=print, ev
     def report_of(train: dict) -> dict:
         return {"model": "blip2-world", "architecture": "Blip2ForConditionalGeneration (flan-T5 layout)",
                 "seed": s.seed, "steps": train.get("steps_done", s.steps), "batch": s.batch, "settings": asdict(s),
-                "initialised_from": str(init) if init else None,
                 "sizes": asdict(sizes), "parameters": n_params(model), **train,
                 "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(),
                 "device": torch.cuda.get_device_name() if s.device.startswith("cuda") else "cpu"}
@@ -1126,14 +1033,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vision-layers", type=int, default=Blip2Sizes.vision_layers)
     ap.add_argument("--text-layers", type=int, default=Blip2Sizes.text_layers)
     ap.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation (run `eval` later)")
-    ap.add_argument("--token-prob", type=float, default=0.0,
-                    help="BLIP-2: share of batches that carry concept tokens (see TokenEncoder)")
-    ap.add_argument("--init", type=Path, default=None, help="BLIP-2: go on from this checkpoint folder")
-    ap.add_argument("--freeze-vision", action="store_true", help="BLIP-2: keep the vision encoder as it is")
-    ap.add_argument("--token-mlp", action="store_true", help="BLIP-2: an MLP token encoder instead of a linear one")
-    ap.add_argument("--token-noise", type=float, default=0.0)
-    ap.add_argument("--token-match", type=float, default=0.75,
-                    help="BLIP-2: share of concept tokens that match an object (the rest describe absent looks)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.device.startswith("cuda"):
@@ -1163,13 +1062,10 @@ def main(argv: list[str] | None = None) -> int:
         s = TrainSettings(steps=args.steps or 2400, batch=args.batch or 32, lr=args.lr, seed=args.seed,
                           warmup=args.warmup, look_weight=args.look_weight, device=args.device,
                           workers=args.workers, time_budget=args.time_budget,
-                          checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-                          token_prob=args.token_prob, freeze_vision=args.freeze_vision,
-                          token_match=args.token_match, token_linear=not args.token_mlp,
-                          token_noise=args.token_noise)
+                          checkpoint_every=args.checkpoint_every, log_every=args.log_every)
         sizes = Blip2Sizes(vision_hidden=args.vision_hidden, vision_layers=args.vision_layers,
                            text_layers=args.text_layers)
-        rep = pretrain_blip2(args.out or BLIP2_DIR, s, sizes, log, evaluate=not args.no_eval, init=args.init)
+        rep = pretrain_blip2(args.out or BLIP2_DIR, s, sizes, log, evaluate=not args.no_eval)
         print(json.dumps({k: v for k, v in rep.items() if k not in ("examples", "settings")}, indent=2))
     if args.what in ("all", "llava"):
         s = TrainSettings(steps=args.steps or 2400, batch=args.batch or 16, lr=args.lr, seed=args.seed)

@@ -899,7 +899,7 @@ class World:
                  *PATTERN_WORDS.values(), *COLOURS, *DETAIL_COLOURS, *(w for ws in CLASS_WORDS.values() for w in ws),
                  *IDENTIFIERS, *COLOUR_QUESTIONS, *WHERE_QUESTIONS, *PATTERN_QUESTIONS, *NEXT_QUESTIONS,
                  *KIND_QUESTIONS, *SCENE_QUESTIONS, CAPTION_PROMPT, CAPTION_OF_PROMPT, "How many objects are there?",
-                 "Is there in the image?", *("What is {}?".format(p) for p in SLOT_PHRASES.values())]
+                 "Is there in the image?", *(f"What is {p}?" for p in SLOT_PHRASES.values())]
         vocab: list[str] = []
         for t in texts:
             for w in words(t.replace("{c}", "")):
