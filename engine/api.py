@@ -32,9 +32,19 @@ class Library:
         self.paths.ensure()
         setup_logging(self.paths)
         self.catalog = Catalog(self.paths)
+        self._mend_interrupted_training()
         self._pipeline: Pipeline | None = None
         self._scan_cancel = threading.Event()
         self.options: dict[str, Any] = {}  # per-run choices from the front door, e.g. {"face_backend": "dlib"}
+
+    def _mend_interrupted_training(self) -> None:
+        """A concept left 'training' by a process that died gets its real state back (engine/personalize/lease.py)."""
+        from .personalize.lease import recover_interrupted_training
+
+        try:
+            recover_interrupted_training(self.catalog)
+        except Exception:   # never keep a library from opening; `myvlm check` still reports the mark
+            log.exception("could not check for interrupted trainings")
 
     def close(self) -> None:
         self.catalog.close()

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import Catalog
+from .personalize.lease import INTERRUPTED
 
 TEMP_PATTERNS = {"thumbs": ".tmp-*", "previews": ".tmp-*", "concepts": "*.tmp"}
 STALE_TEMP_S = 60.0
@@ -106,8 +107,11 @@ def _invariants(catalog: Catalog, rep: IntegrityReport) -> None:
                             "ON c.id = s.concept_id WHERE s.revision > c.head_revision GROUP BY s.concept_id"):
         rep.problems.append(f"concept {r['concept_id']} has {r['n']} signal(s) from a head it never had")
     for r in _rows(catalog, "SELECT name FROM concepts WHERE embedding_state = 'training'"):
-        rep.notes.append(f"the captioner is marked as learning {r['name']}: a training is running, or one was "
-                         "interrupted (teaching again continues from its last checkpoint)")
+        rep.notes.append(f"the captioner is learning {r['name']} (a training is running)")
+    for r in _rows(catalog, "SELECT name FROM concepts WHERE embedding_state != 'training' AND last_error = ?",
+                   [INTERRUPTED]):
+        rep.notes.append(f"teaching the captioner {r['name']} was interrupted; teaching again continues from its "
+                         "last checkpoint")
 
 
 def _files(catalog: Catalog, rep: IntegrityReport, clean: bool) -> None:

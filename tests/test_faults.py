@@ -251,7 +251,11 @@ def test_kill_during_training_resumes_from_its_checkpoint_exactly(base: dict, li
     assert partial.step == 25 and not partial.complete
     assert not list(ckpt.parent.glob("*.tmp"))
     report = assert_whole(lib_copy)
-    assert any("learning Barack" in n for n in report["notes"])   # the killed job is visible as such
+    # opening the library saw that no process holds the training any more: not "training" forever, but partial
+    assert any("Barack was interrupted" in n for n in report["notes"]), report["notes"]
+    with Library(lib_copy) as lib:
+        killed = lib.concepts().get(cid)
+    assert killed.embedding_state == "partial" and "interrupted" in killed.last_error
 
     res = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=WAIT_S, check=False)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -263,7 +267,8 @@ def test_kill_during_training_resumes_from_its_checkpoint_exactly(base: dict, li
     np.testing.assert_allclose(final.values, reference, rtol=0, atol=1e-6)   # exact resume
     assert_whole(lib_copy)
     with Library(lib_copy) as lib:
-        assert lib.concepts().get(cid).embedding_state == "ready"
+        done = lib.concepts().get(cid)
+    assert done.embedding_state == "ready" and done.last_error is None
 
 
 # -- a full disk -----------------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from ..concepts.object_head import TrainingCancelled
 from ..concepts.registry import PERSON, Concept, ConceptError, ConceptRegistry
 from ..concepts.research import VQA_FILE
 from .embeddings import EmbeddingStore
+from .lease import training_lease
 from .targets import (
     TargetSet,
     caption_targets,
@@ -301,6 +302,12 @@ class Personalizer:
                     self.prepare_targets(c.id, task)
         todo, examples = self.training_set(found, task)
         trainer = ConceptTrainer(self.wrapper, self.store, config)
+        # the lease first, then the mark: a library opened while this runs sees a live lease and leaves the mark
+        with training_lease(self.registry.folder(c.id) for c in found):
+            return self._train_marked(found, trainer, todo, examples, task, progress, cancel, resume)
+
+    def _train_marked(self, found: list[Concept], trainer: ConceptTrainer, todo, examples, task: str, progress,
+                      cancel, resume: bool):
         with self.catalog.write():
             self.catalog.conn.executemany("UPDATE concepts SET embedding_state = 'training', updated_at = ? "
                                           "WHERE id = ?", [[now(), c.id] for c in found])
