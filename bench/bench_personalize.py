@@ -82,6 +82,24 @@ def bench_training(preset: str, models: Path, steps: int = 20) -> dict:
     return {"preset": preset, "ours_s": ours, "naive_s": naive, "ratio": naive / ours, "peak_mb": peak_ours}
 
 
+def bench_training_on_previews(preset: str, models: Path, steps: int = 10) -> dict:
+    """Training from the app's 1440 px previews: views augmented from copies shrunk to twice the model's input
+    (ours) against augmenting the previews themselves (before 2026-11-26), same seed, same process."""
+    w = load_vlm(preset, models_dir=models)
+    prompt = w.training_prompt("caption", "sks")
+    rng = np.random.default_rng(2)
+    photos = [Image.fromarray(rng.integers(0, 255, (1080, 1440, 3), dtype=np.uint8)) for _ in range(4)]
+    examples = [TrainingExample(img, [1], [(prompt, "sks on the beach")]) for img in photos]
+    times = {}
+    for name, shrink in (("ours", True), ("full", False)):
+        with tempfile.TemporaryDirectory() as d:
+            t = time.perf_counter()
+            ConceptTrainer(w, EmbeddingStore(Path(d)), TrainingConfig(steps=steps, seed=0, shrink=shrink)).train(
+                [ConceptToTrain(1, "sks")], examples)
+            times[name] = (time.perf_counter() - t) / steps
+    return {"preset": preset, "ours_s": times["ours"], "full_s": times["full"], "ratio": times["full"] / times["ours"]}
+
+
 def bench_captioning(preset: str, models: Path, n: int = 32) -> dict:
     w = load_vlm(preset, models_dir=models)
     w.set_concepts({1: torch.rand(w.concept_dim), 2: torch.rand(w.concept_dim)})
@@ -109,6 +127,10 @@ def main() -> None:
         for preset in ("tiny-blip2", "tiny-llava"):
             r = bench_training(preset, models)
             print(f"{r['preset']:<22}{r['ours_s']:>12.4f}{r['naive_s']:>14.4f}{r['ratio']:>9.2f}x{r['peak_mb']:>13.0f}")
+        print(f"\n{'training, 1440 px':<22}{'ours s/step':>12}{'full s/step':>14}{'speed-up':>10}")
+        for preset in ("tiny-blip2", "tiny-llava"):
+            r = bench_training_on_previews(preset, models)
+            print(f"{r['preset']:<22}{r['ours_s']:>12.4f}{r['full_s']:>14.4f}{r['ratio']:>9.2f}x")
         print(f"\n{'captioning (32 photos)':<22}{'batched/s':>12}{'one-by-one/s':>14}{'speed-up':>10}")
         for preset in ("tiny-blip2", "tiny-llava"):
             r = bench_captioning(preset, models)

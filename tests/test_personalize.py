@@ -430,3 +430,36 @@ def test_mirrored_views_get_mirrored_targets(models_dir, tmp_path, monkeypatch):
     assert len(flips) == len(targets) == 8 and any(flips) and not all(flips)
     for flipped, target in zip(flips, targets):
         assert target == ("sks on the right" if flipped else "sks on the left")
+
+
+def test_training_augments_small_copies_of_big_photos(models_dir, tmp_path, monkeypatch):
+    """A 1440 px preview is shrunk once to twice the model's input side before the steps augment it (rotating the
+    full photo at every step was most of a CPU step); the photo itself is left as it was."""
+    from engine.personalize import training as T
+
+    w = load_vlm("tiny-blip2", models_dir=models_dir)
+    side = T.working_side(w)
+    assert side == 2 * w.model.config.vision_config.image_size
+    rng = np.random.default_rng(3)
+    photo = Image.fromarray(rng.integers(0, 255, (1080, 1440, 3), dtype=np.uint8))
+    before = photo.tobytes()
+    sizes: list[tuple[int, int]] = []
+    real_augment = T.augment_view_flipped
+
+    def spy(img, rng, config):
+        sizes.append(img.size)
+        return real_augment(img, rng, config)
+
+    monkeypatch.setattr(T, "augment_view_flipped", spy)
+    examples = [TrainingExample(photo, [7], [("", "sks on the beach")])]
+    ConceptTrainer(w, EmbeddingStore(tmp_path / "a"), TrainingConfig(steps=3, batch_size=1)).train(
+        [ConceptToTrain(7, "sks")], examples)
+    assert sizes and all(max(s) == side and abs(s[0] / s[1] - 1440 / 1080) < 0.02 for s in sizes), sizes
+    assert photo.size == (1440, 1080) and photo.tobytes() == before
+    sizes.clear()
+    ConceptTrainer(w, EmbeddingStore(tmp_path / "b"), TrainingConfig(steps=2, batch_size=1, shrink=False)).train(
+        [ConceptToTrain(7, "sks")], examples)
+    assert sizes == [(1440, 1080)] * 2
+    # a photo already smaller than the working side is used as it is
+    small = Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8))
+    assert T.shrunk(small, side).size == (50, 40)
