@@ -16,7 +16,7 @@ from .library import LibraryPaths
 PACKAGES = [
     "torch", "torchvision", "transformers", "accelerate", "open_clip_torch", "insightface", "onnxruntime",
     "dlib-bin", "face-recognition-models", "faiss-cpu", "sqlite-utils", "watchdog", "Pillow", "pillow-heif",
-    "numpy", "PySide6", "platformdirs", "tqdm",
+    "numpy", "PySide6", "platformdirs", "tqdm", "psutil",
 ]
 
 # The models themselves are catalogued by the model manager (engine/model_manager.py); these names stay for callers.

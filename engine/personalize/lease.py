@@ -50,17 +50,10 @@ def training_lease(folders: Iterable[Path]) -> Iterator[None]:
 
 
 def _pid_running(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:   # someone else's process: it runs
-        return True
-    except OSError:
-        return False
-    return True
+    # psutil, not os.kill(pid, 0): on Windows that call sends Ctrl+C to the process instead of probing it
+    import psutil
+
+    return pid == os.getpid() or psutil.pid_exists(pid)
 
 
 def lease_held(folder: Path) -> bool:
