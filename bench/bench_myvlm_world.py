@@ -95,6 +95,17 @@ def _identifiers(concepts: list[str], taken: set[str] | None = None) -> dict[str
     return out
 
 
+def caption_examples(scenes, concept_index: int, identifiers: dict[str, str], n: int) -> list[TrainingExample]:
+    """Training examples of one concept: n caption wordings per photo, and the same wordings of the mirrored
+    photo for the trainer's flip augmentation (the world's captions list objects left to right, so a mirrored
+    view needs more than "left" and "right" swapped)."""
+    return [TrainingExample(s.image, [concept_index],
+                            [("", t) for t in W.caption_variants(s.meta, identifiers, n, seed=k)],
+                            mirrored_pairs=[("", t) for t in W.caption_variants(W.mirrored(s.meta), identifiers, n,
+                                                                                 seed=k)])
+            for k, s in enumerate(scenes)]
+
+
 class Features:
     """Pooled (CLS, post-layernorm) features of the VLM's own frozen vision encoder, L2-normalised."""
 
@@ -186,10 +197,7 @@ def run(cfg: BenchConfig, log=print) -> dict:
         with tempfile.TemporaryDirectory() as d:
             store = EmbeddingStore(Path(d))
             for j, c in enumerate(concepts):
-                examples = [TrainingExample(s.image, [j], [("", t) for t in
-                                                           W.caption_variants(s.meta, {c: idents[c]},
-                                                                              cfg.targets_per_image, seed=k)])
-                            for k, s in enumerate(train_sets[c])]
+                examples = caption_examples(train_sets[c], j, {c: idents[c]}, cfg.targets_per_image)
                 emb = ConceptTrainer(w, store, train_cfg).train([ConceptToTrain(j, idents[c])], examples)[j]
                 values[j] = torch.from_numpy(emb.values[0].copy())
         return values
@@ -401,9 +409,7 @@ def calibrate_gain(checkpoint: Path, gains=GAINS, steps: int = 100, n_heldout: i
         with tempfile.TemporaryDirectory() as d:
             store = EmbeddingStore(Path(d))
             for j, c in enumerate(concepts):
-                examples = [TrainingExample(s.image, [j], [("", t) for t in
-                                                           W.caption_variants(s.meta, {c: idents[c]}, 4, seed=k)])
-                            for k, s in enumerate(train[c])]
+                examples = caption_examples(train[c], j, {c: idents[c]}, 4)
                 emb = ConceptTrainer(w, store, TrainingConfig(steps=steps)).train([ConceptToTrain(j, idents[c])],
                                                                                   examples)[j]
                 values[j] = torch.from_numpy(emb.values[0].copy())

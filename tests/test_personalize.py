@@ -431,6 +431,17 @@ def test_mirrored_views_get_mirrored_targets(models_dir, tmp_path, monkeypatch):
     for flipped, target in zip(flips, targets):
         assert target == ("sks on the right" if flipped else "sks on the left")
 
+    # a caption that lists things left to right brings its own wording of the mirrored photo, and keeps it through
+    # the shrinking copy the trainer makes before the steps
+    seen.clear()
+    listed = [TrainingExample(image, [7], [("", "sks and a blue box")], mirrored_pairs=[("", "a blue box and sks")])]
+    ConceptTrainer(w, EmbeddingStore(tmp_path / "listed"), cfg).train([ConceptToTrain(7, "sks")], listed)
+    flips = [v for k, v in seen if k == "flip"]
+    targets = [v for k, v in seen if k == "target"]
+    assert len(targets) == 8 and any(flips) and not all(flips)
+    for flipped, target in zip(flips, targets):
+        assert target == ("a blue box and sks" if flipped else "sks and a blue box")
+
 
 def test_training_augments_small_copies_of_big_photos(models_dir, tmp_path, monkeypatch):
     """A 1440 px preview is shrunk once to twice the model's input side before the steps augment it (rotating the

@@ -15,8 +15,8 @@ import torch
 
 from bench.world import pretrain as P
 from bench.world.world import (CONCEPTS, IDENTIFIERS, NAMED, World, caption_variants, generic_caption,
-                               normalise_answer, parse_caption, personalised_caption, score_caption, vqa_pairs,
-                               words)
+                               mirrored, normalise_answer, parse_caption, personalised_caption, score_caption,
+                               vqa_pairs, words)
 
 # Measured on the committed checkpoints (see bench/world/README.md), minus a margin.
 BLIP2_MIN_SCENE, BLIP2_MIN_OBJECTS = 0.95, 0.95   # measured 1.00 and 1.00 on 300 held-out scenes
@@ -75,6 +75,24 @@ def test_personalised_caption_replaces_only_the_concept():
         idx = next(i for i, o in enumerate(sc.meta.objects) if o.concept == "red_checked_doll")
         assert per[idx].name == "sks" and gen[idx].cls == "doll" and gen[idx].colour == "red"
         assert [p for i, p in enumerate(per) if i != idx] == [p for i, p in enumerate(gen) if i != idx]
+
+
+def test_mirrored_scene_describes_the_mirrored_picture():
+    """The trainer's flip needs the mirrored picture's caption: objects in reverse order, where they now stand."""
+    world = World(0)
+    for sc in world.concept_images("red_checked_doll", 12, seed=0) + world.heldout_scenes(12, seed=5):
+        m = mirrored(sc.meta)
+        assert mirrored(m) == sc.meta
+        flipped_map = sc.object_map[:, ::-1]                       # object_map: 0 background, i + 1 objects[i]
+        n = len(sc.meta.objects)
+        for j, obj in enumerate(m.objects):
+            x0, y0, x1, y1 = obj.box
+            ys, xs = np.nonzero(flipped_map == n - j)              # the same object, seen in the mirror
+            assert len(xs) and x0 <= xs.min() and xs.max() < x1 and y0 <= ys.min() and ys.max() < y1
+        assert [o.slot for o in m.objects] == sorted((o.slot for o in m.objects), key=("left", "middle", "right").index)
+        cap = personalised_caption(m, {"red_checked_doll": "sks"})
+        assert parse_caption(cap).phrases == parse_caption(personalised_caption(sc.meta, {"red_checked_doll": "sks"})
+                                                           ).phrases[::-1]
 
 
 def test_vqa_answers_follow_the_scene():

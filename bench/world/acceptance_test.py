@@ -8,8 +8,9 @@ renaming the class word in the original caption, which cannot tell your toy from
 See bench/README.md for what each number means and what the benchmark does not show.
 
 Issue 6's acceptance test. It is not in the CI suite (`tests/`) yet because it FAILS on today's world model:
-recall 0.26 (0.33 with the concept given), preservation 0.91, correct naming 0.16 against the baseline's 0.73
-(bench/README.md, 2026-11-26, on the GPU-trained checkpoint). It moves into tests/ when it passes; the thresholds below are the issue's and stay.
+recall 0.68 (0.88 with the concept given), preservation 0.88, correct naming 0.22 against the baseline's 0.73,
+multi-concept recall 0.00 (bench/README.md, 2026-11-26, on the checkpoint pre-trained without the Q-Former slot
+head). It moves into tests/ when it passes; the thresholds below are the issue's and stay.
 Run: `.venv/bin/python -m pytest bench/world/acceptance_test.py -q`
 """
 

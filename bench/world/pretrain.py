@@ -26,9 +26,12 @@ world gives labels for free and a tiny model on one CPU thread needs them to lea
   last layer and the pooled output are trained by this loss alone, as CLIP's are by its contrastive loss.)
 * a per-patch head on the patch tokens the language side reads (class / colour / pattern of the object covering
   each patch): shapes are learnt several times faster than from captions alone;
-* BLIP-2 only: a head on the Q-Former's query outputs predicting the background and, per slot (left / middle /
-  right), the object's class, colour and name — the real Q-Former has its own pre-training stage; without this one
-  the queries blur the objects of multi-object scenes together.
+* BLIP-2, off by default (`--slot-weight`): a head on the Q-Former's query outputs predicting the background and,
+  per slot (left / middle / right), the object's class, colour and name. It sped up short CPU runs, but it binds
+  each query to a place in the picture, and such a Q-Former hardly hears MyVLM's appended token, which has no
+  place: on the checkpoint trained with it, even free keys and values for the token in every cross-attention
+  (`steerability.py`) could not make it say the identifier on its own training photos. Trained without it on the
+  GPU, the captions are as good and the token is heard (bench/README.md).
 
 Usage (one thread, reproducible):
     .venv/bin/python bench/world/pretrain.py all            # both, one after the other (~45 min)
@@ -36,9 +39,9 @@ Usage (one thread, reproducible):
     .venv/bin/python bench/world/pretrain.py llava          # -> bench/world/models/llava-world/
     .venv/bin/python bench/world/pretrain.py eval blip2     # re-measure a saved checkpoint
 
-The committed blip2-world was trained on a GPU (one H200, 470 s; bench/README.md), then stored in float16 and
-measured here on a CPU:
-    bench/world/pretrain_gpu.sh OUT 470 "" "--vision-hidden 160 --vision-layers 6 --text-layers 3"   # on the GPU
+The committed blip2-world was trained on a GPU (one H200, 390 s beside two other variants; bench/README.md), then
+stored in float16 and measured here on a CPU:
+    bench/world/pretrain_gpu.sh OUT 390 "--vision-hidden 160 --vision-layers 6 --text-layers 3" ...  # on the GPU
     .venv/bin/python bench/world/pretrain.py half blip2 --out FOLDER    # float16 weights (half the bytes)
     .venv/bin/python bench/world/pretrain.py eval blip2 --out FOLDER    # measure; adds to pretrain_report.json
 On a GPU the data workers draw the scenes, so a run depends on (seed, workers) and on the GPU's arithmetic; the
@@ -415,7 +418,8 @@ def slot_loss(head: torch.nn.Module, query_output: torch.Tensor, y: torch.Tensor
     """From all Q-Former outputs together: the background, and what stands in each slot. Teaches the queries to
     keep the objects apart (without it, multi-object captions mix up classes) and not to drop the background.
 
-    (The real BLIP-2 pre-trains its Q-Former with losses of its own before captioning; this plays that part.)
+    (The real BLIP-2 pre-trains its Q-Former with losses of its own before captioning; this played that part.)
+    Off by default since 2026-11-26: it ties each query to a slot, and MyVLM's appended token has none.
     """
     out = head(query_output.flatten(1))
     logits = out[:, :3 * SLOT_OUT].view(len(y), 3, SLOT_OUT)
@@ -663,6 +667,7 @@ class TrainSettings:
     aux_weight: float = 0.05
     dense_weight: float = 20.0     # x aux_weight = 1.0 for the per-patch loss
     look_weight: float = 10.0      # x aux_weight = 0.5 for the look contrast (BLIP-2)
+    slot_weight: float = 0.0       # the Q-Former slot loss (BLIP-2); off: it makes MyVLM's token unheard
     seed: int = 0
     log_every: int = 50
     device: str = "cpu"
@@ -773,8 +778,9 @@ def pretrain_blip2(out: Path, s: TrainSettings, sizes: Blip2Sizes, log=print, ev
         vis = outp.vision_outputs
         aux = probe_loss(aux_head[0], vis.pooler_output, b["attributes"])
         aux = aux + s.dense_weight * dense_loss(aux_head[1], vis.last_hidden_state[:, 1:], b["patches"])
-        aux = aux + s.dense_weight * slot_loss(aux_head[2], outp.qformer_outputs.last_hidden_state, b["slots"],
-                                               b["background"])
+        if s.slot_weight:
+            aux = aux + s.slot_weight * slot_loss(aux_head[2], outp.qformer_outputs.last_hidden_state, b["slots"],
+                                                b["background"])
         if s.look_weight:
             aux = aux + s.look_weight * look_loss(aux_head[3], vis.pooler_output, b["look_onehot"], b["look_y"])
         return outp.loss, aux
@@ -1032,6 +1038,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vision-hidden", type=int, default=Blip2Sizes.vision_hidden)
     ap.add_argument("--vision-layers", type=int, default=Blip2Sizes.vision_layers)
     ap.add_argument("--text-layers", type=int, default=Blip2Sizes.text_layers)
+    ap.add_argument("--qformer-hidden", type=int, default=Blip2Sizes.qformer_hidden)
+    ap.add_argument("--qformer-layers", type=int, default=Blip2Sizes.qformer_layers)
+    ap.add_argument("--slot-weight", type=float, default=0.0,
+                    help="BLIP-2: weight of the Q-Former slot loss (default 0, off; the old checkpoints used 20)")
     ap.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation (run `eval` later)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -1062,9 +1072,11 @@ def main(argv: list[str] | None = None) -> int:
         s = TrainSettings(steps=args.steps or 2400, batch=args.batch or 32, lr=args.lr, seed=args.seed,
                           warmup=args.warmup, look_weight=args.look_weight, device=args.device,
                           workers=args.workers, time_budget=args.time_budget,
-                          checkpoint_every=args.checkpoint_every, log_every=args.log_every)
+                          checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+                          slot_weight=args.slot_weight)
         sizes = Blip2Sizes(vision_hidden=args.vision_hidden, vision_layers=args.vision_layers,
-                           text_layers=args.text_layers)
+                           text_layers=args.text_layers, qformer_hidden=args.qformer_hidden,
+                           qformer_layers=args.qformer_layers)
         rep = pretrain_blip2(args.out or BLIP2_DIR, s, sizes, log, evaluate=not args.no_eval)
         print(json.dumps({k: v for k, v in rep.items() if k not in ("examples", "settings")}, indent=2))
     if args.what in ("all", "llava"):

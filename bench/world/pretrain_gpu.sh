@@ -4,8 +4,10 @@
 # ($OUT/world-<i>.tar.gz). How the committed blip2-world checkpoint was made (bench/README.md); the CPU recipe
 # is `pretrain.py blip2` (from scratch) with the same options.
 #   bench/world/pretrain_gpu.sh OUT_DIR SECONDS "VARIANT OPTIONS" ["VARIANT OPTIONS" ...]
-# e.g. the two from-scratch runs of 2026-11-26:
-#   bench/world/pretrain_gpu.sh $OUT 470 "" "--vision-hidden 160 --vision-layers 6 --text-layers 3"
+# e.g. the runs of 2026-11-26 (the first variant is the committed blip2-world; the slot loss is off by default):
+#   base="--vision-hidden 160 --vision-layers 6 --text-layers 3"
+#   bench/world/pretrain_gpu.sh $OUT 390 "$base" "$base --qformer-hidden 256 --qformer-layers 4" \
+#       "$base --qformer-hidden 256 --qformer-layers 4 --slot-weight 20"
 set -u
 out=${1:?output folder}
 budget=${2:?seconds}

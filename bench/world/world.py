@@ -182,6 +182,17 @@ class SceneMeta:
         return next((o for o in self.objects if o.concept == concept or o.name == concept), None)
 
 
+MIRRORED_SLOTS = {"left": "right", "middle": "middle", "right": "left"}
+
+
+def mirrored(meta: SceneMeta, size: int = IMAGE_SIZE) -> SceneMeta:
+    """The scene of the mirrored picture: objects in reverse order, left and right slots swapped. Captions list
+    objects left to right, so a mirrored view has its own captions (what the trainer's flip augmentation needs)."""
+    return SceneMeta(meta.background, [
+        SceneObject(o.instance, MIRRORED_SLOTS[o.slot], (size - o.box[2], o.box[1], size - o.box[0], o.box[3]),
+                    o.concept, o.name) for o in reversed(meta.objects)])
+
+
 @dataclass
 class Scene:
     """One picture: unpacks as `image, caption, meta` (caption = the canonical generic caption)."""

@@ -15,7 +15,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -80,6 +80,9 @@ class TrainingExample:
     concept_ids: list[int]               # the concepts whose heads fired on this (un-augmented) image
     pairs: list[tuple[str, str]]         # (prompt, target) choices; one is drawn per step
     label: str = ""                      # for messages
+    # What the same choices say of the mirrored photo, where mirroring changes more than the words "left" and
+    # "right" (a caption that lists things left to right). None: `mirror_text` of each pair.
+    mirrored_pairs: list[tuple[str, str]] | None = None
 
 
 @dataclass
@@ -142,6 +145,16 @@ def augment_view_flipped(image: Image.Image, rng: np.random.Generator, config: T
 _SIDES = re.compile(r"\b(?P<pre>(?:on|to|at|from|the|its|his|her|their|my|your|far|upper|lower|top|bottom)\s+)"
                     r"(?P<side>left|right)\b"
                     r"|\b(?P<side2>left|right)(?=-hand\b|-most\b|-side\b| side\b| of\b)", re.IGNORECASE)
+
+
+def view_pair(example: TrainingExample, k: int, mirrored: bool) -> tuple[str, str]:
+    """The k-th (prompt, target) choice of an example, as said of its view (mirrored or not)."""
+    if not mirrored:
+        return example.pairs[k]
+    if example.mirrored_pairs:
+        return example.mirrored_pairs[k % len(example.mirrored_pairs)]
+    prompt, target = example.pairs[k]
+    return mirror_text(prompt), mirror_text(target)
 
 
 def mirror_text(text: str) -> str:
@@ -228,7 +241,7 @@ class ConceptTrainer:
         lam = settings["reg_lambda"]
         side = settings["work_side"]
         if side:   # once, before the steps: each step then augments a small copy
-            examples = [TrainingExample(shrunk(e.image, side), e.concept_ids, e.pairs, e.label) for e in examples]
+            examples = [replace(e, image=shrunk(e.image, side)) for e in examples]
 
         # -- values and optimiser (fresh, or from the last checkpoint of this same run) -------------------------
         start, history = 0, {cid: {} for cid in ids}
@@ -280,8 +293,8 @@ class ConceptTrainer:
                 pick = rng.choice(n, size=min(cfg.batch_size, n), replace=False)
                 batch = [examples[i] for i in pick]
                 views, flips = zip(*(augment_view_flipped(e.image, rng, cfg) for e in batch))
-                pairs = [e.pairs[int(rng.integers(len(e.pairs)))] for e in batch]
-                pairs = [(mirror_text(p), mirror_text(t)) if f else (p, t) for (p, t), f in zip(pairs, flips)]
+                picks = [int(rng.integers(len(e.pairs))) for e in batch]
+                pairs = [view_pair(e, k, f) for e, k, f in zip(batch, picks, flips)]
                 pixels = w.preprocess(list(views))
                 parts = w.training_loss(pixels, [p for p, _ in pairs], [t for _, t in pairs],
                                         [[c for c in e.concept_ids if c in by_id] for e in batch], lam)
