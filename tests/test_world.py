@@ -14,9 +14,21 @@ import pytest
 import torch
 
 from bench.world import pretrain as P
-from bench.world.world import (CONCEPTS, IDENTIFIERS, NAMED, World, caption_variants, generic_caption,
-                               mirrored, normalise_answer, parse_caption, personalised_caption, score_caption,
-                               vqa_pairs, words)
+from bench.world.world import (
+    CONCEPTS,
+    IDENTIFIERS,
+    NAMED,
+    World,
+    caption_variants,
+    generic_caption,
+    mirrored,
+    normalise_answer,
+    parse_caption,
+    personalised_caption,
+    score_caption,
+    vqa_pairs,
+    words,
+)
 
 # Measured on the committed checkpoints (see bench/world/README.md), minus a margin.
 BLIP2_MIN_SCENE, BLIP2_MIN_OBJECTS = 0.95, 0.95   # measured 1.00 and 1.00 on 300 held-out scenes
@@ -212,3 +224,36 @@ def test_llava_personalised_answers_beat_asking_about_the_class_word():
     # the token carries what the concept looks like: colour and pattern are where the class word cannot tell
     assert r["myvlm"]["by_kind"]["colour"] > r["without_token"]["by_kind"]["colour"] + 0.3
     assert r["myvlm"]["by_kind"]["pattern"] > r["replace_class_word"]["by_kind"]["pattern"] + 0.1
+
+
+def test_blip2_personalised_captions_name_the_concept_on_new_photos():
+    """Issue 6's caption benchmark, the part that holds today (bench/bench_myvlm_world.py; the whole acceptance
+    test, bench/world/acceptance_test.py, still fails on naming the right toy and on preservation): from 4 photos,
+    with the paper's recipe through the project's heads, trainer and wrapper, the personalised small BLIP-2 says
+    the concept's identifier on most new photos of it when the concept is given, and keeps the scene right.
+    Measured 0.88 recall given and scene accuracy 0.97 (120 photos of 6 concepts); 0.33 on the checkpoint with
+    the Q-Former slot head, which this would catch."""
+    from bench.bench_myvlm_world import BenchConfig, run
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    r = run(BenchConfig(ablation=False, no_rescale_variant=False, paper_gain_variant=False), log=None)
+    m = r["myvlm"]
+    assert r["images"]["heldout_positive"] >= 100 and len(r["concepts"]) >= 5
+    assert m["recall_concept_given"] >= 0.8, m["recall_per_concept"]
+    assert m["recall"] > 0.5, (m["recall"], r["head"])          # the heads deciding (measured 0.68)
+    original = r["original_model_on_concept_images"]["scene_accuracy"]
+    assert m["personalised_caption_accuracy"]["scene_accuracy"] >= original - 0.05
+
+
+def test_one_appended_token_can_steer_the_blip2_world_model():
+    """bench/world/steerability.py on one calibration concept: free keys and values for the appended position fit
+    the personalised captions of its 4 training photos down to the wording's own uncertainty, and the model then
+    names it on them. A pre-training that ties the Q-Former's queries to places fails this (loss 1.28 against
+    0.32 on the old checkpoint)."""
+    from bench.world.steerability import probe
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    r = probe(P.BLIP2_DIR, "calibration", steps=300, heldout=8, concepts=["green_striped_teddy"], log=None)
+    row = r["concepts"][0]
+    assert row["free_kv"]["loss"] < row["generic_caption_loss"] + 0.15, row
+    assert row["free_kv"]["train_recall"] == 1.0, row

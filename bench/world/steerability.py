@@ -35,9 +35,9 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bench import bench_myvlm_world as B  # noqa: E402
-from bench.world import world as W  # noqa: E402
-from engine.personalize.vlm import load_vlm  # noqa: E402
+from bench import bench_myvlm_world as B
+from bench.world import world as W
+from engine.personalize.vlm import load_vlm
 
 
 class FreeAppendedKV:
@@ -98,11 +98,13 @@ def mean_loss(w, pixels, targets: list[list[str]]) -> float:
 
 def probe(checkpoint: Path, which: str = "calibration", steps: int = 300, lr_kv: float = 0.05,
           lr_embedding: float = 1.0, heldout: int = 16, gain: float | None = None, device: str | None = None,
-          seed: int = 0, log=print) -> dict:
+          seed: int = 0, concepts: list[str] | None = None, log=print) -> dict:
+    """Fit free keys/values and the embedding for each concept of `which` (or just `concepts`); see the module."""
+    log = log or (lambda *a: None)
     torch.manual_seed(seed)
     bench_concepts = list(W.CONCEPTS)[:6]
     calibration = list(W.CONCEPTS)[6:]
-    concepts = {"calibration": calibration, "benchmark": bench_concepts, "all": list(W.CONCEPTS)}[which]
+    concepts = concepts or {"calibration": calibration, "benchmark": bench_concepts, "all": list(W.CONCEPTS)}[which]
     idents = B._identifiers(bench_concepts)
     idents |= B._identifiers(calibration, taken=set(idents.values()))
     w = load_vlm(str(checkpoint), models_dir=Path(tempfile.mkdtemp(prefix="myvlm-steer-")), device=device,
