@@ -248,7 +248,7 @@ def test_blip2_personalised_captions_name_the_concept_on_new_photos():
 def test_one_appended_token_can_steer_the_blip2_world_model():
     """bench/world/steerability.py on one calibration concept: free keys and values for the appended position fit
     the personalised captions of its 4 training photos down to the wording's own uncertainty, and the model then
-    names it on them. A pre-training that ties the Q-Former's queries to places fails this (loss 1.28 against
+    names it on (nearly) all of them. A pre-training that ties the Q-Former's queries to places fails this (loss 1.28 against
     0.32 on the old checkpoint)."""
     from bench.world.steerability import probe
 
@@ -256,4 +256,4 @@ def test_one_appended_token_can_steer_the_blip2_world_model():
     r = probe(P.BLIP2_DIR, "calibration", steps=300, heldout=8, concepts=["green_striped_teddy"], log=None)
     row = r["concepts"][0]
     assert row["free_kv"]["loss"] < row["generic_caption_loss"] + 0.15, row
-    assert row["free_kv"]["train_recall"] == 1.0, row
+    assert row["free_kv"]["train_recall"] >= 0.75, row                # measured 1.00 (4 photos)
