@@ -131,8 +131,32 @@ def _parse_exif_date(value: object) -> datetime | None:
     return None
 
 
+def _load_pixels(img: Image.Image) -> None:
+    """Decode the pixels; every decoder failure as a PhotoReadError (Pillow leaves a half-decoded image behind, so
+    an error swallowed here would index a photo that is partly black)."""
+    try:
+        img.load()
+    except OSError as exc:
+        msg = str(exc)
+        if "truncated" in msg:
+            raise PhotoReadError("truncated file: the image data ends early (incomplete copy or download?)") from exc
+        raise PhotoReadError(f"corrupt image data: {msg}") from exc
+    except Exception as exc:  # noqa: BLE001
+        raise PhotoReadError(f"corrupt image data: {type(exc).__name__}: {exc}") from exc
+
+
+def _exif_needs_pixels(img: Image.Image) -> bool:
+    """Pillow reads a PNG's eXIf chunk, which may follow the image data, by decoding the pixels first."""
+    return img.format == "PNG" and "exif" not in img.info
+
+
 def _header_info(img: Image.Image) -> tuple[int, datetime | None]:
-    """EXIF orientation (1..8) and date taken; broken EXIF never loses the photo."""
+    """EXIF orientation (1..8) and date taken; broken EXIF never loses the photo, broken pixels always do.
+
+    Where reading the EXIF decodes the pixels, they are decoded first, outside the EXIF's forgiving `try`.
+    """
+    if _exif_needs_pixels(img):
+        _load_pixels(img)
     try:
         exif = img.getexif()
     except Exception:  # noqa: BLE001
@@ -148,7 +172,8 @@ def _header_info(img: Image.Image) -> tuple[int, datetime | None]:
 
 
 def probe(path: str) -> tuple[int, int, int, str, datetime | None]:
-    """(displayed width, displayed height, orientation, format, date taken) from the header alone, no decode.
+    """(displayed width, displayed height, orientation, format, date taken) from the header, without decoding the
+    pixels where the format allows (a PNG whose EXIF may follow its pixels is decoded, and a decode error raised).
 
     Raises PhotoReadError (like `decode`) for a file that is missing, unreadable or not an image.
     """
@@ -273,21 +298,12 @@ def decode(path: str, max_side: int = 1440, max_pixels: int = MAX_PIXELS) -> Dec
                 f"image too large to decode safely: {raw_w}×{raw_h} = {raw_w * raw_h / 1e6:.0f} megapixels "
                 f"(limit {limit / 1e6:.0f} for {kind} images)"
             )
-        orientation, date_taken = _header_info(img)
-
         scale = min(1.0, max_side / max(raw_w, raw_h))
         if fmt == "JPEG" and scale < 1.0:
             # Let libjpeg decode at 1/2, 1/4 or 1/8 scale, never below what the preview needs.
             img.draft("RGB", (math.ceil(raw_w * scale), math.ceil(raw_h * scale)))
-        try:
-            img.load()
-        except OSError as exc:
-            msg = str(exc)
-            if "truncated" in msg:
-                raise PhotoReadError("truncated file: the image data ends early (incomplete copy or download?)") from exc
-            raise PhotoReadError(f"corrupt image data: {msg}") from exc
-        except Exception as exc:  # noqa: BLE001
-            raise PhotoReadError(f"corrupt image data: {type(exc).__name__}: {exc}") from exc
+        _load_pixels(img)  # before the EXIF, whose reading may otherwise decode (and forgive) the pixels
+        orientation, date_taken = _header_info(img)
 
         try:
             rgb = _to_rgb(img, max_side)
