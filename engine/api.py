@@ -203,6 +203,13 @@ class Library:
     def photos(self, **filters: Any) -> list[Photo]:
         return self.catalog.photos(**filters)
 
+    def catalog_version(self) -> int:
+        """A number that changes when another connection commits to the catalog (a `myvlm index` in a terminal,
+        the app's indexing process, another thread's Library). SQLite's `PRAGMA data_version`: it reads no table,
+        so a view can ask every second whether to read the catalog again. Only this Library's own writes leave it
+        unchanged."""
+        return int(self.catalog.scalar("PRAGMA data_version"))
+
     # -- captions and search (issue 7) --------------------------------------------------------------------------
 
     def captions(self):

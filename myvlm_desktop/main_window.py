@@ -102,6 +102,7 @@ STAGE_LABELS = {SCAN: "Looking for photos", "thumbnail": "Making thumbnails", "f
                 "captions": "Writing captions"}
 STAGE_ORDER = [SCAN, "thumbnail", "faces", "clip", "concepts", "captions"]
 LIVE_REFRESH_MS = 1500  # while indexing, show newly ready photos this often
+CATALOG_POLL_MS = 1000  # ask this often whether another process (e.g. `myvlm index`) changed the catalog
 MAX_RECENT_SEARCHES = 8
 
 
@@ -315,12 +316,17 @@ class MainWindow(QMainWindow):
         self._live_refresh.setSingleShot(True)
         self._live_interval_ms = LIVE_REFRESH_MS
         self._live_refresh.timeout.connect(self.refresh)
+        self._catalog_version = self.library.catalog_version()
+        self._catalog_poll = QTimer(self)
+        self._catalog_poll.setInterval(CATALOG_POLL_MS)
+        self._catalog_poll.timeout.connect(self._poll_catalog)
 
         self._build_actions()
         self._build_ui()
         self._build_menus()
         self._restore_settings()
         self.refresh_now()
+        self._catalog_poll.start()
         self._update_actions()
         if self.library.folders():
             self.search.warm_up()
@@ -767,6 +773,28 @@ class MainWindow(QMainWindow):
         """A catalog read is on its way (tests wait for it)."""
         return self._reading
 
+    @Slot()
+    def _poll_catalog(self) -> None:
+        """Follow the catalog: when another process (a `myvlm index` in a terminal, the indexing process) or one
+        of the window's own threads committed, read it again and update what is shown in place (the grid keeps
+        its scroll and selection; pages rebuild only when their content changed)."""
+        if self._closing:
+            return
+        version = self.library.catalog_version()
+        if version == self._catalog_version:
+            return
+        self._catalog_version = version
+        if self._live_refresh.isActive():
+            return  # a re-read is already on its way (indexing in the app)
+        self.refresh()
+        kind, _ = self._view
+        if kind == PEOPLE:
+            self.load_people_page()
+        elif kind == THINGS:
+            self.load_things_page()
+        elif kind == SEARCH:
+            self.search.refresh()
+
     def _on_catalog_read(self, data: CatalogView) -> None:
         self._reading = False
         if self._closing:
@@ -991,6 +1019,8 @@ class MainWindow(QMainWindow):
                                  self._failed("People could not be read"), label="people page")
 
     def _on_people_loaded(self, data: PeopleData) -> None:
+        if data == self._people_data and self.people_page.data is not None:
+            return  # unchanged: keep the cards as they are (a name being typed, the scroll position)
         self._people_data = data
         self.people_page.set_data(data)
 
@@ -999,6 +1029,8 @@ class MainWindow(QMainWindow):
                                 label="things page")
 
     def _on_things_loaded(self, data: ThingsData) -> None:
+        if data == self._things_data and self.things_page.data is not None:
+            return  # unchanged: keep the page as it is
         self._things_data = data
         self.things_page.set_data(data)
 
@@ -1877,6 +1909,7 @@ class MainWindow(QMainWindow):
             return
         self._closing = True
         self._live_refresh.stop()
+        self._catalog_poll.stop()
         if self._settings is not None:
             s = self._settings
             s.setValue("mainWindow/geometry", self.saveGeometry())

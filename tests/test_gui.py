@@ -24,6 +24,8 @@ from myvlm_desktop.grid import PhotoGridModel, PhotoRole, ThumbStateRole
 from myvlm_desktop.main_window import MainWindow
 from myvlm_desktop.resources import app_icon, resources_dir, stylesheet
 
+from .conftest import myvlm
+
 SCREENSHOT = Path("/tmp/gui-screenshot.png")
 INDEX_TIMEOUT_MS = 30_000
 GOOD_PHOTOS = 11
@@ -408,6 +410,30 @@ def test_grid_handles_ten_thousand_photos(qtbot, open_window) -> None:
     assert last.isValid() and last.row() > 9_000
     # files that do not exist end as a "failed" placeholder, not an endless retry
     qtbot.waitUntil(lambda: last.data(ThumbStateRole) == "failed", timeout=5000)
+
+
+def test_photos_indexed_by_another_process_appear_without_f5(qtbot, open_window, library_dir: Path, album: Path,
+                                                              tmp_path: Path) -> None:
+    """`myvlm index` in a terminal while the window is open: its photos show up by themselves (the window follows
+    the catalog), and the user's selection stays where it was."""
+    with Library(library_dir) as lib:
+        lib.add_folder(album)
+        lib.scan()
+        lib.process(stages=["thumbnail"])
+    window = open_window(auto_index=False)
+    assert window.grid_model.rowCount() == GOOD_PHOTOS
+    chosen = window.grid_model.data(window.grid_model.index(GOOD_PHOTOS - 1), PhotoRole).id  # the oldest
+    assert window.select_photo(chosen)
+    more = tmp_path / "Summer"
+    make_album(more, 3, first_seed=20)
+
+    myvlm("index", "--stage", "thumbnail", "--no-progress", str(more), library=library_dir)
+
+    qtbot.waitUntil(lambda: window.grid_model.rowCount() == GOOD_PHOTOS + 3, timeout=INDEX_TIMEOUT_MS)
+    assert window.selected_photo_ids() == [chosen]
+    assert window.folder_model.rowCount() == 3  # "All photos" and the two folders
+    assert window.summary_label.text().startswith(f"{GOOD_PHOTOS + 3} photos in 2 folders")
+    assert not window.indexing  # nothing was started here: the other process did the work
 
 
 def test_model_updates_in_place(qtbot) -> None:

@@ -255,6 +255,22 @@ def test_name_a_group_then_people_and_search_find_them(qtbot, window, indexed):
     assert w.view == (PERSON, jesper)
 
 
+def test_a_name_given_elsewhere_shows_on_the_open_people_page(qtbot, window, lib_copy):
+    """A group named outside the window (`myvlm name` in a terminal: another connection to the catalog) shows on
+    the open People page and in the sidebar by itself, no F5."""
+    w = window
+    open_people(qtbot, w)
+    jesper = group_of(w, "jesper.jpg")
+    assert w.people_page.card(jesper) is not None
+    with Library(lib_copy) as other:
+        other.people().name(jesper, "Jesper")
+    qtbot.waitUntil(lambda: w.people_page.card(jesper) is None, timeout=WAIT_MS)
+    assert [t.person.name for t in w.people_page.tiles] == ["Jesper"]
+    people = w.sidebar.people_model
+    qtbot.waitUntil(lambda: people.row_of(PERSON, jesper) is not None, timeout=WAIT_MS)
+    assert people.data(people.index(people.row_of(PERSON, jesper))) == "Jesper"
+
+
 def test_is_this_yes_no_and_reject_a_face(qtbot, window, errors):
     w = window
     jesper = group_of(w, "jesper.jpg")
