@@ -35,7 +35,7 @@ def user_message(exc: BaseException) -> str:
     """A sentence for an error dialog: the engine's own message for errors it raises on purpose, else a short
     description (the traceback goes to the log)."""
     from engine.concepts.object_head import TrainingCancelled
-    from engine.concepts.registry import ConceptError
+    from engine.concepts.registry import ConceptError, NotIndexedYet
     from engine.people import PeopleError
 
     expected: tuple[type[BaseException], ...] = (PeopleError, ConceptError, TrainingCancelled, KeyError,
@@ -48,6 +48,8 @@ def user_message(exc: BaseException) -> str:
 
     expected += (VlmError, FaceBackendError, DiskFull, TrainingOutOfMemory, ModelError)
     text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    if isinstance(exc, NotIndexedYet):
+        text = exc.in_app  # Index Now and Settings, not the command line's `myvlm index`
     if isinstance(exc, expected) and text:
         return text[:1].upper() + text[1:]
     if isinstance(exc, MemoryError):

@@ -23,6 +23,7 @@ from myvlm_desktop.folders import SubtitleRole
 from myvlm_desktop.grid import PhotoGridModel, PhotoRole, ThumbStateRole
 from myvlm_desktop.main_window import MainWindow
 from myvlm_desktop.resources import app_icon, resources_dir, stylesheet
+from myvlm_desktop.widgets import set_error_sink
 
 from .conftest import myvlm
 
@@ -434,6 +435,36 @@ def test_photos_indexed_by_another_process_appear_without_f5(qtbot, open_window,
     assert window.folder_model.rowCount() == 3  # "All photos" and the two folders
     assert window.summary_label.text().startswith(f"{GOOD_PHOTOS + 3} photos in 2 folders")
     assert not window.indexing  # nothing was started here: the other process did the work
+
+
+def test_naming_a_thing_too_early_points_at_the_app_not_the_command_line(qtbot, open_window, album: Path) -> None:
+    """A new user names a thing before any photo has CLIP features: the message says what to do in the app
+    (Settings ▸ Models, Index Now), not a command to type."""
+    seen: list[tuple[str, str]] = []
+    set_error_sink(lambda title, text: seen.append((title, text)))
+    try:
+        window = open_window()
+        window.add_folder(album)
+        wait_indexed(qtbot, window)
+        window.prompts.name_thing = lambda parent, count, names: "Bella"
+
+        def name_two_photos() -> tuple[str, str]:
+            sel = window.grid_view.selectionModel()
+            for row in (0, 1):
+                sel.select(window.grid_model.index(row), sel.SelectionFlag.Select)
+            before = len(seen)
+            window.name_thing_action.trigger()
+            qtbot.waitUntil(lambda: len(seen) > before, timeout=INDEX_TIMEOUT_MS)
+            return seen[-1]
+
+        title, text = name_two_photos()  # no CLIP model on this computer
+        assert title == "Bella Was Not Learnt"
+        assert "Settings ▸ Models" in text and "myvlm" not in text
+        window.library.catalog.set_setting("clip_weights", "random")  # a model, but no photo indexed with it yet
+        title, text = name_two_photos()
+        assert "Index Now" in text and "myvlm" not in text
+    finally:
+        set_error_sink(None)
 
 
 def test_model_updates_in_place(qtbot) -> None:

@@ -37,7 +37,7 @@ from PIL import Image
 from .. import paths as P
 from ..catalog import Catalog
 from ..images import IMAGE_EXTENSIONS, decode
-from .registry import OBJECT, ConceptError, ConceptRegistry, Head, softmax_p1
+from .registry import OBJECT, ConceptError, ConceptRegistry, Head, NotIndexedYet, photo_not_indexed, softmax_p1
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +293,7 @@ class ObjectHeadTrainer:
     def _example(self, concept_id: int, row: dict[str, Any]) -> _Example:
         if row.get("photo_id") is not None:
             if row.get("path_bytes") is None or not row.get("content_hash"):
-                raise ConceptError(f"photo {row['photo_id']} has not been indexed yet: run `myvlm index` first")
+                raise photo_not_indexed(row["photo_id"])
             src, chash, rot = P.to_fs(row["path_bytes"]), row["content_hash"], int(row.get("user_rotation") or 0)
             return _Example(f"photo:{chash}:{rot % 360}", P.display(row["path_bytes"]), int(row["photo_id"]),
                             lambda: self._image_cache.preview(src, chash, rot))
@@ -581,14 +581,18 @@ class ObjectHeadTrainer:
         other = self.catalog.query("SELECT model, COUNT(*) AS n FROM clip_embeddings GROUP BY model")
         reason = self.encoder.missing_reason()
         msg = f"no photo has a CLIP embedding in {self.encoder.key} yet, and object heads learn from them. "
+        in_app = f"pets and things are learned from CLIP features, and no photo has them for {self.encoder.key} yet. "
         if reason:
             msg += reason + " Then run `myvlm index` (the clip stage embeds every photo)."
+            in_app += "Download the CLIP model in Settings ▸ Models: the photos get their features at once."
         else:
             msg += "Run `myvlm index` (or `myvlm index --stage clip`) so the clip stage embeds every photo, then train."
+            in_app += "Press Index Now so that every photo gets them, then try again."
         if other:
-            msg += " (Embeddings exist for " + ", ".join(f"{r['model']}: {r['n']}" for r in other) + \
-                   "; the clip_model setting selects another model.)"
-        raise ConceptError(msg)
+            made = ", ".join(f"{r['model']}: {r['n']}" for r in other)
+            msg += f" (Embeddings exist for {made}; the clip_model setting selects another model.)"
+            in_app += f" (Features exist for {made}; Settings ▸ Models chooses the model.)"
+        raise NotIndexedYet(msg, in_app)
 
     def _plain_features(self, examples: list[_Example], id_row: dict[int, int], album: np.ndarray) -> np.ndarray:
         """Un-augmented features: the stored embedding for album photos (what detection reads), else encoded."""

@@ -31,6 +31,20 @@ class ConceptError(ValueError):
     """A request about concepts that cannot be done as asked; the message says why."""
 
 
+class NotIndexedYet(ConceptError):
+    """What a request needs is made by indexing, and indexing has not made it yet. The message names the command
+    to run; `in_app` says the same the desktop app's way (its Index Now button, its Settings), for it to show."""
+
+    def __init__(self, message: str, in_app: str):
+        super().__init__(message)
+        self.in_app = in_app
+
+
+def photo_not_indexed(photo_id: int) -> NotIndexedYet:
+    return NotIndexedYet(f"photo {photo_id} has not been indexed yet: run `myvlm index` first",
+                         "a photo you chose has not been indexed yet: press Index Now, and try again once it is done")
+
+
 @dataclass
 class Concept:
     id: int

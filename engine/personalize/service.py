@@ -23,7 +23,7 @@ from PIL import Image
 from .. import paths as P
 from ..catalog import Catalog, now
 from ..concepts.object_head import TrainingCancelled
-from ..concepts.registry import PERSON, Concept, ConceptError, ConceptRegistry
+from ..concepts.registry import PERSON, Concept, ConceptError, ConceptRegistry, photo_not_indexed
 from ..concepts.research import VQA_FILE
 from .embeddings import EmbeddingStore
 from .lease import training_lease
@@ -125,7 +125,7 @@ class Personalizer:
             raise ConceptError(f"no photo {photo_id}")
         r = row[0]
         if not r["content_hash"]:
-            raise ConceptError(f"photo {photo_id} has not been indexed yet: run `myvlm index` first")
+            raise photo_not_indexed(photo_id)
         return self._image_cache().preview(P.to_fs(r["path_bytes"]), r["content_hash"],
                                            int(r["user_rotation"] or 0)).convert("RGB")
 
