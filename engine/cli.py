@@ -266,13 +266,12 @@ def cmd_people(args: argparse.Namespace, lib: Library) -> int:
     people = lib.people()
     named = True if args.named else (False if args.unnamed else None)
     rows = people.people(include_hidden=args.all, named=named)
-    max_dist = lib.face_backend().thresholds.suggest_distance
+    offers = people.suggestions_by_group(lib.face_backend().thresholds.suggest_distance)
     out = []
     for p in rows:
         faces = [_face_json(f) for f in people.faces_of(p["id"])]
-        sugg = [] if p["name"] else [
-            {"id": s.person_id, "name": s.name, "similarity": round(s.similarity, 4)}
-            for s in people.suggestions(p["id"], max_dist)]
+        sugg = [{"id": s.person_id, "name": s.name, "similarity": round(s.similarity, 4)}
+                for s in ([offers[p["id"]]] if p["id"] in offers else [])]
         out.append({"id": p["id"], "name": p["name"], "hidden": bool(p["hidden"]), "faces": faces,
                     "suggestions": sugg})
     if args.json:

@@ -7,6 +7,7 @@ change them), and "not this person" is remembered for that face forever.
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,40 +79,81 @@ class People:
         faces = self.faces_of(person_id)
         return faces[0] if faces else None
 
-    def _centroid(self, person_id: int) -> np.ndarray | None:
-        rows = self.catalog.query(
-            "SELECT embedding FROM faces WHERE person_id = ? AND embedding IS NOT NULL AND state IN ('confirmed', 'suggested')",
-            [person_id])
-        if not rows:
-            return None
-        vecs = np.stack([from_blob(r["embedding"]) for r in rows])
-        c = vecs.mean(axis=0)
-        return c / (np.linalg.norm(c) or 1.0)
+    def _centroids(self) -> dict[int, np.ndarray]:
+        """Each person's unit mean embedding (confirmed and suggested faces; one embedding space per person)."""
+        vecs: dict[int, list[np.ndarray]] = defaultdict(list)
+        for r in self.catalog.query(
+                "SELECT person_id, embedding FROM faces WHERE person_id IS NOT NULL AND embedding IS NOT NULL "
+                "AND state IN ('confirmed', 'suggested')"):
+            vecs[r["person_id"]].append(from_blob(r["embedding"]))
+        out = {}
+        for pid, vs in vecs.items():
+            dim = max({len(v) for v in vs}, key=[len(v) for v in vs].count)  # faces of another backend: left out
+            c = np.mean([v for v in vs if len(v) == dim], axis=0)
+            out[pid] = c / (np.linalg.norm(c) or 1.0)
+        return out
 
-    def suggestions(self, person_id: int, max_distance: float, top: int = 3) -> list[Suggestion]:
-        """"Is this Alex?": named people whose faces look like this cluster's, closest first."""
-        mine = self._centroid(person_id)
-        if mine is None:
-            return []
-        rejected = {r["person_id"] for r in self.catalog.query(
-            "SELECT DISTINCT r.person_id FROM face_rejections r JOIN faces f ON f.id = r.face_id WHERE f.person_id = ?",
-            [person_id])}
-        out = []
-        for p in self.people(named=True):
-            if p["id"] == person_id or p["id"] in rejected:
+    def _photos_by_person(self) -> dict[int, set[int]]:
+        out: dict[int, set[int]] = defaultdict(set)
+        for r in self.catalog.query("SELECT DISTINCT person_id, photo_id FROM faces WHERE person_id IS NOT NULL"):
+            out[r["person_id"]].add(r["photo_id"])
+        return out
+
+    def _rejected_by_group(self) -> dict[int, set[int]]:
+        """{person: the people one of its faces was rejected for}: never offered for it again."""
+        out: dict[int, set[int]] = defaultdict(set)
+        for r in self.catalog.query(
+                "SELECT DISTINCT f.person_id AS group_id, r.person_id FROM face_rejections r "
+                "JOIN faces f ON f.id = r.face_id WHERE f.person_id IS NOT NULL"):
+            out[r["group_id"]].add(r["person_id"])
+        return out
+
+    def suggestions_by_group(self, max_distance: float) -> dict[int, Suggestion]:
+        """"Is this Alex?" for every unnamed, visible group at once: {group id: the one named person offered}.
+
+        A group is offered its closest named person within `max_distance` (centroid to centroid), except people it
+        shares a photo with (one photo never shows anyone twice: someone standing next to Alex is not Alex) and
+        people one of its faces was rejected for. A named person is offered for one group at a time, the closest:
+        a person whose centroid lies near many faces (a 'hub', such as a face seen across twenty years) cannot take
+        every question; once the user answers, the next group gets its turn."""
+        people = self.people()
+        named = [p["id"] for p in people if p["name"] is not None]
+        groups = [p["id"] for p in people if p["name"] is None]
+        cents = self._centroids()
+        photos = self._photos_by_person()
+        rejected = self._rejected_by_group()
+        best: dict[int, tuple[float, int]] = {}  # group -> (distance, person)
+        for g in groups:
+            if g not in cents:
                 continue
-            c = self._centroid(p["id"])
-            if c is None or len(c) != len(mine):
-                continue
-            sim = float(mine @ c)
-            if 1.0 - sim <= max_distance:
-                out.append(Suggestion(p["id"], p["name"], sim))
-        return sorted(out, key=lambda s: -s.similarity)[:top]
+            for p in named:
+                c = cents.get(p)
+                if c is None or len(c) != len(cents[g]) or p in rejected[g] or photos[g] & photos[p]:
+                    continue
+                d = float(1.0 - cents[g] @ c)
+                if d <= max_distance and d < best.get(g, (np.inf, 0))[0]:
+                    best[g] = (d, p)
+        closest_group: dict[int, tuple[float, int]] = {}  # person -> (distance, group)
+        for g, (d, p) in best.items():
+            if (d, g) < closest_group.get(p, (np.inf, 0)):
+                closest_group[p] = (d, g)
+        names = {p["id"]: p["name"] for p in people}
+        return {g: Suggestion(p, names[p], 1.0 - d) for p, (d, g) in closest_group.items()}
+
+    def suggestions(self, person_id: int, max_distance: float) -> list[Suggestion]:
+        """"Is this Alex?" for one unnamed group: at most one person (see `suggestions_by_group`)."""
+        offer = self.suggestions_by_group(max_distance).get(person_id)
+        return [offer] if offer else []
 
     # -- the user's actions -------------------------------------------------------------------------------------------
 
-    def name(self, person_id: int, name: str) -> int:
-        """Name (or rename) a person; typing an existing name merges into that person. Returns the person's id."""
+    def name(self, person_id: int, name: str, face_ids: list[int] | None = None) -> int:
+        """Name a group, or rename a person; typing an existing name merges into that person. Returns the id.
+
+        Naming an unnamed group confirms the faces the user saw: `face_ids`, the group as shown (the app passes
+        them), or the group as it stands (None: the command line, which printed it). Faces placed afterwards, and
+        every suggested face of a person already named (a rename), stay suggested until the user confirms them:
+        the user's word covers what they looked at, not a stranger that clustering put there."""
         name = " ".join(name.split())
         if not name:
             raise PeopleError("a name cannot be empty")
@@ -119,31 +161,48 @@ class People:
         existing = self.find(name)
         with self.catalog.write():
             if existing is not None and existing["id"] != person_id:
-                self.merge(existing["id"], [person_id])
-                person_id = existing["id"]
-            else:
-                self.catalog.conn.execute("UPDATE people SET name = ?, updated_at = ? WHERE id = ?",
-                                          [name, now(), person_id])
-            self._confirm_all(person_id)
-        log.info("person %d named %r", person_id, name)
+                return self.merge(existing["id"], [person_id], face_ids)
+            shown = self._shown_faces(person_id, face_ids)
+            self.catalog.conn.execute("UPDATE people SET name = ?, updated_at = ? WHERE id = ?",
+                                      [name, now(), person_id])
+            self._confirm(shown)
+        log.info("person %d named %r (%d faces confirmed)", person_id, name, len(shown))
         return person_id
 
     def rename(self, person_id: int, name: str) -> int:
         return self.name(person_id, name)
+
+    def _shown_faces(self, person_id: int, face_ids: list[int] | None) -> list[int]:
+        """The suggested faces of an unnamed, visible group that the user saw (all of them when `face_ids` is None);
+        none for a named or hidden person, whose suggested faces came after the user's word."""
+        person = self.person(person_id)
+        if person["name"] is not None or person["hidden"]:
+            return []
+        ids = [r["id"] for r in self.catalog.query(
+            "SELECT id FROM faces WHERE person_id = ? AND state = 'suggested'", [person_id])]
+        return ids if face_ids is None else sorted(set(ids) & set(face_ids))
+
+    def _confirm(self, face_ids: list[int]) -> None:
+        self.catalog.conn.executemany("UPDATE faces SET state = 'confirmed', updated_at = ? WHERE id = ?",
+                                      [(now(), fid) for fid in face_ids])
 
     def _confirm_all(self, person_id: int) -> None:
         self.catalog.conn.execute(
             "UPDATE faces SET state = 'confirmed', updated_at = ? WHERE person_id = ? AND state = 'suggested'",
             [now(), person_id])
 
-    def merge(self, target_id: int, source_ids: list[int]) -> int:
-        """Fold people into `target_id`. Where both are in one photo, the target's face stays and the other waits."""
+    def merge(self, target_id: int, source_ids: list[int], face_ids: list[int] | None = None) -> int:
+        """Fold people into `target_id`. Where both are in one photo, the target's face stays and the other waits.
+
+        The unnamed groups involved are confirmed as the user saw them (`face_ids`, or as they stand); a named
+        person's suggested faces stay suggested (see `name`)."""
         self.person(target_id)
         with self.catalog.write():
+            shown = self._shown_faces(target_id, face_ids)
             for sid in source_ids:
                 if sid == target_id:
                     continue
-                self.person(sid)
+                shown += self._shown_faces(sid, face_ids)
                 clashes = self.catalog.query(
                     "SELECT s.id FROM faces s JOIN faces t ON t.photo_id = s.photo_id AND t.person_id = ? "
                     "WHERE s.person_id = ?", [target_id, sid])
@@ -157,7 +216,7 @@ class People:
                     "INSERT OR IGNORE INTO face_rejections(face_id, person_id, created_at) "
                     "SELECT face_id, ?, created_at FROM face_rejections WHERE person_id = ?", [target_id, sid])
                 self.catalog.conn.execute("DELETE FROM people WHERE id = ?", [sid])
-            self._confirm_all(target_id)
+            self._confirm([fid for fid in shown if self._face(fid)["person_id"] == target_id])
         return target_id
 
     def move_faces(self, face_ids: list[int], person_id: int) -> None:

@@ -90,8 +90,9 @@ def load_people(lib: Library, include_hidden: bool = False, with_suggestions: bo
             groups.append(info)
     groups.sort(key=lambda g: (-g.faces, g.id))
     if max_distance is not None and named:
+        offers = people.suggestions_by_group(max_distance)
         for g in groups[:MAX_GROUPS_SHOWN]:
-            g.suggestions = [(s.person_id, s.name, s.similarity) for s in people.suggestions(g.id, max_distance)]
+            g.suggestions = [(s.person_id, s.name, s.similarity) for s in [offers[g.id]] if g.id in offers]
     hidden = int(lib.catalog.scalar("SELECT COUNT(*) FROM people WHERE hidden = 1") or 0)
     return PeopleData(named, groups, hidden, sorted((g.name for g in named if g.name), key=str.casefold))
 

@@ -65,15 +65,16 @@ class World:
         self.truth[fid] = who
         return fid
 
-    def face_at(self, vec: np.ndarray, who: str) -> int:
+    def face_at(self, vec: np.ndarray, who: str, size: float = 80, photo: int | None = None) -> int:
         """A face with exactly this embedding (normalised)."""
         v = (vec / np.linalg.norm(vec)).astype(np.float32)
         ts = now()
         with self.cat.write():
             fid = int(self.cat.conn.execute(
                 "INSERT INTO faces(photo_id, backend, x, y, w, h, score, quality, embedding, state, created_at, "
-                "updated_at) VALUES (?, ?, 10, 10, 80, 80, 0.9, 1, ?, 'unknown', ?, ?)",
-                [self.photo(), BACKEND, to_blob(v), ts, ts]).lastrowid)
+                "updated_at) VALUES (?, ?, 10, 10, ?, ?, 0.9, ?, ?, 'unknown', ?, ?)",
+                [photo or self.photo(), BACKEND, size, size, int(size >= TH.found_min_px), to_blob(v), ts,
+                 ts]).lastrowid)
         self.truth[fid] = who
         return fid
 
@@ -349,3 +350,130 @@ def test_incremental_runs_only_look_at_what_changed(world: World):
     world.face("stranger")
     third = world.cluster()  # the newcomers unlock the waiting face: a third person
     assert third.founded_people == 1 and world.person_of(lone) is not None
+
+
+def _at_distance(centre: np.ndarray, distance: float, rng: np.random.Generator) -> np.ndarray:
+    """A unit vector exactly `distance` (cosine) from the unit vector `centre`."""
+    u = rng.normal(size=centre.shape)
+    u -= (u @ centre) * centre
+    u /= np.linalg.norm(u)
+    cos = 1.0 - distance
+    return cos * centre + np.sqrt(1.0 - cos**2) * u
+
+
+def test_naming_confirms_the_group_as_shown_not_faces_placed_since(world: World):
+    faces = [world.face("alex") for _ in range(4)]
+    world.cluster()
+    people = People(world.cat)
+    pid = world.person_of(faces[0])
+    shown = [f["id"] for f in people.faces_of(pid)]  # what the People page showed
+    late = world.face("alex")  # an index run places another face in the group while the user types the name
+    world.cluster()
+    assert world.person_of(late) == pid
+    people.name(pid, "Alex", face_ids=shown)
+    assert {world.state_of(f) for f in faces} == {"confirmed"}
+    assert world.state_of(late) == "suggested"  # never looked at: waits for the user
+
+
+def test_renaming_confirms_nothing(world: World):
+    faces = [world.face("alex") for _ in range(4)]
+    world.cluster()
+    people = People(world.cat)
+    pid = world.person_of(faces[0])
+    people.name(pid, "Alex")  # the command line: the group as it stands (as `myvlm people` printed it)
+    assert {world.state_of(f) for f in faces} == {"confirmed"}
+    stranger = world.face_at(world.centres["alex"] + world.rng.normal(scale=0.06, size=DIM), "stranger")
+    world.cluster()
+    assert world.person_of(stranger) == pid and world.state_of(stranger) == "suggested"
+    assert people.rename(pid, "Alex B.") == pid
+    assert people.person(pid)["name"] == "Alex B." and world.state_of(stranger) == "suggested"
+    # so a re-cluster may still take it out; the user's confirmed faces stay
+    with world.cat.write():
+        world.cat.conn.execute("INSERT INTO face_rejections(face_id, person_id, created_at) VALUES (?, ?, ?)",
+                               [stranger, pid, now()])
+    world.recluster()
+    assert world.person_of(stranger) != pid and all(world.person_of(f) == pid for f in faces)
+
+
+def test_merging_a_group_into_a_named_person_confirms_the_group_only(world: World):
+    a = [world.face("alex") for _ in range(3)]
+    world.cluster()
+    people = People(world.cat)
+    alex = world.person_of(a[0])
+    people.name(alex, "Alex")
+    later = world.face("alex")
+    world.cluster()
+    assert world.person_of(later) == alex and world.state_of(later) == "suggested"
+    group = [world.face("alex2") for _ in range(3)]
+    world.cluster()
+    g = world.person_of(group[0])
+    assert g not in (None, alex)
+    assert people.name(g, "alex") == alex  # "Is this Alex?" Yes
+    assert {world.state_of(f) for f in group} == {"confirmed"} and world.state_of(later) == "suggested"
+
+
+def _named_and_lookalike(world: World, distance: float, shared_photos: bool) -> tuple[int, int]:
+    """Alex (named, 4 faces) and an unnamed group of 3 faces whose centroid is about `distance` from Alex's."""
+    people = People(world.cat)
+    alex_faces = [world.face("alex", noise=0.01) for _ in range(4)]
+    world.cluster()
+    alex = world.person_of(alex_faces[0])
+    people.name(alex, "Alex")
+    centre = _at_distance(world.centres["alex"], distance, world.rng)
+    photos = [world.cat.scalar("SELECT photo_id FROM faces WHERE id = ?", [f]) for f in alex_faces[:3]]
+    group = [world.face_at(centre + world.rng.normal(scale=0.005, size=DIM), "other",
+                           photo=photos[i] if shared_photos else None) for i in range(3)]
+    world.cluster()
+    g = world.person_of(group[0])
+    assert g not in (None, alex)
+    return alex, g
+
+
+def test_never_suggests_someone_who_shares_a_photo_with_the_group(world: World):
+    alex, g = _named_and_lookalike(world, 0.4, shared_photos=True)
+    people = People(world.cat)
+    assert people.suggestions(g, TH.suggest_distance) == []  # the one standing next to Alex is not Alex
+
+
+def test_suggests_a_lookalike_in_other_photos(world: World):
+    alex, g = _named_and_lookalike(world, 0.4, shared_photos=False)
+    sugg = People(world.cat).suggestions(g, TH.suggest_distance)
+    assert [(s.person_id, s.name) for s in sugg] == [(alex, "Alex")]
+
+
+def test_one_person_is_offered_for_one_group_at_a_time(world: World):
+    people = People(world.cat)
+    alex_faces = [world.face("alex", noise=0.01) for _ in range(4)]
+    world.cluster()
+    alex = world.person_of(alex_faces[0])
+    people.name(alex, "Alex")
+    groups = []
+    for distance in (0.38, 0.42, 0.46):  # three groups near Alex (within 0.5), none within clustering reach (0.35)
+        centre = _at_distance(world.centres["alex"], distance, world.rng)
+        fs = [world.face_at(centre + world.rng.normal(scale=0.005, size=DIM), f"g{distance}") for _ in range(3)]
+        world.cluster()
+        groups.append(world.person_of(fs[0]))
+    assert len(set(groups)) == 3 and alex not in groups
+    offers = people.suggestions_by_group(TH.suggest_distance)
+    assert {g: s.person_id for g, s in offers.items()} == {groups[0]: alex}  # the closest group only
+    world.lib.reject_suggestion(groups[0], alex)  # "No": the next closest gets its turn
+    offers = people.suggestions_by_group(TH.suggest_distance)
+    assert {g: s.person_id for g, s in offers.items()} == {groups[1]: alex}
+
+
+def test_small_faces_join_only_closer_than_big_ones(world: World):
+    strict = FaceThresholds(**{**{k: getattr(TH, k) for k in FaceThresholds.__dataclass_fields__},
+                               "small_cluster_distance": 0.2})
+    faces = [world.face("alex", noise=0.01) for _ in range(4)]
+    FaceClusterer(world.cat, BACKEND, DIM, strict).run()
+    pid = world.person_of(faces[0])
+    centre = world.centres["alex"]
+    small_far = world.face_at(_at_distance(centre, 0.28, world.rng), "stranger", size=25)  # within 0.35, not 0.2
+    big_far = world.face_at(_at_distance(centre, 0.28, world.rng), "alex", size=90)
+    small_near = world.face_at(_at_distance(centre, 0.12, world.rng), "alex", size=25)
+    FaceClusterer(world.cat, BACKEND, DIM, strict).run()
+    assert world.person_of(small_far) is None
+    assert world.person_of(big_far) == pid and world.person_of(small_near) == pid
+    # without the stricter rule the small face joins at the plain cluster distance
+    FaceClusterer(world.cat, BACKEND, DIM, TH).recluster()
+    assert world.person_of(small_far) == pid

@@ -101,6 +101,9 @@ class FaceThresholds:
     found_min_px: int  # faces at least this big (and found_min_score) may FOUND a cluster
     min_score: float  # faces with a lower detector score are ignored
     found_min_score: float
+    # a link between two faces of which one may not found a person (small or unsure: noisier descriptors) counts
+    # for clustering only this close; None: the same as cluster_distance
+    small_cluster_distance: float | None = None
 
     def keep(self, face: DetectedFace) -> bool:
         """Whether the pipeline should keep this detection at all."""
@@ -109,6 +112,13 @@ class FaceThresholds:
     def may_found(self, face: DetectedFace) -> bool:
         """Whether this face is big and sure enough to start a new cluster (smaller ones may only join one)."""
         return face.min_side >= self.found_min_px and face.score >= self.found_min_score
+
+    def link_distance(self, both_may_found: bool) -> float:
+        """How close two faces must be to count as neighbours for clustering: stricter when either is small or
+        unsure, whose descriptors stray further (docs/face-thresholds.md, "Small faces")."""
+        if both_may_found or self.small_cluster_distance is None:
+            return self.cluster_distance
+        return min(self.cluster_distance, self.small_cluster_distance)
 
 
 def cosine_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -207,9 +217,11 @@ DLIB_THRESHOLDS = FaceThresholds(
     # 0.071-0.090 (sideways photos turned) / 0.071-0.093 (as stored): 0.08 is the middle of that window. (From 0.076
     # a background stranger joins Jim once wayne.jpg is turned: the price of not splitting Jesper.)
     cluster_distance=0.08,
-    # "Is this X?" (a group's centroid vs a named person's): a face vs its identity's centroid is 0.018-0.069, vs
-    # another identity's 0.080 and up; 0.10 catches every same-person case measured, at 3.4% false prompts.
-    suggest_distance=0.10,
+    # "Is this X?" (an unnamed group's centroid vs a named person's): on every group that can be cut from the
+    # labelled identities (388), the group vs the rest of its own identity is 0.008-0.061, vs another identity
+    # 0.075 and up (0.077 apart from the photos they share): 0.068 is the middle of that gap. At the old 0.10,
+    # 207 of the 388 groups would have been offered someone else while their own person was unnamed.
+    suggest_distance=0.068,
     # the MyVLM person head (min distance to a concept's references): with 4 references (the paper's training
     # images), recall 96.6% at 0.02% false accepts (the paper's ArcFace: 96.4% at 2.3%); with every reference, 100%
     # at 0.26%.
@@ -221,6 +233,11 @@ DLIB_THRESHOLDS = FaceThresholds(
     found_min_px=64,  # smaller faces may join a person but not found one (8 of the album's 23 named faces)
     min_score=0.5,  # = raw HOG score 0, dlib's own decision threshold (see DlibBackend for the mapping)
     found_min_score=0.75,  # = raw HOG score ~0.55
+    # links with a face that may not found (< 64 px or unsure): FaceClusterer on the turned album places every
+    # labelled face right and no stranger for 0.070-0.075 (Jesper's 63 px face in grand_canyon_1.jpg needs 0.070;
+    # bar55.jpg's background woman joins Jim through his 44 px face at 0.076); 37 px strangers of another album
+    # joined a named person at 0.073 and 0.076 with the plain 0.08: 0.072 keeps them out.
+    small_cluster_distance=0.072,
 )
 
 

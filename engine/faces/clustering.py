@@ -73,6 +73,7 @@ class FaceClusterer:
         self.backend = backend
         self.dim = dim
         self.min_sim = 1.0 - thresholds.cluster_distance
+        self.min_sim_small = 1.0 - thresholds.link_distance(both_may_found=False)  # a link with a small face
         self.index = index if index is not None else FaceIndex.load(catalog, backend, dim)
 
     # -- state of the catalog, held in memory for one run ------------------------------------------------------------
@@ -153,6 +154,10 @@ class FaceClusterer:
             # the search (seconds for a whole album) runs before the write lock: other writers never wait for it
             sims, ids = self.index.search(self._vectors([f.id for f in queue]), NEIGHBOURS + 1)
             with self.catalog.write():
+                fresh = self._fresh(queue)
+                if fresh is not None:  # searched again under the lock: only when another writer came between
+                    queue = fresh
+                    sims, ids = self.index.search(self._vectors([f.id for f in queue]), NEIGHBOURS + 1)
                 for face, srow, irow in zip(queue, sims, ids, strict=True):
                     if face.person_id is not None:
                         continue  # placed meanwhile as a neighbour of a founding face
