@@ -154,10 +154,6 @@ class FaceClusterer:
             # the search (seconds for a whole album) runs before the write lock: other writers never wait for it
             sims, ids = self.index.search(self._vectors([f.id for f in queue]), NEIGHBOURS + 1)
             with self.catalog.write():
-                fresh = self._fresh(queue)
-                if fresh is not None:  # searched again under the lock: only when another writer came between
-                    queue = fresh
-                    sims, ids = self.index.search(self._vectors([f.id for f in queue]), NEIGHBOURS + 1)
                 for face, srow, irow in zip(queue, sims, ids, strict=True):
                     if face.person_id is not None:
                         continue  # placed meanwhile as a neighbour of a founding face
@@ -182,9 +178,13 @@ class FaceClusterer:
         report.seconds = time.perf_counter() - start
         return report
 
+    def _link_sim(self, face: _Face, other_id: int) -> float:
+        """The similarity two faces need to be neighbours: higher when either may not found (small or unsure)."""
+        return self.min_sim if face.quality and self.faces[other_id].quality else self.min_sim_small
+
     def _place(self, face: _Face, srow: np.ndarray, irow: np.ndarray, report: ClusterReport) -> bool:
         neighbours = [(int(i), float(s)) for i, s in zip(irow, srow, strict=True)
-                      if i != -1 and i != face.id and s >= self.min_sim and int(i) in self.faces]
+                      if i != -1 and i != face.id and int(i) in self.faces and s >= self._link_sim(face, int(i))]
         blocked = self.rejected.get(face.id, set()) | self.photo_people.get(face.photo_id, set())
         votes: dict[int, float] = defaultdict(float)
         best_sim: dict[int, float] = defaultdict(float)
