@@ -92,7 +92,8 @@ def load_people(lib: Library, include_hidden: bool = False, with_suggestions: bo
     if max_distance is not None and named:
         offers = people.suggestions_by_group(max_distance)
         for g in groups[:MAX_GROUPS_SHOWN]:
-            g.suggestions = [(s.person_id, s.name, s.similarity) for s in [offers[g.id]] if g.id in offers]
+            offer = offers.get(g.id)  # a group with no close named person is offered no one
+            g.suggestions = [(offer.person_id, offer.name, offer.similarity)] if offer else []
     hidden = int(lib.catalog.scalar("SELECT COUNT(*) FROM people WHERE hidden = 1") or 0)
     return PeopleData(named, groups, hidden, sorted((g.name for g in named if g.name), key=str.casefold))
 
