@@ -7,6 +7,7 @@ not a reset) so a refresh during indexing keeps the scroll position and the sele
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,6 +54,7 @@ WhyRole = Qt.ItemDataRole.UserRole + 4         # why a search found this photo
 MonthRole = Qt.ItemDataRole.UserRole + 5       # "May 2021" on the first photo of a month (sorted by date), else None
 
 CELL_PADDING = 6
+GROW_AT_MOST = 0.25  # a cell may be this much wider than asked before the row takes one more column
 DEFAULT_THUMB_PX = 160
 MIN_THUMB_PX, MAX_THUMB_PX = 80, 320
 
@@ -354,6 +356,14 @@ class ThumbnailDelegate(QStyledItemDelegate):
                                            c + QPoint(s // 4, s // 4), c + QPoint(s // 2, 0), c + QPoint(s, s // 2)]))
 
 
+def fitted_cell_px(width: int, wanted: int) -> int:
+    """The side of square cells that fill `width` exactly, as close to `wanted` as columns allow: one more column
+    of slightly smaller cells rather than wide gaps (the cells of a row share at most a quarter of a cell between
+    them; a thumbnail is never drawn larger than asked, so it never looks blurred)."""
+    columns = max(1, math.ceil(width / wanted - GROW_AT_MOST))
+    return max(1, width // columns)
+
+
 class PhotoGridView(QListView):
     """A QListView in icon mode laid out as a uniform grid: cheap for tens of thousands of photos."""
 
@@ -387,14 +397,13 @@ class PhotoGridView(QListView):
         self.viewport().update()
 
     def _update_grid(self) -> None:
-        """Cells as wide as the columns that fit, so the rows fill the width (no ragged gap on the right)."""
-        side = self.delegate.thumb_px + 2 * CELL_PADDING
+        """Square cells that fill the width evenly (no ragged gap on the right, no wide gaps between columns)."""
         # width without the vertical scroll bar, whether it shows or not: no relayout loop when it comes and goes
         scroll_bar = self.style().pixelMetric(QStyle.PixelMetric.PM_ScrollBarExtent, None, self)
         avail = self.contentsRect().width() - scroll_bar
         avail -= 2  # the flow wraps when a cell would touch the right edge
-        columns = max(1, avail // side)
-        cell = QSize(max(side, avail // columns), side)
+        side = fitted_cell_px(avail, self.delegate.thumb_px + 2 * CELL_PADDING)
+        cell = QSize(side, side)
         if cell != self.delegate.cell or cell != self.gridSize():
             self.delegate.cell = cell
             self.setGridSize(cell)

@@ -994,6 +994,8 @@ class MainWindow(QMainWindow):
             self.search_edit.clear()
             self.search_edit.blockSignals(False)
         changed = self._view != (kind, key)
+        if changed:
+            self._clear_grid_selection()
         self._view = (kind, key)
         self.sidebar.select(*self._sidebar_target())
         if kind == PEOPLE:
@@ -1009,6 +1011,11 @@ class MainWindow(QMainWindow):
     @property
     def view(self) -> tuple[str, Any]:
         return self._view
+
+    def _clear_grid_selection(self) -> None:
+        """Another page starts with nothing selected: photos it shares with the last page would otherwise stay
+        selected (the grid updates in place), and the info pane would go on saying "3 photos selected"."""
+        self.grid_view.selectionModel().clear()
 
     def _show_photo_ids(self, ids: list[int]) -> None:
         self.navigate("photos", tuple(ids))
@@ -1496,11 +1503,13 @@ class MainWindow(QMainWindow):
             return
         if self._view[0] != SEARCH:
             self._previous_view = self._view
+            self._clear_grid_selection()
             self._view = (SEARCH, text)
             self._search = None
             self._refresh_view_content()
             self._show_center()
         self._view = (SEARCH, text)
+        self.sidebar.select(SEARCH, text)  # the person or folder searched from is no longer what is shown
         self.search_title.setText("Searching…")
         self.search.search(text)
 

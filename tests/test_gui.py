@@ -20,9 +20,10 @@ from engine.api import Library
 from engine.catalog import Photo
 from myvlm_desktop import app as app_module
 from myvlm_desktop.folders import SubtitleRole
-from myvlm_desktop.grid import PhotoGridModel, PhotoRole, ThumbStateRole
+from myvlm_desktop.grid import CELL_PADDING, PhotoGridModel, PhotoRole, ThumbStateRole
 from myvlm_desktop.main_window import MainWindow
 from myvlm_desktop.resources import app_icon, resources_dir, stylesheet
+from myvlm_desktop.sidebar import FOLDER
 from myvlm_desktop.widgets import set_error_sink
 
 from .conftest import myvlm
@@ -465,6 +466,60 @@ def test_naming_a_thing_too_early_points_at_the_app_not_the_command_line(qtbot, 
         assert "Index Now" in text and "myvlm" not in text
     finally:
         set_error_sink(None)
+
+
+# -- what a user notices at a glance (issue 16) ---------------------------------------------------------------------
+
+
+def indexed_window(qtbot, open_window, album: Path) -> MainWindow:
+    window = open_window()
+    window.add_folder(album)
+    wait_indexed(qtbot, window)
+    return window
+
+
+def test_another_page_starts_with_nothing_selected(qtbot, open_window, album: Path) -> None:
+    """Three photos selected, then another page that shows them too (their folder): the info pane no longer
+    says "3 photos selected" about the last page's choice."""
+    window = indexed_window(qtbot, open_window, album)
+    sel = window.grid_view.selectionModel()
+    for row in range(3):
+        sel.select(window.grid_model.index(row), sel.SelectionFlag.Select)
+    assert window.detail.multi_label.text().startswith("3 photos selected")
+    window.navigate(FOLDER, window.library.folders()[0].id)
+    assert window.grid_model.rowCount() == GOOD_PHOTOS  # the same photos, on another page
+    assert window.selected_photo_ids() == []
+    assert window.detail.multi_label.text().startswith("Select a photo")
+    assert "selected" not in window.summary_label.text()
+
+
+def test_a_search_leaves_nothing_highlighted_in_the_sidebar(qtbot, open_window, album: Path) -> None:
+    """Typing a search shows search results: the folder (or person) it was typed from is no longer highlighted."""
+    window = indexed_window(qtbot, open_window, album)
+    window.navigate(FOLDER, window.library.folders()[0].id)
+    assert window.folder_view.selectionModel().selectedIndexes()
+    qtbot.keyClicks(window.search_edit, "photo")
+    assert window.view[0] == "search"
+    assert [v for v in window.sidebar.views if v.selectionModel().selectedIndexes()] == []
+
+
+@pytest.mark.parametrize("size", [(1280, 800), (1920, 1080)])
+def test_the_grid_fills_its_width_with_even_cells(qtbot, open_window, album: Path, size: tuple[int, int]) -> None:
+    """Square cells, as many columns as fit near the chosen size, and no wide gaps between them (at 1280 x 800
+    the grid showed 3 columns with 50 px between thumbnails)."""
+    window = indexed_window(qtbot, open_window, album)
+    window.resize(*size)
+    qtbot.waitUntil(lambda: window.grid_view.width() > size[0] // 3, timeout=5000)
+    view = window.grid_view
+    cell = view.gridSize()
+    wanted = view.delegate.thumb_px + 2 * CELL_PADDING
+    first_line = view.visualRect(window.grid_model.index(0)).top()
+    columns = sum(view.visualRect(window.grid_model.index(r)).top() == first_line for r in range(GOOD_PHOTOS))
+    assert cell.width() == cell.height()
+    assert columns >= 3
+    assert columns * (cell.width() - wanted) <= wanted / 4  # the spare width is at most a quarter of a cell
+    unused = view.viewport().width() - columns * cell.width()
+    assert 0 <= unused < cell.width() / 2  # the row fills the width (a scroll bar's width at most is left)
 
 
 def test_model_updates_in_place(qtbot) -> None:
