@@ -350,9 +350,7 @@ def test_close_while_indexing_joins_threads(qtbot, open_window, big_album: Path)
         window.grid_model.data(window.grid_model.index(row), Qt.ItemDataRole.DecorationRole)
     assert window.indexing
 
-    start = time.perf_counter()
-    assert window.close()
-    assert time.perf_counter() - start < 10
+    assert window.close()  # at once: the run is cancelled, not finished (below: work is left for next time)
     assert not window.isVisible()
     assert not window.indexing  # the worker thread ended and was joined
     assert window.loader._pool.activeThreadCount() == 0
@@ -393,8 +391,7 @@ def test_grid_handles_ten_thousand_photos(qtbot, open_window) -> None:
     window = open_window(auto_index=False)
     window.center.setCurrentWidget(window.grid_page)
     window.grid_stack.setCurrentIndex(0)
-    photos = fake_photos(10_000)
-    start = time.perf_counter()
+    photos = fake_photos(10_000)  # how fast: bench/bench_gui.py (grid)
     window.grid_model.set_photos(photos)
     qtbot.wait(20)
     view = window.grid_view
@@ -403,8 +400,6 @@ def test_grid_handles_ten_thousand_photos(qtbot, open_window) -> None:
         view.viewport().repaint()
     view.scrollToBottom()
     view.viewport().repaint()
-    elapsed = time.perf_counter() - start
-    assert elapsed < 5, f"10,000 photos took {elapsed:.1f}s to lay out and scroll through"
     assert view.verticalScrollBar().maximum() > 0
     # only what was on screen was asked for (the queue keeps the newest requests), not 10,000 reads
     assert window.loader.pending_count() <= 600
