@@ -67,6 +67,8 @@ SOURCES = {"obama_partial_face.jpg": "obama.jpg", "obama_partial_face2.jpg": "ob
 # the candidate cosine distances: 0.02 .. 0.20, finer (0.005) where dlib's same and different people meet
 THRESHOLDS = sorted({round(0.01 * i, 3) for i in range(2, 21)} | {round(0.005 * i, 3) for i in range(12, 26)})
 SWEEP = [round(0.001 * i, 3) for i in range(50, 121)]  # cluster distances tried: 0.050 .. 0.120
+SMALL_SWEEP = [round(0.001 * i, 3) for i in range(50, 81)]  # distances tried for links with small faces
+GROUP_THRESHOLDS = [0.06, 0.062, 0.065, 0.068, 0.07, 0.072, 0.075, 0.08, 0.085, 0.09, 0.1]
 
 
 @dataclass
@@ -375,6 +377,83 @@ def centroid_pairs(faces: list[Face]) -> list[tuple[float, str, str]]:
     return sorted((float(1.0 - cents[a] @ cents[b]), a, b) for i, a in enumerate(names) for b in names[i + 1:])
 
 
+def small_pair_distances(faces: list[Face]) -> tuple[np.ndarray, np.ndarray]:
+    """Like `pair_distances`, only the pairs with at least one face that may not found a person (small or unsure):
+    the links a small-face rule decides. Returns (same-person, different-person distances)."""
+    people = [f for f in faces if is_person(f)]
+    same, diff = [], []
+    for i, a in enumerate(people):
+        for b in people[i + 1:]:
+            if a.quality and b.quality or (a.label == b.label and a.source == b.source):
+                continue
+            (same if a.label == b.label else diff).append(float(1.0 - a.embedding @ b.embedding))
+    for u in faces:
+        for p in people:
+            if p.label in u.not_ and not (u.quality and p.quality):
+                diff.append(float(1.0 - u.embedding @ p.embedding))
+    return np.array(same), np.array(diff)
+
+
+def _unit_mean(vecs: list[np.ndarray]) -> np.ndarray:
+    c = np.mean(vecs, axis=0)
+    return c / (np.linalg.norm(c) or 1.0)
+
+
+def group_view(faces: list[Face], max_subsets: int = 400) -> list[dict]:
+    """"Is this X?" as People.suggestions sees it: an unnamed group (some shots of identity A, any size) against
+    named people (the rest of A; every other identity whole). One row per group: its distance to its own identity
+    and to each other identity, and whether that identity shares a photo with the group (never suggested).
+    Groups are drawn as subsets of A's shots (every subset where there are few, `max_subsets` random ones else)."""
+    rng = np.random.default_rng(0)
+    by_label: dict[str, list[Face]] = defaultdict(list)
+    for f in sorted((f for f in faces if is_person(f)), key=describe):
+        by_label[f.label].append(f)
+    cents = {lab: _unit_mean([f.embedding for f in fs]) for lab, fs in by_label.items()}
+    photos = {lab: {(f.dataset, f.photo) for f in fs} for lab, fs in by_label.items()}
+    rows = []
+    for lab, fs in sorted(by_label.items()):
+        shots = sorted({f.source for f in fs})
+        if len(shots) < 2:
+            continue
+        n = len(shots)
+        masks = range(1, 2**n - 1) if 2**n - 2 <= max_subsets else {int(m) for m in rng.integers(1, 2**n - 1,
+                                                                                                  max_subsets)}
+        for m in sorted(masks):
+            mine = {shots[i] for i in range(n) if m >> i & 1}
+            group = [f for f in fs if f.source in mine]
+            rest = [f for f in fs if f.source not in mine]
+            g = _unit_mean([f.embedding for f in group])
+            gphotos = {(f.dataset, f.photo) for f in group}
+            rows.append({
+                "identity": lab, "size": len(group), "own": float(1.0 - g @ _unit_mean([f.embedding for f in rest])),
+                "others": {o: float(1.0 - g @ c) for o, c in cents.items() if o != lab},
+                "together": sorted(o for o in cents if o != lab and photos[o] & gphotos),
+            })
+    return rows
+
+
+def suggestion_outcomes(rows: list[dict], distance: float, margin: float, apart_only: bool = True) -> dict:
+    """What a suggestion rule offers the groups of `group_view`, all other identities named: the best eligible
+    person within `distance` whose lead over the next eligible one is at least `margin`. Eligible: does not share a
+    photo with the group (when apart_only). Returns right / wrong / none counts."""
+    out = {"right": 0, "wrong": 0, "none": 0, "wrong_for": defaultdict(int)}
+    for r in rows:
+        cands = {"=" + r["identity"]: r["own"]} | {o: d for o, d in r["others"].items()
+                                                    if not (apart_only and o in r["together"])}
+        ranked = sorted(cands.items(), key=lambda kv: kv[1])
+        best, d = ranked[0]
+        lead = ranked[1][1] - d if len(ranked) > 1 else 1.0
+        if d > distance or lead < margin:
+            out["none"] += 1
+        elif best.startswith("="):
+            out["right"] += 1
+        else:
+            out["wrong"] += 1
+            out["wrong_for"][best] += 1
+    out["wrong_for"] = dict(out["wrong_for"])
+    return out
+
+
 def per_face(faces: list[Face]) -> list[dict]:
     people = sorted((f for f in faces if is_person(f)), key=lambda f: (f.dataset, f.label, describe(f)))
     rows = []
@@ -387,8 +466,10 @@ def per_face(faces: list[Face]) -> list[dict]:
     return rows
 
 
-def cluster_sweep(lib: Library, faces: list[Face], base: FaceThresholds, distances: list[float]) -> list[dict]:
-    """FaceClusterer from scratch at each cluster distance: people mixing identities, identities split, faces placed."""
+def cluster_sweep(lib: Library, faces: list[Face], base: FaceThresholds, distances: list[float],
+                  field: str = "cluster_distance") -> list[dict]:
+    """FaceClusterer from scratch at each value of the threshold `field` (the cluster distance, or the stricter one
+    for links with small faces): people mixing identities, identities split, faces placed."""
     backend = create_backend(lib.options["face_backend"], lib.paths.models)
     label_of = {f.face_id: f.label for f in faces}
     not_of = {f.face_id: f.not_ for f in faces if f.not_}
@@ -398,7 +479,7 @@ def cluster_sweep(lib: Library, faces: list[Face], base: FaceThresholds, distanc
     rows = []
     for d in distances:
         th = FaceThresholds(**{**{k: getattr(base, k) for k in FaceThresholds.__dataclass_fields__},
-                               "cluster_distance": d})
+                               field: d})
         FaceClusterer(lib.catalog, backend.key, backend.embedding_dim, th).recluster()
         members = defaultdict(list)
         member_ids = defaultdict(list)
@@ -416,7 +497,9 @@ def cluster_sweep(lib: Library, faces: list[Face], base: FaceThresholds, distanc
                      if set(not_of.get(fid, ())) & set(members[pid])]
         big = [lab for lab, n in counts.items() if lab not in NOT_PEOPLE + (UNLABELLED,) and n >= 3]
         rows.append({
-            "cluster_distance": d,
+            "cluster_distance": th.cluster_distance,
+            "small_cluster_distance": th.small_cluster_distance,
+            "distance": d,
             "people": len(members),
             "mixed_people": mixed,
             # every identity with >= 3 faces is one person holding all its faces
@@ -438,17 +521,43 @@ def window(sweep: list[dict]) -> str:
     good: list[float] = []  # the first unbroken run of good distances
     for r in sweep:
         if r["complete"] and not r["mixed_people"]:
-            good.append(r["cluster_distance"])
+            good.append(r["distance"])
         elif good:
             break
-    first_mix = next((r["cluster_distance"] for r in sweep if r["mixed_people"]), None)
-    first_stranger = next((r["cluster_distance"] for r in sweep if r["strangers_misplaced"]), None)
+    first_mix = next((r["distance"] for r in sweep if r["mixed_people"]), None)
+    first_stranger = next((r["distance"] for r in sweep if r["strangers_misplaced"]), None)
     span = f"{min(good):.3f}-{max(good):.3f}" if good else "nowhere"
     return (f"one person per identity (>= 3 faces), none mixed: {span}; first mix at {first_mix}; first stranger "
             f"placed with someone they are known not to be at {first_stranger}")
 
 
 # -- report -----------------------------------------------------------------------------------------------------------
+
+
+def print_group_view(faces: list[Face]) -> dict:
+    """The "Is this X?" measurement (`group_view`): per candidate distance, how many groups find their own person
+    (named) and how many are offered someone else while their own person is not named; and who that would be."""
+    rows = group_view(faces)
+    own = np.array([r["own"] for r in rows])
+    apart = [{o: d for o, d in r["others"].items() if o not in r["together"]} for r in rows]
+    nearest = np.array([min(a.values()) for a in apart])
+    others = np.array([d for r in rows for d in r["others"].values()])
+    print(f"\n== suggestions for groups: {len(rows)} groups cut from the labelled identities vs named people ==")
+    print(f"  group vs the rest of its identity {fmt(summary(own))}")
+    print(f"  group vs other identities         {fmt(summary(others))}")
+    print(f"  ... not sharing a photo with it   {fmt(summary(nearest))} (the nearest per group)")
+    print("    distance  own person offered  groups offered someone else (own person unnamed)")
+    table = []
+    for t in GROUP_THRESHOLDS:
+        table.append({"threshold": t, "recall": float((own <= t).mean()), "wrong": int((nearest <= t).sum())})
+        print(f"    {t:8.3f}  {table[-1]['recall']:18.1%}  {table[-1]['wrong']:4d} / {len(rows)}")
+    hubs: dict[str, int] = defaultdict(int)
+    for a in apart:
+        hubs[min(a, key=a.__getitem__)] += 1
+    print("  the nearest other identity of each group (one identity near most groups: a hub): "
+          + ", ".join(f"{k} {v}" for k, v in sorted(hubs.items(), key=lambda kv: -kv[1])))
+    return {"own": summary(own), "others": summary(others), "nearest_apart": summary(nearest), "table": table,
+            "hubs": dict(hubs), "groups": len(rows)}
 
 
 def fmt(s: dict) -> str:
@@ -604,6 +713,15 @@ def main(argv: list[str] | None = None) -> int:
         for d, a, b in cc[:6]:
             print(f"    {d:.3f}  {a} ~ {b}")
         report["suggestions"]["centroid_pairs"] = [list(c) for c in cc]
+        report["groups"] = print_group_view(kpa + fr + t1)
+
+        small_same, small_diff = small_pair_distances(kpa + fr + t1)
+        print("\n== pairs with a face that may not found a person (small or unsure): the small-face rule ==")
+        print(f"  same person      {fmt(summary(small_same))}")
+        print(f"  different people {fmt(summary(small_diff))}")
+        print_roc(roc(small_same, small_diff))
+        report["small_pairs"] = {"same": summary(small_same), "different": summary(small_diff),
+                                 "roc": roc(small_same, small_diff)}
 
         print("\n== each labelled face: size, score, nearest same-person shot, nearest other person ==")
         report["per_face"] = per_face(kpa + fr + t1)
@@ -629,7 +747,7 @@ def main(argv: list[str] | None = None) -> int:
             if sweep:
                 print("  " + window(sweep))
             for row in sweep:
-                if round(row["cluster_distance"] * 1000) % 5:
+                if round(row["distance"] * 1000) % 5:
                     continue  # the 0.001 grid is for the window above; rows every 0.005
                 ids = ", ".join(f"{lab} {c['placed']}/{c['faces']} in {c['people']}"
                                 for lab, c in row["identities"].items())
@@ -637,6 +755,18 @@ def main(argv: list[str] | None = None) -> int:
                       f"{row['mixed_people'] or 'none'}; {row['faces_placed']} faces placed "
                       f"({row['faces_placed_not_people']} unknown); {ids}")
             report["clustering"][title] = sweep
+        if args.turn:
+            plain = FaceThresholds(**{**{k: getattr(base, k) for k in FaceThresholds.__dataclass_fields__},
+                                      "small_cluster_distance": None})
+            sweep = cluster_sweep(kpa_lib, kpa, plain, SMALL_SWEEP, field="small_cluster_distance")
+            print(f"\n== FaceClusterer, turned album, cluster distance {base.cluster_distance}: links with a small "
+                  "or unsure face at a stricter distance ==")
+            print("  " + window(sweep))
+            for row in sweep:
+                ids = ", ".join(f"{lab} {c['placed']}/{c['faces']}" for lab, c in row["identities"].items())
+                print(f"  {row['distance']:.3f}: mixed {row['mixed_people'] or 'none'}; strangers placed with "
+                      f"someone they are not: {row['strangers_misplaced']}; {ids}")
+            report["clustering"]["small faces, turned album"] = sweep
 
         if problems:
             print("\n== label problems ==")
