@@ -10,9 +10,10 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tqdm import tqdm
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 def _print_json(data: Any) -> None:
@@ -38,6 +39,8 @@ class _Bar:
         if phase != self.phase:
             self.close()
             self.phase = phase
+            from tqdm import tqdm   # here: the other commands start faster without it
+
             self.bar = tqdm(total=total, desc=f"{phase:>8}", unit="file", file=sys.stderr, dynamic_ncols=True)
         assert self.bar is not None
         self.bar.total = total
@@ -62,7 +65,7 @@ def _release(lib) -> None:
 def _run(args: argparse.Namespace, fn) -> tuple[int, Any]:
     from .backup import BackupError
 
-    bar = _Bar(args.json or args.no_progress)
+    bar = _Bar(args.json or args.no_progress or not sys.stderr.isatty())   # bars only where they can be drawn
     try:
         report = fn(bar)
     except BackupError as exc:

@@ -16,9 +16,10 @@ import json
 import signal
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tqdm import tqdm
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 def _print_json(data: Any) -> None:
@@ -36,7 +37,7 @@ class _Bar:
     """A bytes progress bar on stderr fed by the manager's progress callback."""
 
     def __init__(self, enabled: bool):
-        self.enabled = enabled
+        self.enabled = enabled and sys.stderr.isatty()   # no bar drawn into a pipe or a log
         self.bar: tqdm | None = None
         self.phase = ""
 
@@ -44,6 +45,8 @@ class _Bar:
         if not self.enabled or p.phase == "listing":
             return
         if self.bar is None:
+            from tqdm import tqdm   # here: the other commands start faster without it
+
             self.bar = tqdm(total=p.total, initial=p.done, unit="B", unit_scale=True, unit_divisor=1024,
                             file=sys.stderr, dynamic_ncols=True, desc=p.name)
             if p.resumed:

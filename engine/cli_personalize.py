@@ -11,8 +11,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 
 def _print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
@@ -54,7 +52,10 @@ class _TrainBar:
     """A tqdm bar with loss and ETA, fed by the trainer's progress callback."""
 
     def __init__(self, quiet: bool, desc: str):
-        self.bar = tqdm(total=None, desc=desc, unit="step", file=sys.stderr, disable=quiet, dynamic_ncols=True)
+        from tqdm import tqdm   # here: the other commands start faster without it
+
+        self.bar = tqdm(total=None, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True,
+                        disable=quiet or not sys.stderr.isatty())   # no bar drawn into a pipe or a log
 
     def __call__(self, p) -> None:
         self.bar.total = p.steps

@@ -46,6 +46,10 @@ class ClipWeightsMissing(RuntimeError):
 
 def find_cached_weights(spec: ClipModelSpec) -> Path | None:
     """The weights file in the Hugging Face cache (honours HF_HOME), without touching the network."""
+    from .hub_cache import repo_in_cache
+
+    if not repo_in_cache(spec.hub_id):   # never downloaded: no need to load huggingface_hub's download code
+        return None
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # pragma: no cover - huggingface_hub comes with transformers and open_clip

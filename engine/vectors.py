@@ -5,7 +5,6 @@ They are caches: the catalog holds every embedding as a float32 blob, and an ind
 
 from __future__ import annotations
 
-import faiss
 import numpy as np
 
 
@@ -30,6 +29,8 @@ class VectorIndex:
 
     def __init__(self, dim: int):
         self.dim = dim
+        import faiss   # here, not at the top: `myvlm status` and friends read blobs but never search
+
         self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
 
     def __len__(self) -> int:

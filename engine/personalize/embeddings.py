@@ -27,7 +27,7 @@ from ..concepts.research import (
     export_research_concept_embeddings,
     load_imported_embeddings,
 )
-from .vlm import CAPTION, VLM_SPECS
+from .specs import CAPTION, VLM_SPECS
 
 log = logging.getLogger(__name__)
 

@@ -35,17 +35,13 @@ from .targets import (
     pick_class_word,
     questions_for,
 )
+from .specs import SETTING_VLM, resolve_vlm_name  # noqa: F401 - re-exported
 from .training import ConceptToTrain, ConceptTrainer, TrainingConfig, TrainingExample
 from .vlm import CAPTION, DEFAULT_VLM, VQA, GenerationSettings, VlmWrapper, load_vlm
 
 log = logging.getLogger(__name__)
 
 VQA_TARGETS_FILE = "vqa_targets.json"   # concepts/<id>/: {example_id: [[question, answer], ...]}
-SETTING_VLM = "vlm"
-
-
-def resolve_vlm_name(catalog: Catalog, option: str | None = None) -> str:
-    return option or catalog.get_setting(SETTING_VLM) or DEFAULT_VLM
 
 
 @dataclass

@@ -11,7 +11,6 @@ manager to download a checkpoint.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 from abc import ABC, abstractmethod
@@ -23,50 +22,12 @@ import torch
 from PIL import Image
 
 from .concept_layer import ConceptLayer
+from .specs import (  # noqa: F401 - re-exported: the light part, importable without torch
+    CAPTION, DEFAULT_VLM, UNSUPPORTED, VLM_SPECS, VQA, VlmError, VlmSpec, VlmTooLarge, VlmWeightsMissing,
+    checkpoint_folder, resolve_spec,
+)
 
 log = logging.getLogger(__name__)
-
-CAPTION, VQA = "caption", "vqa"
-
-
-class VlmError(RuntimeError):
-    """A VLM cannot be used as asked; the message says why and what to do."""
-
-
-class VlmWeightsMissing(VlmError):
-    pass
-
-
-class VlmTooLarge(VlmError):
-    pass
-
-
-@dataclass(frozen=True)
-class VlmSpec:
-    key: str                 # what users type: --vlm blip2
-    family: str              # "blip2" | "llava"
-    checkpoint: str          # a Hugging Face repo id, or a tiny preset key
-    title: str
-    params_b: float          # parameters, billions (for the memory check and the model table)
-    license: str
-    tasks: tuple[str, ...] = (CAPTION,)
-    tiny: bool = False
-
-
-VLM_SPECS: dict[str, VlmSpec] = {s.key: s for s in [
-    VlmSpec("blip2", "blip2", "Salesforce/blip2-flan-t5-xl", "BLIP-2 FlanT5-XL (the paper's)", 3.9, "MIT"),
-    VlmSpec("blip2-opt", "blip2", "Salesforce/blip2-opt-2.7b", "BLIP-2 OPT-2.7b", 3.8, "MIT"),
-    VlmSpec("llava", "llava", "llava-hf/llava-v1.6-vicuna-7b-hf", "LLaVA-1.6 Vicuna-7B", 7.1,
-            "Llama 2 Community License", (CAPTION, VQA)),
-    VlmSpec("tiny-blip2", "blip2", "tiny-blip2", "Tiny BLIP-2 (random weights, tests)", 0.0001, "MIT", tiny=True),
-    VlmSpec("tiny-blip2-opt", "blip2", "tiny-blip2-opt", "Tiny BLIP-2 OPT (random weights, tests)", 0.0001, "MIT",
-            tiny=True),
-    VlmSpec("tiny-llava", "llava", "tiny-llava", "Tiny LLaVA-1.6 (random weights, tests)", 0.0002, "MIT",
-            (CAPTION, VQA), tiny=True),
-]}
-DEFAULT_VLM = "blip2"
-UNSUPPORTED = {"minigpt-v2": "MiniGPT-v2 has no transformers implementation; it is out of scope for now."}
-
 
 @dataclass
 class GenerationSettings:
@@ -117,55 +78,6 @@ def pick_dtype(device: torch.device, preferred: str | torch.dtype | None = None)
     if device.type == "mps":
         return torch.float16
     return torch.float32
-
-
-def resolve_spec(name: str | Path) -> tuple[VlmSpec, str]:
-    """(spec, checkpoint) for a key (`blip2`), a Hugging Face repo id, or a local checkpoint folder."""
-    key = str(name)
-    if key in UNSUPPORTED:
-        raise VlmError(UNSUPPORTED[key])
-    if key in VLM_SPECS:
-        spec = VLM_SPECS[key]
-        return spec, spec.checkpoint
-    path = Path(key).expanduser()
-    if path.is_dir():
-        cfg = path / "config.json"
-        if not cfg.exists():
-            raise VlmError(f"{path} is not a model checkpoint folder (no config.json)")
-        model_type = json.loads(cfg.read_text()).get("model_type", "")
-        family = {"blip-2": "blip2", "llava_next": "llava"}.get(model_type)
-        if family is None:
-            raise VlmError(f"{path}: model type {model_type!r} is not supported; BLIP-2 and LLaVA-1.6 are")
-        tasks = (CAPTION, VQA) if family == "llava" else (CAPTION,)
-        return VlmSpec(str(path), family, str(path), path.name, 0.0, "see the checkpoint", tasks), str(path.resolve())
-    for spec in VLM_SPECS.values():
-        if spec.checkpoint == key:
-            return spec, key
-    raise VlmError(f"unknown VLM {key!r}; choose one of {', '.join(VLM_SPECS)} or give a checkpoint folder")
-
-
-def checkpoint_folder(spec: VlmSpec, checkpoint: str, models_dir: Path) -> Path:
-    """Where the weights are on disk; tiny presets are built on first use, hub checkpoints must be downloaded."""
-    if spec.tiny:
-        from .tiny import ensure_tiny_checkpoint
-
-        return ensure_tiny_checkpoint(spec.checkpoint, models_dir / "tiny")
-    path = Path(checkpoint)
-    if path.is_dir():
-        return path
-    local = models_dir / checkpoint.replace("/", "--")
-    if (local / "config.json").exists():
-        return local
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(checkpoint, local_files_only=True))
-    except Exception as exc:
-        raise VlmWeightsMissing(
-            f"the weights of {spec.title} ({checkpoint}, about {spec.params_b * 2:.0f} GB in bf16) are not on this "
-            f"machine. Download them where there is internet (`myvlm models get` or `hf download {checkpoint}`, into the "
-            f"Hugging Face cache) or put a checkpoint folder at {local}. "
-            f"Nothing is downloaded without your say-so.") from exc
 
 
 def check_memory(spec: VlmSpec, device: torch.device, dtype: torch.dtype, quantized_4bit: bool = False) -> None:

@@ -9,19 +9,16 @@ stage is skipped with the reason and the rest of the pipeline goes on.
 from __future__ import annotations
 
 import zlib
+from typing import TYPE_CHECKING
 
 from ..catalog import Catalog
 from ..concepts.registry import ConceptRegistry
-from ..personalize.embeddings import EmbeddingStore
-from ..personalize.service import (
-    GeneratedText,
-    caption_with,
-    resolve_vlm_name,
-    shared_wrapper,
-)
-from ..personalize.vlm import CAPTION, VlmError, checkpoint_folder, resolve_spec
+from ..personalize.specs import CAPTION, VlmError, checkpoint_folder, resolve_spec, resolve_vlm_name
 from ..pipeline import Job, Stage
 from .thumbnails import ImageCache
+
+if TYPE_CHECKING:   # the model code (torch, transformers) is imported when captions are made, not to ask status
+    from ..personalize.service import GeneratedText
 
 CODE_VERSION = 1
 
@@ -66,7 +63,8 @@ class CaptionStage(Stage):
         return None
 
     def before_work(self, catalog: Catalog, jobs: list[Job]) -> None:
-        from ..personalize.service import Personalizer
+        from ..personalize.embeddings import EmbeddingStore
+        from ..personalize.service import Personalizer, shared_wrapper
 
         wrapper = shared_wrapper(self._name, self._models_dir, self._device)
         p = Personalizer(catalog, self._name, wrapper=wrapper)
@@ -83,6 +81,8 @@ class CaptionStage(Stage):
         self._known = {cid: concepts[cid] for cid in embs}
 
     def process_batch(self, jobs: list[Job]) -> list[list[GeneratedText] | Exception]:
+        from ..personalize.service import caption_with, shared_wrapper
+
         assert self._cache is not None
         wrapper = shared_wrapper(self._name, self._models_dir, self._device)
         out: list = [RuntimeError("not processed")] * len(jobs)

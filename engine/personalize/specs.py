@@ -1,0 +1,113 @@
+"""What VLMs there are and where their weights are: no torch, so that `myvlm status`, the settings and the
+pipeline's "can this stage run here?" stay fast (the model code is in vlm.py, which re-exports these names)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..catalog import Catalog
+
+SETTING_VLM = "vlm"
+
+CAPTION, VQA = "caption", "vqa"
+
+
+class VlmError(RuntimeError):
+    """A VLM cannot be used as asked; the message says why and what to do."""
+
+
+class VlmWeightsMissing(VlmError):
+    pass
+
+
+class VlmTooLarge(VlmError):
+    pass
+
+
+@dataclass(frozen=True)
+class VlmSpec:
+    key: str                 # what users type: --vlm blip2
+    family: str              # "blip2" | "llava"
+    checkpoint: str          # a Hugging Face repo id, or a tiny preset key
+    title: str
+    params_b: float          # parameters, billions (for the memory check and the model table)
+    license: str
+    tasks: tuple[str, ...] = (CAPTION,)
+    tiny: bool = False
+
+
+VLM_SPECS: dict[str, VlmSpec] = {s.key: s for s in [
+    VlmSpec("blip2", "blip2", "Salesforce/blip2-flan-t5-xl", "BLIP-2 FlanT5-XL (the paper's)", 3.9, "MIT"),
+    VlmSpec("blip2-opt", "blip2", "Salesforce/blip2-opt-2.7b", "BLIP-2 OPT-2.7b", 3.8, "MIT"),
+    VlmSpec("llava", "llava", "llava-hf/llava-v1.6-vicuna-7b-hf", "LLaVA-1.6 Vicuna-7B", 7.1,
+            "Llama 2 Community License", (CAPTION, VQA)),
+    VlmSpec("tiny-blip2", "blip2", "tiny-blip2", "Tiny BLIP-2 (random weights, tests)", 0.0001, "MIT", tiny=True),
+    VlmSpec("tiny-blip2-opt", "blip2", "tiny-blip2-opt", "Tiny BLIP-2 OPT (random weights, tests)", 0.0001, "MIT",
+            tiny=True),
+    VlmSpec("tiny-llava", "llava", "tiny-llava", "Tiny LLaVA-1.6 (random weights, tests)", 0.0002, "MIT",
+            (CAPTION, VQA), tiny=True),
+]}
+DEFAULT_VLM = "blip2"
+UNSUPPORTED = {"minigpt-v2": "MiniGPT-v2 has no transformers implementation; it is out of scope for now."}
+
+
+def resolve_spec(name: str | Path) -> tuple[VlmSpec, str]:
+    """(spec, checkpoint) for a key (`blip2`), a Hugging Face repo id, or a local checkpoint folder."""
+    key = str(name)
+    if key in UNSUPPORTED:
+        raise VlmError(UNSUPPORTED[key])
+    if key in VLM_SPECS:
+        spec = VLM_SPECS[key]
+        return spec, spec.checkpoint
+    path = Path(key).expanduser()
+    if path.is_dir():
+        cfg = path / "config.json"
+        if not cfg.exists():
+            raise VlmError(f"{path} is not a model checkpoint folder (no config.json)")
+        model_type = json.loads(cfg.read_text()).get("model_type", "")
+        family = {"blip-2": "blip2", "llava_next": "llava"}.get(model_type)
+        if family is None:
+            raise VlmError(f"{path}: model type {model_type!r} is not supported; BLIP-2 and LLaVA-1.6 are")
+        tasks = (CAPTION, VQA) if family == "llava" else (CAPTION,)
+        return VlmSpec(str(path), family, str(path), path.name, 0.0, "see the checkpoint", tasks), str(path.resolve())
+    for spec in VLM_SPECS.values():
+        if spec.checkpoint == key:
+            return spec, key
+    raise VlmError(f"unknown VLM {key!r}; choose one of {', '.join(VLM_SPECS)} or give a checkpoint folder")
+
+
+def checkpoint_folder(spec: VlmSpec, checkpoint: str, models_dir: Path) -> Path:
+    """Where the weights are on disk; tiny presets are built on first use, hub checkpoints must be downloaded."""
+    if spec.tiny:
+        from .tiny import ensure_tiny_checkpoint
+
+        return ensure_tiny_checkpoint(spec.checkpoint, models_dir / "tiny")
+    path = Path(checkpoint)
+    if path.is_dir():
+        return path
+    local = models_dir / checkpoint.replace("/", "--")
+    if (local / "config.json").exists():
+        return local
+    try:
+        from ..hub_cache import repo_in_cache
+
+        if not repo_in_cache(checkpoint):   # never downloaded: say so without loading the download code
+            raise FileNotFoundError(checkpoint)
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(checkpoint, local_files_only=True))
+    except Exception as exc:
+        raise VlmWeightsMissing(
+            f"the weights of {spec.title} ({checkpoint}, about {spec.params_b * 2:.0f} GB in bf16) are not on this "
+            f"machine. Download them where there is internet (`myvlm models get` or `hf download {checkpoint}`, into the "
+            f"Hugging Face cache) or put a checkpoint folder at {local}. "
+            f"Nothing is downloaded without your say-so.") from exc
+
+
+def resolve_vlm_name(catalog: Catalog, option: str | None = None) -> str:
+    """The VLM this run uses: the front door's option, else the library's setting, else the default."""
+    return option or catalog.get_setting(SETTING_VLM) or DEFAULT_VLM
