@@ -23,9 +23,10 @@ setup: $(STAMP)
 ## make run [ALBUM=path] [LIBRARY=path]: open the desktop app (the first run asks for folders, offering Pictures;
 ## ALBUM opens that folder). A second `make run` on the same library brings the open window to the front.
 ## The offscreen platform exported above is for the tests: the app gets the real display, unless you set one.
+## On one line, so that make's echo of it is one line too (a continuation echoed a lone `\`).
+REAL_DISPLAY = $(if $(filter environment command line,$(origin QT_QPA_PLATFORM)),,env -u QT_QPA_PLATFORM)
 run: $(STAMP)
-	$(if $(filter environment command line,$(origin QT_QPA_PLATFORM)),,env -u QT_QPA_PLATFORM) \
-		$(VENV)/bin/myvlm-desktop $(LIBARG) $(if $(ALBUM),--album "$(ALBUM)",)
+	$(REAL_DISPLAY) $(VENV)/bin/myvlm-desktop $(LIBARG) $(if $(ALBUM),--album "$(ALBUM)",)
 
 ## make gui: the desktop app
 gui: $(STAMP)

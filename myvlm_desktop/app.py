@@ -25,6 +25,7 @@ from engine.catalog import SchemaTooNew
 from engine.library import APP_NAME, APP_SLUG, ENV_LIBRARY, default_library_path, follow_moves
 
 from .qt_compat import install_none_refcount_guard
+from .qt_deps import display_libraries_problem
 from .resources import app_icon, stylesheet
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,10 @@ def first_run(library: Path, settings: QSettings) -> tuple[Path, list[str]] | No
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, qt_args = build_parser().parse_known_args(argv)
+    problem = display_libraries_problem()
+    if problem:   # say what to install, instead of Qt's abort and core dump
+        print(problem, file=sys.stderr)
+        return 1
 
     set_application_names()
     app = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else APP_SLUG, *qt_args])
