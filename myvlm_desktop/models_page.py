@@ -69,8 +69,8 @@ def row_texts(row: dict[str, Any]) -> list[str]:
         size = f"{_human(row['partial_bytes'])} of ~{_human(row['approx_bytes'])}"
     else:
         size = f"~{_human(row['approx_bytes'])}"
-    purpose = row["purpose"] + (" — used out of the box" if row.get("default") else "")
-    return [label, purpose, row["state"], size, row["licence"]]
+    use = str(row.get("feature") or row["purpose"]).capitalize() + (", default" if row.get("default") else "")
+    return [label, use, row["state"], size, row["licence"]]  # the purpose in full: the For cell's tooltip
 
 
 # -- the worker ------------------------------------------------------------------------------------------------------
@@ -202,7 +202,7 @@ class ModelsPanel(QWidget):
         self.tree.setHeaderLabels(["Model", "For", "State", "Size", "Licence"])
         self.tree.setRootIsDecorated(False)
         header = self.tree.header()
-        for col in (0, 2, 3):
+        for col in range(4):  # every cell in full; the licence takes the rest (its tooltip has it all)
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
         header.setStretchLastSection(True)
         self.tree.currentItemChanged.connect(self._on_current)
@@ -261,7 +261,8 @@ class ModelsPanel(QWidget):
                 row["state"], Qt.GlobalColor.darkRed)
             item.setForeground(2, colour)
             item.setToolTip(0, row.get("where") or "")
-            item.setToolTip(1, f"{row['title']}: {row['purpose']}")
+            item.setToolTip(1, f"{row['title']}: {row['purpose']}" + ("; used out of the box" if row.get("default")
+                                                                      else ""))
             item.setToolTip(4, row["licence"])
             self.tree.addTopLevelItem(item)
             if row["name"] == current:

@@ -93,6 +93,9 @@ def model_rows(doctor: dict[str, Any]) -> list[dict[str, Any]]:
     return list(doctor.get("models", {}).get("catalogue", []))
 
 
+MODELS_TABLE_CHROME_PX = 64  # the dialog's width around the models table: margins, the tab frame, the table's frame
+
+
 class SettingsDialog(QDialog):
     libraryChosen = Signal(str)  # another library folder to open
 
@@ -238,6 +241,17 @@ class SettingsDialog(QDialog):
         self.preview_cache.setValue(int(data["preview_cache_bytes"] / 1024**2))
         self.model_panel.set_library(data["library"])
         self.model_panel.set_rows(model_rows(data["doctor"]))
+        self._fit_models_table()
+
+    def _fit_models_table(self) -> None:
+        """Widen the dialog (within the screen) until every column of the models table shows its text in full."""
+        tree = self.models
+        need = sum(max(tree.sizeHintForColumn(c), tree.header().sectionSizeHint(c)) for c in range(tree.columnCount()))
+        need += MODELS_TABLE_CHROME_PX + tree.verticalScrollBar().sizeHint().width()
+        screen = self.screen()
+        room = screen.availableGeometry().width() - 40 if screen is not None else need
+        if need > self.width():
+            self.resize(min(room, need), self.height())
 
     def _on_failed(self, exc: BaseException) -> None:
         self.loading.setText(f"Settings could not be read: {user_message(exc)}")

@@ -34,7 +34,7 @@ from engine.catalog import Photo
 
 from .grid import thumb_key
 from .thumbnails import ThumbKey, ThumbnailLoader
-from .widgets import FlowLayout, heading
+from .widgets import FlowLayout, fit_to_width, heading
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ class NameThingDialog(QDialog):
         self.name_edit.textChanged.connect(
             lambda t: self.buttons.button(QDialogButtonBox.StandardButton.Ok).setEnabled(bool(t.strip())))
         self.buttons.button(QDialogButtonBox.StandardButton.Ok).setEnabled(False)
-        self.resize(420, 10)
+        fit_to_width(self, 440)
 
     def name(self) -> str:
         return " ".join(self.name_edit.text().split())

@@ -149,6 +149,17 @@ def heading(text: str, object_name: str = "sectionHeading") -> QLabel:
     return label
 
 
+def fit_to_width(window: QWidget, width: int) -> None:
+    """Give a dialog with wrapped text the height its layout needs at `width`, as its minimum too: a top-level
+    window does not ask its layout's height-for-width, so `resize(w, small)` cut wrapped labels to one line."""
+    lay = window.layout()
+    height = lay.totalHeightForWidth(width) if lay is not None and lay.hasHeightForWidth() else -1
+    if height <= 0:
+        height = window.sizeHint().height()
+    window.setMinimumSize(width, height)
+    window.resize(width, height)
+
+
 def hline() -> QFrame:
     line = QFrame()
     line.setFrameShape(QFrame.Shape.HLine)
