@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Screenshots of the desktop app's main views, rendered offscreen into docs/screenshots/.
 
-    .venv/bin/python scripts/screenshots.py [--out docs/screenshots] [--album PATH]
+    .venv/bin/python scripts/screenshots.py [--out docs/screenshots] [--album PATH] [--size 1920x1080]
 
 The library is built in a temporary folder from the KPhotoAlbum demo album (fetched by
 scripts/fetch_test_data.py): thumbnails and faces (dlib) are indexed, the two face groups dlib finds are named as
@@ -30,7 +30,16 @@ sys.path.insert(0, str(ROOT))
 from PySide6.QtCore import QSettings, Qt
 from PySide6.QtWidgets import QApplication
 
-SIZE = (1280, 800)
+SIZE = (1280, 800)  # the README's screenshots; --size renders others (e.g. 1920x1080) to check the layout
+
+
+def window_size(text: str) -> tuple[int, int]:
+    """"1920x1080" -> (1920, 1080)."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size like 1280x800: {text}") from None
+    return width, height
 
 
 def build_library(album: Path, lib_dir: Path) -> dict[str, int]:
@@ -122,6 +131,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
     p.add_argument("--album", type=Path, default=ROOT / ".cache" / "test-data" / "kphotoalbum")
+    p.add_argument("--size", type=window_size, default=SIZE, help="the window's size, e.g. 1920x1080")
+    p.add_argument("--library", type=Path, help="build the demo library here and keep it; reuse it if it is there "
+                   "(quicker when rendering again)")
     args = p.parse_args()
     if not (args.album / "index.xml").exists():
         print(f"no album at {args.album}: run scripts/fetch_test_data.py first", file=sys.stderr)
@@ -129,17 +141,28 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="myvlm-shots-"))
     try:
-        return shoot(args.album, work, args.out)
+        return shoot(args.album, work, args.out, args.size, args.library)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def shoot(album: Path, work: Path, out: Path) -> int:
+def demo_photo_ids(album: Path, lib_dir: Path) -> dict[str, int]:
+    """The photo ids of a demo library built before, by their path in the album."""
+    from engine.api import Library
+
+    with Library(lib_dir) as lib:
+        return {Path(p.path).relative_to(album).as_posix(): p.id for p in lib.photos()}
+
+
+def shoot(album: Path, work: Path, out: Path, size: tuple[int, int] = SIZE, keep: Path | None = None) -> int:
     from myvlm_desktop import app as app_module
 
-    lib_dir = work / "library"
-    print("building the demo library…", file=sys.stderr)
-    ids = build_library(album, lib_dir)
+    lib_dir = keep or work / "library"
+    if keep is not None and (keep / "library.db").exists():
+        ids = demo_photo_ids(album, lib_dir)
+    else:
+        print("building the demo library…", file=sys.stderr)
+        ids = build_library(album, lib_dir)
     app_module.set_application_names()
     QSettings.setPath(QSettings.Format.NativeFormat, QSettings.Scope.UserScope, str(work / "config"))
     app = QApplication.instance() or QApplication([])
@@ -148,9 +171,9 @@ def shoot(album: Path, work: Path, out: Path) -> int:
     from myvlm_desktop.sidebar import CONCEPT, PEOPLE, PERSON, THINGS
 
     window = MainWindow(lib_dir, auto_index=False, watch=False, options={"vlm": "tiny-blip2"})
-    window.resize(*SIZE)
+    window.resize(*size)
     window.show()
-    window.splitter.setSizes([220, 690, 370])
+    window.splitter.setSizes([220, size[0] - 590, 370])
     settle(app)
     shots: list[str] = []
 
@@ -207,7 +230,16 @@ def shoot(album: Path, work: Path, out: Path) -> int:
     load_visible(app, window)
     save("thing")
 
-    # 6. teaching the captioner: targets reviewed, a short real training run, the loss plot
+    # 6. naming a thing from the selected photos
+    from myvlm_desktop.things_page import NameThingDialog
+
+    name_dlg = NameThingDialog(3, window._names, window)
+    name_dlg.show()
+    settle(app)
+    save("name-thing", name_dlg)
+    name_dlg.close()
+
+    # 7. teaching the captioner: targets reviewed, a short real training run, the loss plot
     from myvlm_desktop.training import TeachDialog
 
     dlg: TeachDialog = window.teach(concept_id=spiff.id)
@@ -221,16 +253,16 @@ def shoot(album: Path, work: Path, out: Path) -> int:
     save("teach-training", dlg)
     dlg.close()
 
-    # 7. settings: models present and missing, with what to do
+    # 8. settings: models present and missing, with what to do
     settings = window.open_settings()
     wait(app, lambda: settings.data is not None, 60)
     settings.tabs.setCurrentIndex(1)
-    settings.resize(860, 600)
+    settings.resize(settings.width(), 600)  # as wide as its models table needs
     settle(app)
     save("settings", settings)
     settings.reject()
 
-    # 8. dark
+    # 9. dark
     window.set_theme("dark")
     window.navigate("library", None)
     center(window, ids["anne_helene.jpg"])
@@ -240,7 +272,7 @@ def shoot(album: Path, work: Path, out: Path) -> int:
     save("dark")
     window.set_theme("light")
 
-    # 9. full view
+    # 10. full view
     window.select_photo(ids["bar55_2.jpg"])
     window.open_full_view()
     wait(app, lambda: window.full_view.canvas.has_image(), 20)
