@@ -1263,7 +1263,7 @@ class MainWindow(QMainWindow):
         if not name:
             return
         if face.person_id:
-            self.name_group(face.person_id, name)
+            self.name_group(face.person_id, name, [face.face_id])  # the one face the user looked at
         else:
             self._people_call(lambda lib: lib.people().create(name, [face.face_id]), f"Named {name}")
 
@@ -1284,7 +1284,8 @@ class MainWindow(QMainWindow):
 
         self.actions_thread.call(fn, finished, self._failed("That did not work"), label=message)
 
-    def name_group(self, group_id: int, name: str) -> None:
+    def name_group(self, group_id: int, name: str, face_ids: list[int] | None = None) -> None:
+        """`face_ids`: the faces the user saw; naming confirms those (None: the group as it stands)."""
         name = " ".join(name.split())
         if not name:
             return
@@ -1293,7 +1294,8 @@ class MainWindow(QMainWindow):
             if self._view == (PERSON, group_id) and person_id != group_id:
                 self.navigate(PERSON, person_id)  # merged into someone else: show them
 
-        self._people_call(lambda lib: lib.people().name(group_id, name), f"Named {name}", after)
+        shown = list(face_ids) if face_ids else None
+        self._people_call(lambda lib: lib.people().name(group_id, name, shown), f"Named {name}", after)
 
     def reject_suggestion(self, group_id: int, person_id: int) -> None:
         self._people_call(lambda lib: lib.reject_suggestion(group_id, person_id), "Noted: not them")

@@ -59,6 +59,7 @@ class GroupInfo:
     hidden: bool
     sample_faces: list[int]
     suggestions: list[tuple[int, str, float]] = field(default_factory=list)  # (person id, name, similarity)
+    face_ids: list[int] = field(default_factory=list)  # the group as shown: naming it confirms these, no others
 
 
 @dataclass
@@ -81,9 +82,9 @@ def load_people(lib: Library, include_hidden: bool = False, with_suggestions: bo
         max_distance = None
     named, groups = [], []
     for r in rows:
-        sample = [f["id"] for f in people.faces_of(r["id"])[:CARD_FACES]]
+        face_ids = [f["id"] for f in people.faces_of(r["id"])]
         info = GroupInfo(r["id"], r["name"], int(r["face_count"] or 0), int(photo_counts.get(r["id"], 0)),
-                         bool(r["hidden"]), sample)
+                         bool(r["hidden"]), face_ids[:CARD_FACES], face_ids=face_ids)
         if r["name"]:
             named.append(info)
         else:
@@ -157,7 +158,7 @@ def dropped_person(event: Any) -> int | None:
 class GroupCard(QFrame):
     """One unnamed group: sample faces, "Who is this?", "Is this X?" yes/no, hide, and a menu."""
 
-    nameRequested = Signal(int, str)          # group id, typed name (an existing name merges)
+    nameRequested = Signal(int, str, list)    # group id, typed name (an existing name merges), faces shown
     rejectRequested = Signal(int, int)        # group id, person id ("No, this is not X")
     hideRequested = Signal(int)
     mergeRequested = Signal(int, int)         # source id, target id
@@ -204,7 +205,8 @@ class GroupCard(QFrame):
             ask.setToolTip(f"The faces look alike (similarity {sim:.2f})")
             yes = QPushButton("Yes")
             yes.setObjectName("suggestYes")
-            yes.clicked.connect(lambda _=False, n=name: self.nameRequested.emit(self.group.id, n))
+            yes.clicked.connect(lambda _=False, n=name: self.nameRequested.emit(self.group.id, n,
+                                                                                self.group.face_ids))
             no = QPushButton("No")
             no.setObjectName("suggestNo")
             no.setToolTip(f"Not {name}: never suggested for these faces again")
@@ -238,7 +240,7 @@ class GroupCard(QFrame):
     def _name(self) -> None:
         text = self.name_edit.text().strip()
         if text:
-            self.nameRequested.emit(self.group.id, text)
+            self.nameRequested.emit(self.group.id, text, self.group.face_ids)
 
     # drag this group; drop another onto it
     def mousePressEvent(self, event: Any) -> None:
@@ -312,7 +314,7 @@ class PersonTile(QToolButton):
 class PeoplePage(QScrollArea):
     """The overview: people you named, then the groups waiting for a name, largest first."""
 
-    nameRequested = Signal(int, str)
+    nameRequested = Signal(int, str, list)
     rejectRequested = Signal(int, int)
     hideRequested = Signal(int)
     hideSmallRequested = Signal(int)
@@ -451,13 +453,14 @@ class PersonHeader(QWidget):
     forgetRequested = Signal(int)
     rejectFaces = Signal(list, int)       # face ids, person id
     moveFaces = Signal(list, int)         # face ids, target person id
-    nameRequested = Signal(int, str)      # an unnamed group's page: name it here
+    nameRequested = Signal(int, str, list)  # an unnamed group's page: name it here (faces shown)
 
     def __init__(self, loader: FaceCropLoader, parent: QWidget | None = None):
         super().__init__(parent)
         self.setObjectName("personHeader")
         self.loader = loader
         self.person: dict[str, Any] | None = None
+        self.shown_face_ids: list[int] = []
         self.targets: list[tuple[int, str]] = []
         loader.ready.connect(self._on_face_ready)
         lay = QVBoxLayout(self)
@@ -534,6 +537,7 @@ class PersonHeader(QWidget):
         self.teach_button.setVisible(named)
         self.hide_action.setText("Show This Person Again" if person.get("hidden") else "Hide This Person")
         self.faces.clear()
+        self.shown_face_ids = [f["id"] for f in faces]  # naming this group confirms these, not faces placed later
         for f in faces[:300]:
             item = QListWidgetItem()
             item.setData(Qt.ItemDataRole.UserRole, f["id"])
@@ -551,7 +555,7 @@ class PersonHeader(QWidget):
 
     def _name(self) -> None:
         if self.person and self.name_edit.text().strip():
-            self.nameRequested.emit(self.person["id"], self.name_edit.text().strip())
+            self.nameRequested.emit(self.person["id"], self.name_edit.text().strip(), self.shown_face_ids)
 
     def _refresh_item(self, item: QListWidgetItem) -> None:
         key = FaceCropLoader.key(item.data(Qt.ItemDataRole.UserRole))

@@ -264,6 +264,31 @@ def test_name_a_group_then_people_and_search_find_them(qtbot, window, indexed):
     assert w.view == (PERSON, jesper)
 
 
+def test_naming_a_group_confirms_the_faces_shown_not_one_placed_since(qtbot, window):
+    """The user's word covers what they saw: a face that clustering put into the group after the page was drawn
+    stays suggested (the user has not looked at it), the faces on the card become confirmed."""
+    w = window
+    open_people(qtbot, w)
+    jesper = group_of(w, "jesper.jpg")
+    card = w.people_page.card(jesper)
+    shown = set(card.group.face_ids)
+    assert shown and len(shown) == card.group.faces
+    # another process places a stranger's face into the group (a watcher's incremental run), before the user types
+    with Library(w.library_root) as other:
+        stranger = other.catalog.scalar(
+            "SELECT id FROM faces WHERE person_id IS NOT NULL AND person_id != ? ORDER BY id LIMIT 1", [jesper])
+        with other.catalog.write():
+            other.catalog.conn.execute("UPDATE faces SET person_id = ?, state = 'suggested' WHERE id = ?",
+                                       [jesper, stranger])
+    qtbot.keyClicks(card.name_edit, "Jesper")
+    qtbot.keyClick(card.name_edit, Qt.Key.Key_Return)
+    wait_idle(qtbot, w)
+    qtbot.waitUntil(lambda: w.library.people().person(jesper).get("name") == "Jesper", timeout=WAIT_MS)
+    states = {f["id"]: f["state"] for f in w.library.people().faces_of(jesper)}
+    assert {fid for fid, st in states.items() if st == "confirmed"} == shown
+    assert states[stranger] == "suggested"
+
+
 def test_a_name_given_elsewhere_shows_on_the_open_people_page(qtbot, window, lib_copy):
     """A group named outside the window (`myvlm name` in a terminal: another connection to the catalog) shows on
     the open People page and in the sidebar by itself, no F5."""
