@@ -107,10 +107,10 @@ class Library:
     # -- reading ----------------------------------------------------------------------------------------------------
 
     def stage_versions(self) -> list[tuple[str, int]]:
-        return [(name, version) for name, version, _ in self._stage_info()]
+        return [(name, version) for name, version, _, _ in self._stage_info()]
 
-    def _stage_info(self) -> list[tuple[str, int, str | None]]:
-        """(name, version, why it cannot run here or None) of every stage."""
+    def _stage_info(self) -> list[tuple[str, int, str | None, tuple[str, ...]]]:
+        """(name, version, why it cannot run here or None, the stages it needs) of every stage."""
         out = []
         for stage in self.pipeline().stages:
             try:
@@ -118,7 +118,7 @@ class Library:
                 reason = stage.unavailable(self.catalog)
             except Exception as exc:  # noqa: BLE001 - e.g. a broken model pack: the status still shows the rest
                 reason = str(exc)
-            out.append((stage.name, stage.version, reason))
+            out.append((stage.name, stage.version, reason, tuple(stage.requires)))
         return out
 
     def rotate(self, photo_id: int, degrees: int) -> None:
@@ -188,8 +188,8 @@ class Library:
 
     def status(self) -> dict[str, Any]:
         info = self._stage_info()
-        st = self.catalog.status_summary([(n, v) for n, v, _ in info])
-        for name, _, reason in info:
+        st = self.catalog.status_summary([(n, v, r) for n, v, _, r in info])
+        for name, _, reason, _ in info:
             st["stages"][name]["unavailable"] = reason
         q = self.catalog.query(
             "SELECT SUM(name IS NOT NULL) AS named, SUM(name IS NULL AND hidden = 0) AS unnamed, SUM(hidden) AS hidden "

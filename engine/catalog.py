@@ -746,7 +746,23 @@ class Catalog:
 
     # -- summaries --------------------------------------------------------------------------------------------------
 
-    def status_summary(self, stages: Iterable[tuple[str, int]] = ()) -> dict[str, Any]:
+    def _blocked_for_stage(self, stage: str, version: int, ancestors: list[str], versions: dict[str, int]) -> int:
+        """Photos a stage will never get to as things stand: the file could not be read (no content hash), or a
+        stage it needs failed on them (an unreadable picture fails the thumbnail stage). Not pending: errors."""
+        failed = " OR ".join("(r.stage = ? AND r.version = ?)" for _ in ancestors) or "0"
+        params: list[Any] = [stage, version]
+        for a in ancestors:
+            params += [a, versions[a]]
+        return int(self.scalar(
+            f"""SELECT COUNT(*) FROM photos p JOIN folders f ON f.id = p.folder_id
+                WHERE p.kind = 'image' AND p.status IN ('pending','ok','error') AND f.status = 'online'
+                  AND NOT EXISTS (SELECT 1 FROM stage_status s WHERE s.photo_id = p.id AND s.stage = ? AND s.version = ?
+                                  AND s.state IN ('done', 'error'))
+                  AND (p.content_hash IS NULL OR EXISTS (SELECT 1 FROM stage_status r WHERE r.photo_id = p.id
+                                                          AND r.state = 'error' AND ({failed})))""",
+            params) or 0)
+
+    def status_summary(self, stages: Iterable[tuple[str, int] | tuple[str, int, Iterable[str]]] = ()) -> dict[str, Any]:
         """Counts for `myvlm status` and the GUI status bar (shape documented in docs/cli-json.md)."""
         counts = {s: 0 for s in (PENDING, OK, ERROR, UNSUPPORTED, GONE, OFFLINE)}
         for r in self.query(
@@ -767,7 +783,9 @@ class Catalog:
             """SELECT COUNT(*) FROM photos p JOIN folders f ON f.id = p.folder_id
                WHERE p.kind = 'image' AND p.status IN ('pending','ok','error') AND f.status = 'online'"""
         )
-        for name, version in stages:
+        stages = [(s[0], s[1], tuple(s[2]) if len(s) > 2 else ()) for s in stages]   # (name, version[, requires])
+        versions = {name: version for name, version, _ in stages}
+        for name, version, _ in stages:
             row = self.query(
                 """SELECT SUM(s.state = 'done' AND s.version = ?) AS done, SUM(s.state = 'error' AND s.version = ?) AS err
                    FROM stage_status s JOIN photos p ON p.id = s.photo_id JOIN folders f ON f.id = p.folder_id
@@ -775,7 +793,9 @@ class Catalog:
                 [version, version, name],
             )[0]
             done, err = row["done"] or 0, row["err"] or 0
-            stage_info[name] = {"done": done, "errors": err, "pending": max(0, eligible - done - err)}
+            blocked = self._blocked_for_stage(name, version, _stage_ancestors(name, stages), versions)
+            stage_info[name] = {"done": done, "errors": err, "blocked": blocked,
+                                "pending": max(0, eligible - done - err - blocked)}
         errors = [
             {"id": r["id"], "path": r["path"], "error": r["last_error"]}
             for r in self.query("SELECT id, path, last_error FROM photos WHERE last_error IS NOT NULL ORDER BY path_bytes")
@@ -788,3 +808,16 @@ class Catalog:
             "stages": stage_info,
             "errors": errors,
         }
+
+
+def _stage_ancestors(name: str, stages: list[tuple[str, int, tuple[str, ...]]]) -> list[str]:
+    """Every stage `name` needs, directly or through another (thumbnail for faces, then for concepts...)."""
+    requires = {n: r for n, _, r in stages}
+    out: list[str] = []
+    todo = list(requires.get(name, ()))
+    while todo:
+        r = todo.pop()
+        if r not in out and r in requires:
+            out.append(r)
+            todo.extend(requires[r])
+    return out

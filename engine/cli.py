@@ -11,17 +11,18 @@ import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
-from collections.abc import Sequence
-from typing import Any
-
-from tqdm import tqdm
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TextIO
 
 from . import __version__
-from .api import FolderNotFound, Library
-from .catalog import DiskFull
 from .library import default_pictures_path
-from .pipeline import ALL, ERRORS, MISSING, ProgressEvent
+from .pipeline import ALL, ERRORS, MISSING
+
+if TYPE_CHECKING:   # the engine's API (stages, models) is imported by main(), once the command is known
+    from .api import Library
+    from .pipeline import ProgressEvent
 
 
 def _print_json(data: Any) -> None:
@@ -29,36 +30,96 @@ def _print_json(data: Any) -> None:
     sys.stdout.write("\n")
 
 
-class _Bars:
-    """tqdm bars on stderr, one per stage, fed by scanner and pipeline progress events."""
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):   # closed, or not a real stream
+        return False
 
-    def __init__(self, enabled: bool):
+
+def rate_text(done: int, seconds: float, unit: str = "photo") -> str:
+    """"4.2 photo/s" over the whole run so far, or "" when there is nothing to say (no time measured yet)."""
+    if done <= 0 or seconds <= 0:
+        return ""
+    return f"{done / seconds:.1f} {unit}/s"
+
+
+class IndexProgress:
+    """What `myvlm index` says on stderr while it works. On a terminal: one tqdm bar per stage. Anywhere else (a
+    pipe, a log file, CI): plain lines, a stage's start, a line every `interval_s` and its end, so no escape codes or
+    half-drawn bars end up glued to the messages. Rates are counted from when a stage starts (the scan: from when
+    the scan starts, not from its first burst of hashed files), on `clock`."""
+
+    def __init__(self, enabled: bool, stream: TextIO | None = None, *, terminal: bool | None = None,
+                 clock: Callable[[], float] = time.monotonic, interval_s: float = 30.0):
+        self.stream = stream if stream is not None else sys.stderr
         self.enabled = enabled
-        self.bars: dict[str, tqdm] = {}
+        self.terminal = enabled and (_is_terminal(self.stream) if terminal is None else terminal)
+        self.clock = clock
+        self.interval_s = interval_s
+        self.bars: dict[str, Any] = {}
+        self.started: dict[str, float] = {}
+        self.last_line: dict[str, float] = {}
 
-    def _bar(self, stage: str, total: int) -> tqdm:
+    def begin(self, stage: str) -> None:
+        """The stage's clock starts now (called before the scan: its first progress event comes late)."""
+        self.started.setdefault(stage, self.clock())
+
+    def _line(self, text: str) -> None:
+        if self.enabled:
+            print(text, file=self.stream, flush=True)
+
+    def _rate(self, stage: str, done: int) -> str:
+        return rate_text(done, self.clock() - self.started.get(stage, self.clock()),
+                         "file" if stage == "scan" else "photo")
+
+    def _bar(self, stage: str, total: int) -> Any:
+        from tqdm import tqdm   # only on a terminal
+
         bar = self.bars.get(stage)
         if bar is None:
-            bar = tqdm(total=total, desc=f"{stage:>9}", unit="photo", file=sys.stderr, dynamic_ncols=True,
-                       disable=not self.enabled, leave=True)
+            bar = tqdm(total=total, desc=f"{stage:>9}", file=self.stream, dynamic_ncols=True, leave=True,
+                       bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
             self.bars[stage] = bar
         elif bar.total != total:
             bar.total = total
         return bar
 
+    def _show(self, stage: str, done: int, total: int, errors: int = 0, final: str = "") -> None:
+        self.begin(stage)
+        extra = ", ".join(x for x in (self._rate(stage, done), f"{errors} errors" if errors else "") if x)
+        if self.terminal:
+            bar = self._bar(stage, total)
+            bar.n = done
+            bar.set_postfix_str(extra, refresh=False)
+            bar.refresh()
+            if final:
+                bar.close()
+            return
+        now = self.clock()
+        if final:
+            seconds = now - self.started[stage]
+            self._line(f"{stage}: {final} {done}/{total} in {seconds:.1f} s" + (f" ({extra})" if extra else ""))
+        elif stage not in self.last_line:
+            self._line(f"{stage}: {total} to do")
+        elif now - self.last_line[stage] >= self.interval_s:
+            self._line(f"{stage}: {done}/{total}" + (f" ({extra})" if extra else ""))
+        else:
+            return
+        self.last_line[stage] = now
+
     def scan(self, stage: str, done: int, total: int, current: str) -> None:
-        bar = self._bar("scan", total)
-        bar.n = done
-        bar.refresh()
+        if self.terminal:   # plain output has the scan's summary line after it
+            self._show("scan", done, total)
 
     def pipeline(self, ev: ProgressEvent) -> None:
-        bar = self._bar(ev.stage, ev.total)
-        bar.n = ev.done
-        if ev.errors:
-            bar.set_postfix(errors=ev.errors, refresh=False)
-        bar.refresh()
-        if ev.state in ("finished", "cancelled"):
-            bar.close()
+        if ev.state == "unavailable":
+            self._line(f"{ev.stage}: skipped, cannot run here — {ev.current}")
+            return
+        if ev.total == 0:
+            return   # nothing to do for this stage
+        final = {"finished": "done", "cancelled": "stopped at"}.get(ev.state, "")
+        self._show(ev.stage, ev.done, ev.total, ev.errors, final)
 
     def close(self) -> None:
         for bar in self.bars.values():
@@ -85,6 +146,8 @@ def _install_interrupt(lib: Library) -> threading.Event:
 # -- commands -----------------------------------------------------------------------------------------------------
 
 def cmd_index(args: argparse.Namespace, lib: Library) -> int:
+    from .api import FolderNotFound
+
     targets = list(args.paths)
     if not targets and not lib.folders():
         pictures = default_pictures_path()
@@ -106,12 +169,14 @@ def cmd_index(args: argparse.Namespace, lib: Library) -> int:
         if not args.json:
             print(f"watching {folder.path}", file=sys.stderr)
     stopped = _install_interrupt(lib)
-    bars = _Bars(enabled=not args.no_progress)
+    bars = IndexProgress(enabled=not args.no_progress)
     try:
+        bars.begin("scan")
         scan = lib.scan(progress=bars.scan)
         bars.close()
         if not args.json:
-            print(f"scanned {scan.seen} files in {scan.seconds:.1f}s: {scan.new} new, {scan.changed} changed, "
+            rate = rate_text(scan.seen, scan.seconds, "file")
+            print(f"scanned {scan.seen} files in {scan.seconds:.1f}s{f' ({rate})' if rate else ''}: {scan.new} new, {scan.changed} changed, "
                   f"{scan.moved} moved, {scan.gone} gone, {scan.duplicates} duplicates, {scan.unsupported} unsupported, "
                   f"{scan.errors} errors" + (f"; offline: {', '.join(scan.offline)}" if scan.offline else ""),
                   file=sys.stderr)
@@ -127,6 +192,7 @@ def cmd_index(args: argparse.Namespace, lib: Library) -> int:
 
 
 def cmd_watch(args: argparse.Namespace, lib: Library) -> int:
+    from .api import FolderNotFound
     from .watch import FolderWatcher
 
     for t in args.paths:
@@ -182,9 +248,11 @@ def _print_status(st: dict[str, Any]) -> None:
           f"{p['unsupported']} unsupported, {p['offline']} offline, {p['gone']} gone")
     for name, s in st["stages"].items():
         if s.get("unavailable"):
-            print(f"  stage {name}: not available here — {s['unavailable']}")
+            print(f"  stage {name}: not available here, {s['pending']} photos waiting — {s['unavailable']}")
         else:
-            print(f"  stage {name}: {s['done']} done, {s['pending']} pending, {s['errors']} errors")
+            blocked = f", {s['blocked']} blocked by an earlier error (see Problems)" if s.get("blocked") else ""
+            print(f"  stage {name}: {s['done']} done, {s['pending']} pending, {s['errors']} errors{blocked}")
+    print(status_verdict(st))
     pe = st.get("people")
     if pe and pe["faces"]:
         hint = " — name them: myvlm people" if pe["unnamed"] else ""
@@ -199,6 +267,22 @@ def _print_status(st: dict[str, Any]) -> None:
             print(f"  {e['path']}: {e['error']}")
         if len(errors) > 20:
             print(f"  … and {len(errors) - 20} more: myvlm photos --errors")
+
+
+def status_verdict(st: dict[str, Any]) -> str:
+    """One sentence: is the library up to date? Never "up to date" while a stage cannot run or work is left."""
+    stages = st["stages"]
+    cannot = [name for name, s in stages.items() if s.get("unavailable")]
+    pending = max((s["pending"] for name, s in stages.items() if name not in cannot), default=0)
+    problems = st["photos"]["error"]
+    if cannot:
+        return (f"Not up to date: {', '.join(cannot)} cannot run here (why and how to fix: above)"
+                + (f"; {pending} photos still to process: myvlm index" if pending else "") + ".")
+    if pending:
+        return f"Not up to date: {pending} photos still to process: myvlm index."
+    if problems:
+        return f"Up to date, except {problems} file(s) that cannot be read (Problems, below)."
+    return "Up to date."
 
 
 def cmd_status(args: argparse.Namespace, lib: Library) -> int:
@@ -400,7 +484,10 @@ def _photo_arg(lib: Library, text: str):
 
 
 def _train_and_report(args: argparse.Namespace, lib: Library, concept) -> int:
-    bar = tqdm(total=None, desc="training", unit="step", file=sys.stderr, disable=args.json, leave=False)
+    from tqdm import tqdm
+
+    bar = tqdm(total=None, desc="training", unit="step", file=sys.stderr, leave=False,
+               disable=args.json or not _is_terminal(sys.stderr))   # a bar only where it can be drawn
 
     def progress(step: int, total: int, loss: float | None = None, **_: Any) -> None:
         bar.total = total
@@ -425,6 +512,15 @@ def _train_and_report(args: argparse.Namespace, lib: Library, concept) -> int:
         print(f"{concept.name} ({concept.kind}, identifier {concept.identifier!r}): head ready{quality}; "
               f"found in {found} photo(s)")
     return 0
+
+
+def _why_no_suggestions(encoder: Any) -> str:
+    """Suggestions come from CLIP embeddings: without its weights there are none to look at, which is not the same
+    as "nothing recurring"."""
+    missing = encoder.missing_reason()
+    if missing:
+        return f"no suggestions: finding recurring things needs CLIP, which cannot run here — {missing}"
+    return "nothing recurring to suggest yet"
 
 
 def cmd_concept(args: argparse.Namespace, lib: Library) -> int:
@@ -492,7 +588,7 @@ def cmd_concept(args: argparse.Namespace, lib: Library) -> int:
                     print(f"{len(s.photo_ids)} photos of this over {s.days} days — name it? e.g. {rep.path if rep else '?'}"
                           f"\n    myvlm concept add-object NAME {' '.join(map(str, s.photo_ids[:4]))}")
                 if not found:
-                    print("nothing recurring to suggest yet")
+                    print(_why_no_suggestions(enc))
             return 0
         if args.action == "remove":
             reg.remove(reg.get(args.concept).id)
@@ -787,6 +883,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         logging.getLogger("engine").addHandler(handler)
         logging.getLogger("engine").setLevel(logging.INFO)
+    from .api import Library
+    from .catalog import DiskFull
+
     try:
         lib = Library(args.library)
     except Exception as exc:  # noqa: BLE001 - the message is for the user

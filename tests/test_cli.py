@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sqlite3
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from engine import __version__
 from engine.catalog import SCHEMA_VERSION, Catalog, SchemaTooNew
+from engine.cli import IndexProgress, status_verdict
 from engine.library import LibraryPaths
 
 from .conftest import myvlm
@@ -36,7 +38,7 @@ def test_index_status_photos_json(tmp_path: Path, album: Path):
     assert out["scan"]["new"] == 3 and out["pipeline"]["stages"]["thumbnail"]["processed"] == 3
     st = json.loads(myvlm("status", "--json", library=lib).stdout)
     assert st["photos"]["ok"] == 3
-    assert st["stages"]["thumbnail"] == {"done": 3, "errors": 0, "pending": 0, "unavailable": None}
+    assert st["stages"]["thumbnail"] == {"done": 3, "errors": 0, "blocked": 0, "pending": 0, "unavailable": None}
     assert "hf download" in st["stages"]["clip"]["unavailable"]  # no CLIP weights here
     assert st["folders"][0]["path"] == str(album) and st["schema_version"] == SCHEMA_VERSION
     photos = json.loads(myvlm("photos", "--json", library=lib).stdout)
@@ -123,3 +125,94 @@ def test_engine_never_imports_qt():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# -- first impressions of the command line (issue 16, item 8) ----------------------------------------------------
+
+
+def test_index_into_a_pipe_prints_lines_not_bars(tmp_path: Path, album: Path):
+    res = myvlm("index", str(album), library=tmp_path / "lib")   # stderr is a pipe here, as in a log or CI
+    err = res.stderr
+    assert "\r" not in err and "\x1b" not in err and "%|" not in err   # no bar drawn, no escape codes
+    assert "thumbnail: 3 to do" in err and "thumbnail: done 3/3 in" in err
+    assert "clip: skipped, cannot run here — CLIP weights for ViT-B-32 are not downloaded" in err
+
+
+def test_bars_on_a_terminal_count_the_rate_from_the_scan_start():
+    """The scan's first progress event arrives when its first batch of files is hashed; a bar started then showed
+    the whole batch done in microseconds ("scan: 2067614 photo/s")."""
+    now = [100.0]
+    out = io.StringIO()
+    progress = IndexProgress(True, out, terminal=True, clock=lambda: now[0])
+    progress.begin("scan")
+    now[0] += 10.0
+    progress.scan("scan", 36, 36, "a.jpg")
+    progress.close()
+    assert "36/36" in out.getvalue() and "3.6 file/s" in out.getvalue()
+
+
+def test_plain_progress_lines_say_start_progress_and_end():
+    from engine.pipeline import ProgressEvent
+
+    now = [0.0]
+    out = io.StringIO()
+    progress = IndexProgress(True, out, terminal=False, clock=lambda: now[0], interval_s=30)
+    progress.pipeline(ProgressEvent("faces", 0, 100))
+    now[0] = 10.0
+    progress.pipeline(ProgressEvent("faces", 20, 100))     # within the interval: quiet
+    now[0] = 31.0
+    progress.pipeline(ProgressEvent("faces", 62, 100, errors=1))
+    now[0] = 50.0
+    progress.pipeline(ProgressEvent("faces", 100, 100, errors=1, state="finished"))
+    progress.pipeline(ProgressEvent("clip", 0, 0, "no weights", state="unavailable"))
+    assert out.getvalue().splitlines() == [
+        "faces: 100 to do",
+        "faces: 62/100 (2.0 photo/s, 1 errors)",
+        "faces: done 100/100 in 50.0 s (2.0 photo/s, 1 errors)",
+        "clip: skipped, cannot run here — no weights"]
+
+
+def _status(stages: dict, errors: int = 0) -> dict:
+    return {"photos": {"error": errors}, "stages": {
+        name: {"done": 3, "errors": 0, "blocked": 0, "pending": pending, "unavailable": why}
+        for name, (pending, why) in stages.items()}}
+
+
+def test_status_says_up_to_date_only_when_every_stage_ran():
+    assert status_verdict(_status({"thumbnail": (0, None), "faces": (0, None)})) == "Up to date."
+    not_here = status_verdict(_status({"thumbnail": (0, None), "clip": (3, "CLIP weights are not downloaded")}))
+    assert not_here.startswith("Not up to date: clip cannot run here") and "Up to date." not in not_here
+    assert status_verdict(_status({"thumbnail": (2, None)})) == "Not up to date: 2 photos still to process: myvlm index."
+    assert "1 file(s) that cannot be read" in status_verdict(_status({"thumbnail": (0, None)}, errors=1))
+
+
+def test_status_after_index_without_models_is_not_up_to_date(tmp_path: Path, album: Path):
+    lib = tmp_path / "lib"
+    myvlm("index", str(album), "--stage", "thumbnail", "--no-progress", library=lib)
+    text = myvlm("status", library=lib).stdout
+    assert "Not up to date: clip, captions cannot run here" in text and "Up to date." not in text
+    assert "stage clip: not available here, 3 photos waiting — CLIP weights" in text
+
+
+def test_unreadable_files_are_errors_with_their_reason_not_pending(tmp_path: Path, album: Path):
+    (album / "noise.jpg").write_bytes(bytes(range(256)) * 20)
+    (album / "cut.jpg").write_bytes((album / "0.jpg").read_bytes()[:2000])
+    lib = tmp_path / "lib"
+    myvlm("index", str(album), "--no-progress", library=lib)
+    st = json.loads(myvlm("status", "--json", library=lib).stdout)
+    assert st["photos"]["error"] == 2 and st["photos"]["pending"] == 0
+    assert st["stages"]["thumbnail"]["errors"] == 2
+    for stage in ("faces", "concepts"):   # they need the thumbnail: never pending for these two, blocked
+        assert st["stages"][stage]["blocked"] == 2 and st["stages"][stage]["pending"] == 0, stage
+    assert st["stages"]["clip"]["blocked"] == 2 and st["stages"]["clip"]["pending"] == 3   # waits for weights
+    text = myvlm("status", library=lib).stdout
+    assert "stage faces: 3 done, 0 pending, 0 errors, 2 blocked by an earlier error (see Problems)" in text
+    assert "cut.jpg: truncated file" in text and "noise.jpg: not an image" in text
+
+
+def test_concept_suggest_says_clip_is_missing(tmp_path: Path, album: Path):
+    lib = tmp_path / "lib"
+    myvlm("index", str(album), "--stage", "thumbnail", "--no-progress", library=lib)
+    out = myvlm("concept", "suggest", library=lib).stdout
+    assert "nothing recurring" not in out
+    assert "finding recurring things needs CLIP" in out and "myvlm models get" in out

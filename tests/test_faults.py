@@ -213,7 +213,7 @@ def test_kill_while_finding_faces_and_during_a_caption_batch_loses_nothing(base:
         st = lib.catalog.status_summary(lib.stage_versions())
         assert st["photos"]["ok"] == N_PHOTOS
         for stage in ("thumbnail", "faces", "concepts", "captions"):
-            assert st["stages"][stage] == {"done": N_PHOTOS, "errors": 0, "pending": 0}, stage
+            assert st["stages"][stage] == {"done": N_PHOTOS, "errors": 0, "blocked": 0, "pending": 0}, stage
         q = lib.catalog.query
         # nothing was done twice: every photo's stages ran at most once (0: taken from files a killed run wrote)
         assert q("SELECT stage, photo_id, runs FROM stage_status WHERE runs > 1") == []
