@@ -313,8 +313,27 @@ def _m4_captions_and_search(db: sqlite_utils.Database) -> None:
         db.execute(f"CREATE TRIGGER {name} {body}")
 
 
+def _m5_stage_claims(db: sqlite_utils.Database) -> None:
+    """Which run is working on a photo's stage (engine/claims.py): two runs on one library never do it twice."""
+    db.executescript(
+        """
+        CREATE TABLE stage_claims (
+            photo_id INTEGER NOT NULL REFERENCES photos(id) ON DELETE CASCADE,
+            stage TEXT NOT NULL,
+            token TEXT NOT NULL,                -- the run holding the claim
+            pid INTEGER NOT NULL,               -- its process ...
+            host TEXT NOT NULL,                 -- ... on this machine ...
+            started REAL NOT NULL,              -- ... started at this time (a reused pid is another process)
+            expires REAL NOT NULL,              -- unix time; the run pushes it forward while it works
+            PRIMARY KEY (photo_id, stage)
+        ) WITHOUT ROWID;
+        CREATE INDEX stage_claims_token ON stage_claims(token);
+        """
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _m1_foundation, _m2_faces, _m3_clip_and_concepts, _m4_captions_and_search,
+    _m1_foundation, _m2_faces, _m3_clip_and_concepts, _m4_captions_and_search, _m5_stage_claims,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -712,6 +731,11 @@ class Catalog:
                WHERE p.content_hash = ? AND s.stage = ? AND s.version = ? AND s.state = 'done' LIMIT 1""",
             [content_hash, stage, version],
         )
+
+    def stage_done(self, photo_id: int, stage: str, version: int) -> bool:
+        """Is this photo's stage done at this version (e.g. by another run, while this one worked on it)?"""
+        return bool(self.scalar("SELECT 1 FROM stage_status WHERE photo_id = ? AND stage = ? AND version = ? "
+                                "AND state = 'done'", [photo_id, stage, version]))
 
     def mark_stage(
         self, photo_id: int, stage: str, version: int, state: str, error: str | None = None, ran: bool = True

@@ -7,16 +7,17 @@ missing. Photos with identical content share one run of each stage.
 
 from __future__ import annotations
 
-import itertools
+import functools
 import logging
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import claims
 from . import paths as P
 from .catalog import Catalog, DiskFull, disk_full, is_disk_full
 
@@ -24,6 +25,13 @@ log = logging.getLogger(__name__)
 
 MISSING, ALL, ERRORS = "missing", "all", "errors"
 COMMIT_INTERVAL_S = 0.25
+CLAIM_CHUNK_MIN = 4   # content groups claimed at a time (at least)
+CLAIM_WAIT_S = 0.5    # how often a run waiting for another run's photos looks again
+
+
+class StageUnavailable(RuntimeError):
+    """Raised by a stage's `before_work` when it finds only on starting that it cannot run here (its model's files
+    are on disk but do not load): the stage is skipped with this sentence, as if `unavailable()` had said it."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +151,7 @@ class StageReport:
     errors: int = 0
     seconds: float = 0.0
     unavailable: str | None = None  # why the stage could not run here (then nothing was attempted)
+    elsewhere: int = 0  # photos another run on the same library did meanwhile (this run waited for them)
 
 
 @dataclass
@@ -175,6 +184,7 @@ class Pipeline:
         self._running = threading.Event()
         self._running.set()
         self._listeners: list[ProgressCallback] = []
+        self.owner = claims.ClaimOwner.for_this_run()  # names this run in the claims it makes
 
     # -- control (thread-safe) --------------------------------------------------------------------------------------
 
@@ -237,105 +247,121 @@ class Pipeline:
         total = len(rows)
         if total == 0:
             return rep
+        run = _StageRun(self, stage, rep, total, retry_errors, reuse)
+        try:
+            run.until_done(rows)
+        except StageUnavailable as exc:  # its model did not load: skipped like an unavailable stage, with why
+            rep.unavailable = str(exc)
+            log.warning("stage %s skipped: %s", stage.name, exc)
+            self._emit(ProgressEvent(stage.name, 0, 0, str(exc), 0, "unavailable"))
+            return rep
+        finally:
+            run.release_claims()
+        if run.full is not None:
+            self._emit(ProgressEvent(stage.name, run.done, total, str(run.full), rep.errors, "cancelled"))
+            raise run.full
+        stage.finish(cat)
+        rep.seconds = time.perf_counter() - start
+        if not self.cancelled:
+            rep.elsewhere = max(0, total - (rep.processed + rep.shared + rep.cached + rep.errors))
+        state = "cancelled" if self.cancelled else "finished"
+        self._emit(ProgressEvent(stage.name, run.done, total, run.current, rep.errors, state))
+        log.info("stage %s: %d processed, %d shared, %d cached, %d errors, %d done by another run in %.1fs (%s)",
+                 stage.name, rep.processed, rep.shared, rep.cached, rep.errors, rep.elsewhere, rep.seconds, state)
+        return rep
+
+
+class _StageRun:
+    """One stage of one pipeline run: claims photos in chunks, works on them, commits, and waits at the end for
+    photos another run is doing (engine/claims.py), so the stage is done everywhere when it returns."""
+
+    def __init__(self, pipeline: Pipeline, stage: Stage, rep: StageReport, total: int, retry_errors: bool,
+                 reuse: bool):
+        self.pipe = pipeline
+        self.cat = pipeline.catalog
+        self.stage = stage
+        self.rep = rep
+        self.total = total
+        self.retry_errors = retry_errors
+        self.reuse = reuse
+        self.owner = pipeline.owner
+        self.done = 0
+        self.current = ""
+        self.full: DiskFull | None = None   # the disk filled up: stop, keep what is stored, leave the rest to do
+        self.pending_commits: list[Callable[[], None]] = []
+        self.last_commit = time.perf_counter()
+        self.last_renew = time.monotonic()
+        self.attempted: set[int] = set()     # photos this run worked on (or shared): never twice in one run
+        self.unclaimed: deque[list[Job]] = deque()   # content groups still to claim, this pass
+        self.ready: deque[list[Job]] = deque()       # claimed by this run, not started yet
+        self.elsewhere: set[int] = set()     # claimed by another live run, this pass
+
+    # -- passes -----------------------------------------------------------------------------------------------------
+
+    def until_done(self, rows: list) -> None:
+        """Passes over what is still to do, until nothing is left that this run may do (or it is cancelled)."""
+        while True:
+            rows = [r for r in rows if r["id"] not in self.attempted]
+            if not rows:
+                return
+            self.done = max(self.done, self.total - len(rows))
+            self._pass(rows)
+            if not self.elsewhere or self.pipe.cancelled or self.full is not None:
+                return
+            # the rest is being done by another run: wait for it (or for its claims to go stale, then do them)
+            self.pipe._emit(ProgressEvent(self.stage.name, self.done, self.total,
+                                          f"{len(self.elsewhere)} photo(s) being done by another indexing run",
+                                          self.rep.errors))
+            if self.pipe._cancel.wait(CLAIM_WAIT_S):
+                return
+            rows = self.cat.pending_for_stage(self.stage.name, self.stage.version, self.stage.requires,
+                                              retry_errors=self.retry_errors)
+
+    def _pass(self, rows: list) -> None:
+        cat, stage = self.cat, self.stage
+        self.elsewhere = set()
         groups: dict[str, list[Job]] = defaultdict(list)
         for r in rows:
             groups[r["content_hash"]].append(Job(r["id"], r["path_bytes"], r["content_hash"], r["name"]))
-
-        done = 0
-        pending_commits: list[Callable[[], None]] = []
-        last_commit = time.perf_counter()
-        current = ""
-
-        def flush(force: bool = False) -> None:
-            nonlocal last_commit
-            if not pending_commits or (not force and time.perf_counter() - last_commit < COMMIT_INTERVAL_S):
-                return
-            with cat.write():
-                for fn in pending_commits:
-                    fn()
-            pending_commits.clear()
-            last_commit = time.perf_counter()
-            self._emit(ProgressEvent(stage.name, done, total, current, rep.errors))
-
-        def record_success(leader: Job, followers: list[Job], result: Any, ran: bool) -> None:
-            def apply() -> None:
-                stage.commit(cat, leader, result)
-                cat.mark_stage(leader.photo_id, stage.name, stage.version, "done", ran=ran)
-                for f in followers:
-                    stage.share(cat, leader.photo_id, f)
-                    cat.mark_stage(f.photo_id, stage.name, stage.version, "done", ran=False)
-            pending_commits.append(apply)
-
-        def record_failure(jobs: list[Job], exc: Exception) -> None:
-            message = str(exc) or type(exc).__name__
-            if not _is_expected(exc):
-                log.error("stage %s failed on %s", stage.name, P.display(jobs[0].path_bytes), exc_info=exc)
-                message = f"{stage.name} failed: {type(exc).__name__}: {exc}"
-
-            def apply() -> None:
-                for j in jobs:
-                    stage.fail(cat, j, exc)
-                    cat.mark_stage(j.photo_id, stage.name, stage.version, "error", message, ran=True)
-            pending_commits.append(apply)
-
         # Content already processed under another path: share without running the stage.
         work: list[list[Job]] = []
         for h, jobs in groups.items():
             source = cat.done_for_hash(stage.name, stage.version, h)
             if source is not None:
-                def apply_share(jobs: list[Job] = jobs, source: int = source) -> None:
-                    for j in jobs:
-                        stage.share(cat, source, j)
-                        cat.mark_stage(j.photo_id, stage.name, stage.version, "done", ran=False)
-                pending_commits.append(apply_share)
-                done += len(jobs)
-                rep.shared += len(jobs)
+                self.pending_commits.append(functools.partial(self._apply_share, jobs, source))
+                self.attempted.update(j.photo_id for j in jobs)
+                self.done += len(jobs)
+                self.rep.shared += len(jobs)
             else:
                 work.append(jobs)
-        flush(force=True)
+        self.flush(force=True)
         stage.before_work(cat, [j for jobs in work for j in jobs])
+        self.unclaimed = deque(work)
+        self.pipe._emit(ProgressEvent(stage.name, self.done, self.total, "", self.rep.errors))
+        self._work()
 
-        self._emit(ProgressEvent(stage.name, done, total, "", 0))
-
-        def run_batch(leaders: list[Job]) -> list[tuple[Any, bool, Exception | None]]:
-            """(result, ran, error) per leader; a batch stage processes the uncached ones together."""
-            out: list[tuple[Any, bool, Exception | None] | None] = [None] * len(leaders)
-            todo = []
-            for i, job in enumerate(leaders):
-                try:
-                    cached = stage.cached(job) if reuse else None
-                except Exception:  # noqa: BLE001 - a broken cache entry is simply redone
-                    cached = None
-                if cached is not None:
-                    out[i] = (cached, False, None)
-                else:
-                    todo.append(i)
-            if todo:
-                results = stage.process_batch([leaders[i] for i in todo])
-                for i, res in zip(todo, results, strict=True):
-                    out[i] = (None, True, res) if isinstance(res, Exception) else (res, True, None)
-            return out  # type: ignore[return-value]
-
+    def _work(self) -> None:
+        stage, pipe = self.stage, self.pipe
         in_flight: dict[Future, list[list[Job]]] = {}
-        queue = iter(work)
         exhausted = False
-        full: DiskFull | None = None   # the disk filled up: stop, keep what is stored, leave the rest to do
         with ThreadPoolExecutor(max(1, stage.workers), thread_name_prefix=f"stage-{stage.name}") as pool:
             while True:
-                while (not exhausted and not self.cancelled and full is None
+                while (not exhausted and not pipe.cancelled and self.full is None
                        and len(in_flight) < 2 * max(1, stage.workers)):
-                    if not self._running.is_set():
+                    if not pipe._running.is_set():
                         if not in_flight:
-                            flush(force=True)
-                            self._emit(ProgressEvent(stage.name, done, total, current, rep.errors, "paused"))
-                            self._running.wait()
+                            self._give_back_ready()   # a paused run holds no photo another run could do
+                            self.flush(force=True)
+                            pipe._emit(ProgressEvent(stage.name, self.done, self.total, self.current,
+                                                     self.rep.errors, "paused"))
+                            pipe._running.wait()
                             continue
                         break
-                    batch = list(itertools.islice(queue, max(1, stage.batch_size)))
+                    batch = self._take(max(1, stage.batch_size))
                     if not batch:
                         exhausted = True
                         break
-                    in_flight[pool.submit(run_batch, [jobs[0] for jobs in batch])] = batch
+                    in_flight[pool.submit(self._run_batch, [jobs[0] for jobs in batch])] = batch
                 if not in_flight:
                     break
                 finished, _ = wait(list(in_flight), timeout=0.5, return_when=FIRST_COMPLETED)
@@ -345,38 +371,147 @@ class Pipeline:
                         outcomes = fut.result()
                     except Exception as exc:  # noqa: BLE001 - the whole batch failed: recorded per photo
                         outcomes = [(None, True, exc)] * len(batch)
-                    for jobs, (result, ran, error) in zip(batch, outcomes, strict=True):
-                        current = P.display(jobs[0].path_bytes)
-                        if error is not None and is_disk_full(error):
-                            # not the photo's fault, so not its error: it stays to do, and the run stops (every
-                            # later write would fail the same way)
-                            if full is None:
-                                full = disk_full(f"the {stage.name} data of {current}", error)
-                                log.error("stage %s stopped: %s", stage.name, full)
-                            continue
-                        if error is not None:
-                            record_failure(jobs, error)
-                            rep.errors += len(jobs)
-                        else:
-                            record_success(jobs[0], jobs[1:], result, ran)
-                            if ran:
-                                rep.processed += 1
-                            else:
-                                rep.cached += 1
-                            rep.shared += len(jobs) - 1
-                        done += len(jobs)
-                flush()
-        flush(force=True)
-        if full is not None:
-            self._emit(ProgressEvent(stage.name, done, total, str(full), rep.errors, "cancelled"))
-            raise full
-        stage.finish(cat)
-        rep.seconds = time.perf_counter() - start
-        state = "cancelled" if self.cancelled else "finished"
-        self._emit(ProgressEvent(stage.name, done, total, current, rep.errors, state))
-        log.info("stage %s: %d processed, %d shared, %d cached, %d errors in %.1fs (%s)", stage.name, rep.processed,
-                 rep.shared, rep.cached, rep.errors, rep.seconds, state)
-        return rep
+                    for jobs, outcome in zip(batch, outcomes, strict=True):
+                        self._record(jobs, *outcome)
+                self._renew_claims()
+                self.flush()
+        self.flush(force=True)
+
+    # -- claims -----------------------------------------------------------------------------------------------------
+
+    def _take(self, n: int) -> list[list[Job]]:
+        """Up to `n` content groups claimed by this run, claiming the next chunk when none are left."""
+        while len(self.ready) < n and self.unclaimed:
+            chunk = [self.unclaimed.popleft() for _ in range(min(self._chunk_size(), len(self.unclaimed)))]
+            self.pending_commits.append(functools.partial(self._claim, chunk))
+            self.flush(force=True)   # one write transaction: the results so far, and the claim
+        return [self.ready.popleft() for _ in range(min(n, len(self.ready)))]
+
+    def _chunk_size(self) -> int:
+        """Small enough that two runs share the work, big enough that claiming costs little."""
+        return max(CLAIM_CHUNK_MIN, 2 * max(1, self.stage.workers) * max(1, self.stage.batch_size))
+
+    def _claim(self, chunk: list[list[Job]]) -> None:
+        ids = [j.photo_id for jobs in chunk for j in jobs]
+        mine, theirs = claims.claim(self.cat, self.owner, self.stage.name, self.stage.version, ids,
+                                    self.retry_errors)
+        for jobs in chunk:
+            own = [j for j in jobs if j.photo_id in mine]
+            if own:
+                self.ready.append(own)
+                self.attempted.update(j.photo_id for j in own)
+            self.elsewhere.update(j.photo_id for j in jobs if j.photo_id in theirs)
+            self.done += sum(1 for j in jobs if j.photo_id not in mine and j.photo_id not in theirs)
+
+    def _give_back_ready(self) -> None:
+        if not self.ready:
+            return
+        ids = [j.photo_id for jobs in self.ready for j in jobs]
+        self.attempted.difference_update(ids)
+        self.unclaimed.extendleft(reversed(self.ready))
+        self.ready.clear()
+        self.pending_commits.append(lambda: claims.release(self.cat, self.owner, self.stage.name, ids))
+
+    def _renew_claims(self) -> None:
+        if time.monotonic() - self.last_renew >= claims.RENEW_EVERY_S:
+            self.last_renew = time.monotonic()
+            self.pending_commits.append(lambda: claims.renew(self.cat, self.owner))
+            self.flush(force=True)
+
+    def release_claims(self) -> None:
+        """Whatever happened, this run holds no claim of this stage any more (a dead process's are taken over)."""
+        try:
+            with self.cat.write():
+                claims.release(self.cat, self.owner, self.stage.name)
+        except Exception:  # noqa: BLE001 - e.g. the disk is full: the claims expire, and go with this process
+            log.warning("could not give back the %s claims of this run", self.stage.name, exc_info=True)
+
+    # -- work and commits -------------------------------------------------------------------------------------------
+
+    def _run_batch(self, leaders: list[Job]) -> list[tuple[Any, bool, Exception | None]]:
+        """(result, ran, error) per leader; a batch stage processes the uncached ones together."""
+        stage = self.stage
+        out: list[tuple[Any, bool, Exception | None] | None] = [None] * len(leaders)
+        todo = []
+        for i, job in enumerate(leaders):
+            try:
+                cached = stage.cached(job) if self.reuse else None
+            except Exception:  # noqa: BLE001 - a broken cache entry is simply redone
+                cached = None
+            if cached is not None:
+                out[i] = (cached, False, None)
+            else:
+                todo.append(i)
+        if todo:
+            results = stage.process_batch([leaders[i] for i in todo])
+            for i, res in zip(todo, results, strict=True):
+                out[i] = (None, True, res) if isinstance(res, Exception) else (res, True, None)
+        return out  # type: ignore[return-value]
+
+    def _record(self, jobs: list[Job], result: Any, ran: bool, error: Exception | None) -> None:
+        rep = self.rep
+        self.current = P.display(jobs[0].path_bytes)
+        if error is not None and is_disk_full(error):
+            # not the photo's fault, so not its error: it stays to do, and the run stops (every later write would
+            # fail the same way)
+            if self.full is None:
+                self.full = disk_full(f"the {self.stage.name} data of {self.current}", error)
+                log.error("stage %s stopped: %s", self.stage.name, self.full)
+            return
+        if error is not None:
+            self._record_failure(jobs, error)
+            rep.errors += len(jobs)
+        else:
+            self.pending_commits.append(functools.partial(self._apply_success, jobs[0], jobs[1:], result, ran))
+            if ran:
+                rep.processed += 1
+            else:
+                rep.cached += 1
+            rep.shared += len(jobs) - 1
+        self.done += len(jobs)
+
+    def _record_failure(self, jobs: list[Job], exc: Exception) -> None:
+        stage = self.stage
+        message = str(exc) or type(exc).__name__
+        if not _is_expected(exc):
+            log.error("stage %s failed on %s", stage.name, P.display(jobs[0].path_bytes), exc_info=exc)
+            message = f"{stage.name} failed: {type(exc).__name__}: {exc}"
+
+        def apply() -> None:
+            for j in jobs:
+                stage.fail(self.cat, j, exc)
+                self.cat.mark_stage(j.photo_id, stage.name, stage.version, "error", message, ran=True)
+            claims.release(self.cat, self.owner, stage.name, [j.photo_id for j in jobs])
+        self.pending_commits.append(apply)
+
+    def _apply_success(self, leader: Job, followers: list[Job], result: Any, ran: bool) -> None:
+        cat, stage = self.cat, self.stage
+        if cat.stage_done(leader.photo_id, stage.name, stage.version):
+            # another run did it while this one worked (its claim had gone stale): its result stands
+            log.info("stage %s of %s was done by another run meanwhile", stage.name, P.display(leader.path_bytes))
+        else:
+            stage.commit(cat, leader, result)
+            cat.mark_stage(leader.photo_id, stage.name, stage.version, "done", ran=ran)
+        self._apply_share(followers, leader.photo_id)
+        claims.release(cat, self.owner, stage.name, [leader.photo_id] + [f.photo_id for f in followers])
+
+    def _apply_share(self, jobs: list[Job], source: int) -> None:
+        cat, stage = self.cat, self.stage
+        for j in jobs:
+            if cat.stage_done(j.photo_id, stage.name, stage.version):
+                continue  # shared or done by another run meanwhile
+            stage.share(cat, source, j)
+            cat.mark_stage(j.photo_id, stage.name, stage.version, "done", ran=False)
+
+    def flush(self, force: bool = False) -> None:
+        if not self.pending_commits or (not force and time.perf_counter() - self.last_commit < COMMIT_INTERVAL_S):
+            return
+        with self.cat.write():
+            for fn in self.pending_commits:
+                fn()
+        self.pending_commits.clear()
+        self.last_commit = time.perf_counter()
+        self.pipe._emit(ProgressEvent(self.stage.name, self.done, self.total, self.current, self.rep.errors))
 
 
 def _is_expected(exc: Exception) -> bool:

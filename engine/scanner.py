@@ -373,6 +373,8 @@ class Scanner:
             h = hashes.get(f.path)
             if isinstance(h, FileNotFoundError):
                 return
+            if cat.scalar("SELECT 1 FROM photos WHERE path_bytes = ?", [f.path]):
+                return  # another scan (another process on this library) recorded it since this one looked
             base = {"folder_id": folder.id, "path": P.display(f.path), "path_bytes": f.path,
                     "name": P.display(os.path.basename(f.path)), "kind": f.kind, "size": f.size,
                     "mtime_ns": f.mtime_ns, "added_at": ts, "updated_at": ts}
@@ -401,7 +403,7 @@ class Scanner:
 
         # Scan problems (loops, broken links, unreadable folders) are per-path errors the user can see.
         def apply_issue(issue: ScanIssue) -> None:
-            row = known.get(issue.path)
+            row = known.get(issue.path) or _row_by_path(cat, issue.path)  # maybe recorded meanwhile by another scan
             if row is not None:
                 cat.conn.execute("UPDATE photos SET status = 'error', last_error = ?, updated_at = ? WHERE id = ?",
                                  [issue.message, ts, row["id"]])
@@ -450,6 +452,11 @@ _REVIVED_STATUS = "(CASE WHEN width IS NOT NULL THEN 'ok' WHEN last_error IS NOT
 _INSERT_COLUMNS = ("folder_id", "path", "path_bytes", "name", "kind", "size", "mtime_ns", "added_at", "updated_at",
                    "content_hash", "status", "last_error")
 _INSERT_SQL = f"INSERT INTO photos({', '.join(_INSERT_COLUMNS)}) VALUES ({', '.join('?' * len(_INSERT_COLUMNS))})"
+
+
+def _row_by_path(cat: Catalog, path: bytes) -> dict | None:
+    rows = cat.query("SELECT id FROM photos WHERE path_bytes = ?", [path])
+    return dict(rows[0]) if rows else None
 
 
 def _insert_photo(cat: Catalog, row: dict) -> None:

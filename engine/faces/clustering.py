@@ -98,6 +98,21 @@ class FaceClusterer:
         self.automatic = {r["id"] for r in self.catalog.query(
             "SELECT id FROM people p WHERE name IS NULL AND hidden = 0 AND NOT EXISTS "
             "(SELECT 1 FROM faces f WHERE f.person_id = p.id AND f.state = 'confirmed')")}
+        self._seen = self._data_version()
+
+    def _data_version(self) -> int:
+        """Changes when another connection (another run, the app) commits to the catalog; not for our own writes."""
+        return int(self.catalog.scalar("PRAGMA data_version"))
+
+    def _fresh(self, queue: list[_Face]) -> list[_Face] | None:
+        """Inside the write lock: if someone else wrote since we read the catalog (another run clustering the same
+        faces, the user naming a group), read it again and return the queue's faces as they are now; else None.
+        Decisions are never made on a stale picture, so two runs cannot found the same group twice."""
+        if self._data_version() == self._seen:
+            return None
+        self.index = FaceIndex.load(self.catalog, self.backend, self.dim)
+        self._load()
+        return [self.faces[f.id] for f in queue if f.id in self.faces]
 
     def _vectors(self, ids: list[int]) -> np.ndarray:
         return np.stack([self.index.vector(i) for i in ids]) if ids else np.zeros((0, self.dim), np.float32)
@@ -141,6 +156,8 @@ class FaceClusterer:
         if len(self.index) == 0:
             return report
         self._load()
+        if len(self.index) != len(self.faces):  # faces came or went since the index was read (another run)
+            self.index = FaceIndex.load(self.catalog, self.backend, self.dim)
         marker = self.catalog.get_setting(self._marker_key()) or {"upto": 0, "at": ""}
         started_at = now()
         queue = [f for f in self.faces.values() if f.person_id is None and f.state in ASSIGNABLE_STATES
@@ -154,6 +171,10 @@ class FaceClusterer:
             # the search (seconds for a whole album) runs before the write lock: other writers never wait for it
             sims, ids = self.index.search(self._vectors([f.id for f in queue]), NEIGHBOURS + 1)
             with self.catalog.write():
+                fresh = self._fresh(queue)
+                if fresh is not None:  # searched again under the lock: only when another writer came between
+                    queue = fresh
+                    sims, ids = self.index.search(self._vectors([f.id for f in queue]), NEIGHBOURS + 1)
                 for face, srow, irow in zip(queue, sims, ids, strict=True):
                     if face.person_id is not None:
                         continue  # placed meanwhile as a neighbour of a founding face

@@ -121,12 +121,7 @@ class FaceStage(Stage):
             marks = ",".join("?" * len(chunk))
             for r in catalog.query(f"SELECT id, width, height, user_rotation FROM photos WHERE id IN ({marks})", chunk):
                 self._photos[r["id"]] = (r["width"], r["height"], r["user_rotation"])
-            for r in catalog.query(
-                f"SELECT id, photo_id, x, y, w, h, landmarks, state, backend, embedding IS NOT NULL AS has_emb "
-                f"FROM faces WHERE photo_id IN ({marks})", chunk):
-                self._known.setdefault(r["photo_id"], []).append(
-                    _Known(r["id"], (r["x"], r["y"], r["w"], r["h"]), r["landmarks"], r["state"], r["backend"],
-                           bool(r["has_emb"])))
+            self._known.update(_known_faces(catalog, chunk))
 
     # -- worker thread ---------------------------------------------------------------------------------------------
 
@@ -165,13 +160,16 @@ class FaceStage(Stage):
     # -- writer thread ---------------------------------------------------------------------------------------------
 
     def commit(self, catalog: Catalog, job: Job, result: FacesResult) -> None:
+        """Make the photo's stored faces those found now: a face stored already (by an earlier run, or by another
+        run at the same time) is updated in place, never stored a second time; the faces are read again here,
+        under the write lock, not taken from what `before_work` saw."""
         assert self.backend is not None
         key = self.backend.key
-        known = {k.id: k for k in self._known.get(job.photo_id, [])}
+        known = {k.id: k for k in _known_faces(catalog, [job.photo_id]).get(job.photo_id, [])}
         matched: set[int] = set()
         ts = now()
         for f in result.faces:
-            face_id = f.keep_id
+            face_id = f.keep_id if f.keep_id in known and f.keep_id not in matched else None
             if face_id is None:
                 best = max(((same_face(k.bbox, f.bbox, k.backend == key), k.id) for k in known.values()
                             if k.id not in matched), default=(0.0, None))
@@ -223,6 +221,19 @@ class FaceStage(Stage):
         assert self.backend is not None
         report = FaceClusterer(catalog, self.backend.key, self.backend.embedding_dim, self.backend.thresholds).run()
         log.info("clustering: %s", report.to_json())
+
+
+def _known_faces(catalog: Catalog, photo_ids: list[int]) -> dict[int, list[_Known]]:
+    """The faces stored for these photos now, by photo."""
+    out: dict[int, list[_Known]] = {}
+    marks = ",".join("?" * len(photo_ids))
+    for r in catalog.query(
+            f"SELECT id, photo_id, x, y, w, h, landmarks, state, backend, embedding IS NOT NULL AS has_emb "
+            f"FROM faces WHERE photo_id IN ({marks}) ORDER BY id", photo_ids):
+        out.setdefault(r["photo_id"], []).append(
+            _Known(r["id"], (r["x"], r["y"], r["w"], r["h"]), r["landmarks"], r["state"], r["backend"],
+                   bool(r["has_emb"])))
+    return out
 
 
 def turn_faces(catalog: Catalog, photo, degrees: int) -> None:
