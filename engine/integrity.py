@@ -9,7 +9,13 @@ cannot see by itself. `check_library` reports:
   that does not exist yet;
 - notes (harmless, for the curious): temporary files left by a write that was killed half-way (the real file was
   never replaced, so nothing is wrong; `clean=True` removes those older than a minute), concepts whose captioner
-  training is marked running (another process may be training, or a training was killed: teaching again resumes).
+  training is marked running (another process may be training, or a training was killed: teaching again resumes),
+  photos claimed by an indexing run (engine/claims.py), stages that ran more than once on a photo.
+
+`clean=True` also repairs what two indexing runs at once left before runs claimed their photos: every face they
+stored twice is kept once (the copy that carries the user's word: confirmed, ignored, or in a named group), its
+rejections and concept signals moved onto it, and the groups made only of the dropped copies are deleted; names and
+confirmations are never lost. Claims of dead runs are dropped and the run counters reset.
 
 No Qt here; no model is loaded.
 """
@@ -18,10 +24,12 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import claims
 from .catalog import Catalog
 from .personalize.lease import INTERRUPTED
 
@@ -36,6 +44,7 @@ class IntegrityReport:
     notes: list[str] = field(default_factory=list)
     temp_files: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)   # what `clean` mended in the catalog
     counts: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -44,7 +53,8 @@ class IntegrityReport:
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "sqlite": self.sqlite, "problems": self.problems, "notes": self.notes,
-                "temp_files": self.temp_files, "removed": self.removed, "counts": self.counts}
+                "temp_files": self.temp_files, "removed": self.removed, "repaired": self.repaired,
+                "counts": self.counts}
 
 
 def _rows(catalog: Catalog, sql: str, params: list[Any] | None = None) -> list[sqlite3.Row]:
@@ -57,7 +67,10 @@ def check_library(catalog: Catalog, *, files: bool = True, clean: bool = False) 
     for r in _rows(catalog, "PRAGMA foreign_key_check"):
         rep.problems.append(f"row {r[1]} of table {r[0]} points to a missing row of {r[2]}")
     _search_index(catalog, rep)
+    if clean:   # before the invariants: the report says how the library is now
+        rep.repaired = repair_concurrent_damage(catalog)
     _invariants(catalog, rep)
+    _claims(catalog, rep)
     if files:
         _files(catalog, rep, clean)
     rep.counts = {
@@ -91,7 +104,8 @@ def _invariants(catalog: Catalog, rep: IntegrityReport) -> None:
     for r in _rows(catalog, "SELECT stage, COUNT(*) AS n FROM stage_status WHERE runs > 1 AND state = 'done' "
                             "GROUP BY stage"):
         # a result is stored once per version: more runs of the same version is work done twice
-        rep.notes.append(f"{r['n']} photo(s) had their {r['stage']} stage run more than once")
+        rep.notes.append(f"{r['n']} photo(s) had their {r['stage']} stage run more than once "
+                         "(myvlm check --clean repairs what it left and resets the count)")
     for r in _rows(catalog, """
             SELECT a.photo_id, COUNT(*) AS n FROM faces a JOIN faces b
               ON a.photo_id = b.photo_id AND a.backend = b.backend AND a.id < b.id
@@ -112,6 +126,109 @@ def _invariants(catalog: Catalog, rep: IntegrityReport) -> None:
                    [INTERRUPTED]):
         rep.notes.append(f"teaching the captioner {r['name']} was interrupted; teaching again continues from its "
                          "last checkpoint")
+
+
+def _claims(catalog: Catalog, rep: IntegrityReport) -> None:
+    """Photos an indexing run holds: being indexed now, or left by a run that died (the next run takes them)."""
+    for r in _rows(catalog, "SELECT token, pid, host, started, MIN(expires) AS expires, COUNT(*) AS n "
+                            "FROM stage_claims GROUP BY token"):
+        if r["expires"] >= time.time() and claims.process_alive(r["pid"], r["host"], r["started"]):
+            rep.notes.append(f"{r['n']} photo stage(s) are being indexed by process {r['pid']} on {r['host']}")
+        else:
+            rep.notes.append(f"{r['n']} photo stage(s) claimed by a run that stopped (process {r['pid']}); the next "
+                             "run takes them over")
+
+
+# -- repairs (clean=True) ------------------------------------------------------------------------------------------
+
+def repair_concurrent_damage(catalog: Catalog) -> list[str]:
+    """Mend what two indexing runs at once did before photos were claimed; returns what was done, one line each."""
+    done: list[str] = []
+    with catalog.write():
+        faces, groups, conflicts = _merge_duplicate_faces(catalog)
+        if faces:
+            done.append(f"{faces} face(s) stored twice removed; {groups} group(s) made only of them removed")
+        done.extend(conflicts)
+        freed = claims.free_stale_claims(catalog)
+        if freed:
+            done.append(f"{freed} claim(s) of runs that stopped removed")
+        reset = catalog.conn.execute("UPDATE stage_status SET runs = 1 WHERE runs > 1").rowcount
+        if reset:
+            done.append(f"{reset} stage result(s) no longer counted as run more than once")
+    return done
+
+
+def _duplicate_sets(catalog: Catalog) -> list[list[sqlite3.Row]]:
+    """Faces of one photo and backend at the same place (within half a pixel): one face stored several times."""
+    sets: list[list[sqlite3.Row]] = []
+    by_photo: dict[tuple[int, str], list[list[sqlite3.Row]]] = defaultdict(list)
+    for r in _rows(catalog, "SELECT f.id, f.photo_id, f.backend, f.x, f.y, f.w, f.h, f.state, f.person_id, "
+                            "p.name IS NOT NULL OR p.hidden = 1 AS kept_group FROM faces f "
+                            "LEFT JOIN people p ON p.id = f.person_id ORDER BY f.photo_id, f.backend, f.id"):
+        candidates = by_photo[(r["photo_id"], r["backend"])]
+        home = next((s for s in candidates if all(abs(s[0][k] - r[k]) < 0.5 for k in "xywh")), None)
+        if home is None:
+            candidates.append([r])
+        else:
+            home.append(r)
+    for candidates in by_photo.values():
+        sets.extend(s for s in candidates if len(s) > 1)
+    return sets
+
+
+def _users_word(face: sqlite3.Row) -> tuple[int | None, bool] | None:
+    """What the user said about a face (its person, or that it is ignored), or None when they said nothing."""
+    if face["state"] in ("confirmed", "ignored") or face["kept_group"]:
+        return face["person_id"], face["state"] == "ignored"
+    return None
+
+
+def _merge_duplicate_faces(catalog: Catalog) -> tuple[int, int, list[str]]:
+    """Keep one face of each set; returns (faces removed, groups removed, conflicts left for the user)."""
+    sets = _duplicate_sets(catalog)
+    if not sets:
+        return 0, 0, []
+    sizes = {r["person_id"]: r["n"] for r in _rows(
+        catalog, "SELECT person_id, COUNT(*) AS n FROM faces WHERE person_id IS NOT NULL GROUP BY person_id")}
+
+    def rank(face: sqlite3.Row) -> tuple:
+        # the user's word first, then the bigger (then older) group, then the face stored first
+        word = {"confirmed": 0, "ignored": 1}.get(face["state"], 2 if face["kept_group"] else 3)
+        person = face["person_id"]
+        return word, person is None, -sizes.get(person, 0), person or 0, face["id"]
+
+    removed, touched, conflicts = 0, set(), []
+    faces_dir = Path(catalog.paths.root) / "faces"
+    for dup in sets:
+        keeper, *others = sorted(dup, key=rank)
+        kept_word = (keeper["person_id"], keeper["state"] == "ignored")
+        for face in others:
+            word = _users_word(face)
+            if word is not None and word != kept_word:
+                conflicts.append(f"photo {face['photo_id']}: faces {keeper['id']} and {face['id']} are one face "
+                                 "the user placed differently; both kept for the user to decide")
+                continue
+            _fold_face(catalog, face, keeper)
+            (faces_dir / f"{face['id']}.jpg").unlink(missing_ok=True)
+            removed += 1
+            if face["person_id"] is not None:
+                touched.add(face["person_id"])
+    groups = 0
+    for pid in touched:   # automatic groups emptied by the repair: nobody named, hid or confirmed them
+        groups += catalog.conn.execute(
+            "DELETE FROM people WHERE id = ? AND name IS NULL AND hidden = 0 AND NOT EXISTS "
+            "(SELECT 1 FROM faces WHERE person_id = people.id)", [pid]).rowcount
+    return removed, groups, conflicts
+
+
+def _fold_face(catalog: Catalog, face: sqlite3.Row, keeper: sqlite3.Row) -> None:
+    """Move what hangs on a duplicate face (rejections, concept signals) onto the face kept, then drop it."""
+    catalog.conn.execute(
+        "INSERT OR IGNORE INTO face_rejections(face_id, person_id, created_at) SELECT ?, person_id, created_at "
+        "FROM face_rejections WHERE face_id = ? AND person_id IS NOT ?",
+        [keeper["id"], face["id"], keeper["person_id"]])
+    catalog.conn.execute("UPDATE concept_signals SET face_id = ? WHERE face_id = ?", [keeper["id"], face["id"]])
+    catalog.conn.execute("DELETE FROM faces WHERE id = ?", [face["id"]])
 
 
 def _files(catalog: Catalog, rep: IntegrityReport, clean: bool) -> None:

@@ -313,3 +313,67 @@ def test_two_runs_clustering_the_same_faces_at_once_make_each_group_once(single:
         assert raced and raced[0].founded_people >= 2
     snap = snapshot(library)
     assert snap["groups"] == single["groups"] and snap["people"] == single["people"]
+
+
+# -- a library damaged by older versions --------------------------------------------------------------------------
+
+def store_every_face_twice(lib: Library) -> dict[int, int]:
+    """The damage two runs at once did before claims: each run stored every face, and clustered its own copies
+    into groups of their own. Returns {original face id: its copy's id}."""
+    q, ex = lib.catalog.query, lib.catalog.conn.execute
+    copies: dict[int, int] = {}
+    with lib.catalog.write():
+        twins = {r["id"]: int(ex("INSERT INTO people(name, hidden, created_at, updated_at) "
+                                 "SELECT NULL, 0, created_at, updated_at FROM people WHERE id = ?",
+                                 [r["id"]]).lastrowid) for r in q("SELECT id FROM people")}
+        for r in q("SELECT * FROM faces ORDER BY id"):
+            copies[r["id"]] = int(ex(
+                "INSERT INTO faces(photo_id, backend, x, y, w, h, landmarks, score, quality, embedding, person_id, "
+                "state, similarity, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [r["photo_id"], r["backend"], r["x"], r["y"], r["w"], r["h"], r["landmarks"], r["score"],
+                 r["quality"], r["embedding"], twins.get(r["person_id"]), r["state"], r["similarity"],
+                 r["created_at"], r["updated_at"]]).lastrowid)
+        ex("UPDATE stage_status SET runs = 2 WHERE stage = 'faces'")
+    return copies
+
+
+def test_check_clean_repairs_faces_stored_twice_keeping_names_and_confirmations(single: dict, tmp_path: Path):
+    library = tmp_path / "library"
+    shutil.copytree(single["library"], library, ignore=shutil.ignore_patterns("logs"))
+    with Library(library) as lib:
+        people = lib.people()
+        first, second = sorted(people.people(named=False), key=lambda p: p["id"])[:2]
+        copies = store_every_face_twice(lib)
+        twin_of_second = lib.catalog.scalar("SELECT person_id FROM faces WHERE id = ?",
+                                            [copies[people.faces_of(second["id"])[0]["id"]]])
+        # the user, on the damaged library: names a group, names the copy of another, says "not Jesper" on a
+        # copy of a face no group holds
+        shown = len(people.faces_of(first["id"])) + len(people.faces_of(twin_of_second))
+        jesper = people.name(first["id"], "Jesper")
+        anne = people.name(twin_of_second, "Anne Helene")
+        loose = lib.catalog.scalar("SELECT id FROM faces WHERE person_id IS NULL ORDER BY id LIMIT 1")
+        assert loose is not None
+        people.reject(copies[loose], jesper)
+        confirmed = sorted(tuple(r) for r in lib.catalog.query(
+            "SELECT p.name, round(f.x), round(f.y) FROM faces f JOIN people p ON p.id = f.person_id "
+            "WHERE f.state = 'confirmed'"))
+        assert len(confirmed) == shown
+    res = myvlm("check", library=library, check=False)
+    assert res.returncode == 1 and "same face stored" in res.stdout and "more than once" in res.stdout
+
+    res = myvlm("check", "--clean", "--json", library=library, check=False)
+    out = json.loads(res.stdout)
+    assert res.returncode == 0 and out["ok"], out
+    assert any("stored twice removed" in line for line in out["repaired"]), out
+    assert_whole(library)
+    snap = snapshot(library)
+    assert snap["faces"] == single["faces"] and snap["groups"] == single["groups"]
+    assert snap["people"] == single["people"]   # the groups made of copies are gone; both names are kept
+    with Library(library) as lib:
+        q = lib.catalog.query
+        assert sorted(tuple(r) for r in q(
+            "SELECT p.name, round(f.x), round(f.y) FROM faces f JOIN people p ON p.id = f.person_id "
+            "WHERE f.state = 'confirmed'")) == confirmed
+        assert {r[0] for r in q("SELECT name FROM people WHERE name IS NOT NULL")} == {"Jesper", "Anne Helene"}
+        assert [tuple(r) for r in q("SELECT face_id, person_id FROM face_rejections")] == [(loose, jesper)]
+        assert lib.people().find("Anne Helene")["id"] == anne
