@@ -1,7 +1,8 @@
 """The light commands (status, people, name, search by words) never import the model libraries.
 
-Importing torch and transformers took about 3 of the 3.6 s that `myvlm --version` took (issue 16, item 6); these
-commands only read the catalog. What each command imports is a behaviour, checked here in a fresh interpreter; how
+Importing torch (through the captions stage) and huggingface_hub's download code (to ask whether weights are here)
+took most of the 3.6 s that `myvlm --version` and the 4.3 s that `status` took (issue 16, item 6); these commands
+only read the catalog. What each command imports is a behaviour, checked here in a fresh interpreter; how
 long it takes is measured in bench/bench_cli_startup.py.
 """
 
