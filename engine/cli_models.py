@@ -63,17 +63,16 @@ class _Bar:
             self.bar.close()
 
 
-def _interrupt() -> threading.Event:
+def _interrupt(after: str) -> threading.Event:
     """Ctrl-C (or SIGTERM) sets the event: the download stops after the chunk in flight, keeping its partial files.
-    A second Ctrl-C aborts at once."""
+    A second Ctrl-C aborts at once. `after` says what stopping leaves (with the command to type, NAME filled in)."""
     stop = threading.Event()
 
     def handler(signum: int, frame: Any) -> None:
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
-        print("\nstopping… what arrived is kept; `myvlm models get` again resumes (Ctrl-C again to abort)",
-              file=sys.stderr)
+        print(f"\nstopping… {after} (Ctrl-C again to abort)", file=sys.stderr)
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
@@ -124,7 +123,8 @@ def cmd_models(args: argparse.Namespace, lib) -> int:
         if action == "import":
             bar = _Bar(not as_json and not args.no_progress)
             try:
-                res = mm.import_folder(args.name, args.folder, progress=bar, cancel=_interrupt())
+                res = mm.import_folder(args.name, args.folder, progress=bar,
+                                       cancel=_interrupt("nothing is imported; the folder is untouched"))
             finally:
                 bar.close()
             if as_json:
@@ -168,7 +168,8 @@ def _get(mm, args: argparse.Namespace, as_json: bool) -> int:
         print(f"{e.title}: about {_size(e.size_bytes)}, licence: {e.licence}", file=sys.stderr)
     bar = _Bar(not as_json and not args.no_progress)
     try:
-        res = mm.get(args.name, progress=bar, cancel=_interrupt())
+        res = mm.get(args.name, progress=bar,
+                     cancel=_interrupt(f"what arrived is kept; `myvlm models get {e.name}` again resumes"))
     finally:
         bar.close()
     if as_json:

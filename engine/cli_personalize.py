@@ -20,9 +20,11 @@ def _print_json(data: Any) -> None:
 def _errors():
     from .concepts.object_head import TrainingCancelled
     from .concepts.registry import ConceptError
+    from .model_manager import ModelError
     from .personalize.vlm import VlmError
 
-    return (ConceptError, VlmError, ValueError, FileNotFoundError), TrainingCancelled
+    # ModelError covers model_files.ModelLoadError: damaged weights or a refused pickle, said in one sentence
+    return (ConceptError, VlmError, ModelError, ValueError, FileNotFoundError), TrainingCancelled
 
 
 def _resource_errors():
@@ -68,16 +70,31 @@ class _TrainBar:
 
 
 def _prepare_people(lib, names) -> None:
-    """A person added with `concept add-person` has no training photos yet: take their confirmed faces' photos,
-    as the app's "Teach the captioner" does (`Library.person_concept`)."""
+    """Make each name teachable, as the app's "Teach the captioner" does (`Library.person_concept`): a named person
+    without a concept gets one (their confirmed faces), a person concept without training photos gets their faces'
+    photos. A name that is neither a concept nor a person is refused with where to look."""
+    from .concepts.registry import ConceptError
+
     reg = lib.concepts()
     for name in names:
         try:
             c = reg.get(name)
-        except Exception:  # noqa: BLE001 - an unknown name gets the trainer's own message
+        except ConceptError:
+            person = None if str(name).isdigit() else lib.people().find(name)
+            if person is None:
+                raise ConceptError(_unknown_name(name)) from None
+            concept = lib.person_concept(person["id"])
+            print(f"{concept.name} had no concept yet: made one from their confirmed faces "
+                  f"(as `myvlm concept add-person {person['id']}` does)", file=sys.stderr)
             continue
         if c.kind == "person" and c.person_id is not None and not reg.examples(c.id):
             lib.person_concept(c.person_id)
+
+
+def _unknown_name(name: str) -> str:
+    return (f"no concept or named person {name!r}: `myvlm concept list` lists the concepts and `myvlm people` the "
+            f"people (name one with `myvlm name ID {name}`, then `myvlm train {name}`); a pet or a thing: "
+            f"`myvlm concept add-object {name} PHOTO...`")
 
 
 def cmd_train(args: argparse.Namespace, lib) -> int:
@@ -121,6 +138,7 @@ def cmd_targets(args: argparse.Namespace, lib) -> int:
             pers.set_targets(args.set[0], args.set[1:])
             items = pers.targets(args.concept, args.task)
         elif args.generate or args.regenerate:
+            _prepare_people(lib, [args.concept])
             items = pers.prepare_targets(args.concept, args.task, regenerate=args.regenerate)
         else:
             items = pers.targets(args.concept, args.task)

@@ -6,6 +6,7 @@ local file. Nothing here downloads; when weights are missing, `ClipWeightsMissin
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Sequence
@@ -95,18 +96,36 @@ class ClipEncoder:
         return find_cached_weights(self.spec)
 
     def missing_reason(self) -> str | None:
-        """Why this encoder cannot run here, in words for the user, or None when it can."""
+        """Why this encoder cannot run here, in words for the user, or None when it can: weights not on this
+        computer, or a safetensors file whose header does not match its size (a cheap check, no torch)."""
+        absent = self._absent_reason()
+        path = self.weights_file()
+        if absent or path is None:
+            return absent
+        from .model_files import cannot_load, quick_problem, repair_hint
+
+        problem = quick_problem(path)
+        if problem:
+            what, where, name = self._load_terms(path)
+            return str(cannot_load(what, f"{path.name} {problem}", repair_hint(name, where)))
+        return None
+
+    def _absent_reason(self) -> str | None:
         if self.weights == RANDOM:
             return None
         path = self.weights_file()
         if path is None:
             return (f"CLIP weights for {self.spec.name} are not downloaded ({self.spec.hub_id} on the Hugging Face hub, "
                     f"licence: {self.spec.licence}). Download them on a machine with internet "
-                    f"(`myvlm models get` or `hf download {self.spec.hub_id}`) or set clip_weights to a local file; "
-                    "search by image content and object recognition wait until then.")
+                    f"(`myvlm models get {self.spec.name}` or `hf download {self.spec.hub_id}`) or set clip_weights "
+                    "to a local file; search by image content and object recognition wait until then.")
         if not path.exists():
             return f"CLIP weights file {path} does not exist"
         return None
+
+    def _load_terms(self, path: Path) -> tuple[str, Path, str | None]:
+        """(what, where, `myvlm models` name) for the load-failure sentence: a local file is repaired by hand."""
+        return f"the CLIP model {self.spec.name}", path, (self.spec.name if self.weights is None else None)
 
     def load(self) -> None:
         with self._lock:
@@ -115,16 +134,21 @@ class ClipEncoder:
             import open_clip
             import torch
 
-            reason = self.missing_reason()
+            reason = self._absent_reason()  # damaged weights: checked_load below says so, as ModelLoadError
             if reason:
                 raise ClipWeightsMissing(reason)
             device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
             pretrained = None if self.weights == RANDOM else str(self.weights_file())
             if self.weights == RANDOM:
                 torch.manual_seed(0)  # the same random model in every process: reproducible tests
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                self.spec.arch, pretrained=pretrained, device=device,
-                precision="fp16" if device == "cuda" else "fp32")
+            with contextlib.ExitStack() as guard:
+                if pretrained is not None:  # damaged weights or a refused pickle: one sentence, not a traceback
+                    from .model_files import checked_load
+
+                    guard.enter_context(checked_load(*self._load_terms(Path(pretrained))))
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    self.spec.arch, pretrained=pretrained, device=device,
+                    precision="fp16" if device == "cuda" else "fp32")
             model.eval()
             self._model, self._preprocess = model, preprocess
             self._tokenizer = open_clip.get_tokenizer(self.spec.arch)

@@ -124,6 +124,12 @@ _SIZES = {
     "ViT-B-32": 605_000_000, "DFN5B-CLIP-ViT-H-14-378": 3_950_000_000,
     "blip2": 15_800_000_000, "blip2-opt": 15_000_000_000, "llava": 14_100_000_000,
 }
+def download_size_text(name: str) -> str:
+    """"about 15.8 GB": the catalogue's download size of a model, for messages (one table of sizes)."""
+    size = _SIZES.get(name)
+    return f"about {_human(size)}" if size else "unknown size"
+
+
 FACE_PACKS = {
     # pack: (files the backend needs: detection, recognition), approximate size, title
     "buffalo_l": (("det_10g.onnx", "w600k_r50.onnx"), 191_000_000, "InsightFace buffalo_l (SCRFD-10G + ArcFace R50)"),
@@ -483,8 +489,15 @@ class ModelManager:
         partial = sum(p.stat().st_size for p in self._incomplete_blobs(e))
         files = self._model_files(e, snap) if snap is not None else []
         on_disk = sum(p.stat().st_size for p in files if p.exists())
-        if snap is not None and self._complete(e, snap):
+        damaged = _damaged_weights(e, snap, files) if snap is not None else None
+        if snap is not None and self._complete(e, snap) and damaged is None:
             st.state, st.size_bytes, st.where = PRESENT, on_disk, str(snap)
+        elif damaged:  # all there, but a weights file is cut short: it would not load
+            st.state, st.partial_bytes, st.where = PARTIAL, on_disk, str(snap)
+            st.can_remove = True
+            st.fix = (f"{damaged}: `myvlm models verify {e.name} --fix` deletes it, then `myvlm models get {e.name}` "
+                      f"fetches it again (or `myvlm models import {e.name} FOLDER` a good copy)")
+            return st
         elif files or partial:
             st.state, st.partial_bytes = PARTIAL, on_disk + partial
             st.where = str(self.repo_dir(e))
@@ -911,6 +924,9 @@ class ModelManager:
                         rep.removed.append(rel)
                     continue
                 why = _check_file(target, target.name)
+                if why in (None, "unverifiable"):  # a right hash proves the bytes arrived, not that they load
+                    loads = _weights_problem(e, target, rel)
+                    why = f"it {loads}" if loads else why
                 if why == "unverifiable":
                     rep.unverified.append(rel)
                 elif why:
@@ -923,7 +939,8 @@ class ModelManager:
                     rep.checked.append(rel)
                 done += target.stat().st_size if target.exists() else 0
             else:
-                rep.unverified.append(rel)
+                loads = _weights_problem(e, path, rel)
+                (rep.problems if loads else rep.unverified).append(f"{rel}: damaged (it {loads})" if loads else rel)
                 done += path.stat().st_size
             report(done=done)
             if cancel is not None and cancel.is_set():
@@ -1123,6 +1140,9 @@ class ModelManager:
                         created.append(blob)
                     finally:
                         tmp.unlink(missing_ok=True)
+                why = _weights_problem(e, blob, rel)  # the bytes are the ones recorded, but do they load?
+                if why:
+                    raise ModelError(f"{source} was not imported: {rel} {why}")
                 pointer = snap / rel
                 if not (pointer.is_symlink() or pointer.exists()):
                     created.append(pointer)
@@ -1234,6 +1254,29 @@ def _weights_complete(folder: Path, alt: tuple[str, ...]) -> bool:
         return bool(shards) and all((folder / s).is_file() for s in shards)
     return any(p.is_file() and _matches_any(p.name, alt[:1]) and not p.name.endswith(".json")
                for p in folder.iterdir())
+
+
+def _damaged_weights(e: ModelEntry, snap: Path, files: list[Path]) -> str | None:
+    """"<file> is cut short…" for the first weights file of a snapshot whose safetensors header does not match its
+    size (a few kilobytes read per file, so listing the models stays quick), or None."""
+    from .model_files import quick_problem
+
+    for path in files:
+        rel = path.relative_to(snap).as_posix()
+        if path.exists() and any(_matches_any(rel, alt[:1]) for alt in e.weights):
+            why = quick_problem(path, rel)
+            if why:
+                return f"{rel} {why}"
+    return None
+
+
+def _weights_problem(e: ModelEntry, path: Path, rel: str) -> str | None:
+    """Why a weights file of the model would not load (cut short, a refused pickle), or None; other files pass."""
+    from .model_files import load_problem
+
+    if not any(_matches_any(rel, alt[:1]) for alt in e.weights) or rel.endswith(".json"):
+        return None
+    return load_problem(path, rel)
 
 
 def _write_ref(repo: Path, revision: str, commit: str) -> None:

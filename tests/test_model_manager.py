@@ -54,8 +54,17 @@ def _bytes(n: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(n)
 
 
-CLIP_WEIGHTS = _bytes(2_500_000, 1)
-SHARD_1, SHARD_2 = _bytes(700_000, 2), _bytes(500_000, 3)
+def _weights(n: int, seed: int) -> bytes:
+    """Weights that load: a safetensors file holding n random bytes as one uint8 tensor (import and verify check
+    that weights load, not only their hashes)."""
+    import numpy as np
+    from safetensors.numpy import save
+
+    return save({"w": np.frombuffer(_bytes(n, seed), dtype=np.uint8)})
+
+
+CLIP_WEIGHTS = _weights(2_500_000, 1)
+SHARD_1, SHARD_2 = _weights(700_000, 2), _weights(500_000, 3)
 
 
 def _sha(data: bytes) -> str:

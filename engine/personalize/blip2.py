@@ -54,9 +54,13 @@ class Blip2Wrapper(VlmWrapper):
              ) -> Blip2Wrapper:
         from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
-        model = Blip2ForConditionalGeneration.from_pretrained(folder, dtype=dtype, device_map={"": str(device)},
-                                                              local_files_only=True)
-        processor = Blip2Processor.from_pretrained(folder, local_files_only=True)
+        from ..model_files import checked_load, vlm_terms
+
+        what, name = vlm_terms(spec)
+        with checked_load(what, folder, name):
+            model = Blip2ForConditionalGeneration.from_pretrained(folder, dtype=dtype, device_map={"": str(device)},
+                                                                  local_files_only=True)
+            processor = Blip2Processor.from_pretrained(folder, local_files_only=True)
         return cls(model, processor, spec, checkpoint, device, dtype)
 
     # -- hooks --------------------------------------------------------------------------------------------------

@@ -65,8 +65,12 @@ class LlavaWrapper(VlmWrapper):
             kwargs["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_type="nf4",
                 llm_int8_skip_modules=["multi_modal_projector", "lm_head", "vision_tower"])
-        model = LlavaNextForConditionalGeneration.from_pretrained(folder, **kwargs)
-        processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+        from ..model_files import checked_load, vlm_terms
+
+        what, name = vlm_terms(spec)
+        with checked_load(what, folder, name):
+            model = LlavaNextForConditionalGeneration.from_pretrained(folder, **kwargs)
+            processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
         return cls(model, processor, spec, checkpoint, device, dtype)
 
     # -- prompts ------------------------------------------------------------------------------------------------

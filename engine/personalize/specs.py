@@ -101,11 +101,13 @@ def checkpoint_folder(spec: VlmSpec, checkpoint: str, models_dir: Path) -> Path:
 
         return Path(snapshot_download(checkpoint, local_files_only=True))
     except Exception as exc:
+        from ..model_manager import download_size_text
+
         raise VlmWeightsMissing(
-            f"the weights of {spec.title} ({checkpoint}, about {spec.params_b * 2:.0f} GB in bf16) are not on this "
-            f"machine. Download them where there is internet (`myvlm models get` or `hf download {checkpoint}`, into the "
-            f"Hugging Face cache) or put a checkpoint folder at {local}. "
-            f"Nothing is downloaded without your say-so.") from exc
+            f"the weights of {spec.title} ({checkpoint}, a download of {download_size_text(spec.key)}) are not on "
+            f"this machine. Download them with `myvlm models get {spec.key}` (or `hf download {checkpoint} "
+            f"--local-dir FOLDER` on a computer with internet, then `myvlm models import {spec.key} FOLDER`), or put "
+            f"a checkpoint folder at {local}. Nothing is downloaded without your say-so.") from exc
 
 
 def resolve_vlm_name(catalog: Catalog, option: str | None = None) -> str:

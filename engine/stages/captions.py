@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 from ..catalog import Catalog
 from ..concepts.registry import ConceptRegistry
 from ..personalize.specs import CAPTION, VlmError, checkpoint_folder, resolve_spec, resolve_vlm_name
-from ..pipeline import Job, Stage
+from ..model_files import ModelLoadError, vlm_quick_problem
+from ..pipeline import Job, Stage, StageUnavailable
 from .thumbnails import ImageCache
 
 if TYPE_CHECKING:   # the model code (torch, transformers) is imported when captions are made, not to ask status
@@ -54,10 +55,11 @@ class CaptionStage(Stage):
         self.version = zlib.crc32(f"{CODE_VERSION}:{checkpoint}".encode()) & 0x7FFFFFFF
 
     def unavailable(self, catalog: Catalog) -> str | None:
+        """Missing weights, or safetensors whose header does not match their size (a cheap check, no torch)."""
         try:
             spec, checkpoint = resolve_spec(self._name)
             if not spec.tiny:
-                checkpoint_folder(spec, checkpoint, catalog.paths.models)
+                return vlm_quick_problem(spec, checkpoint_folder(spec, checkpoint, catalog.paths.models))
         except VlmError as exc:
             return str(exc)
         return None
@@ -66,7 +68,10 @@ class CaptionStage(Stage):
         from ..personalize.embeddings import EmbeddingStore
         from ..personalize.service import Personalizer, shared_wrapper
 
-        wrapper = shared_wrapper(self._name, self._models_dir, self._device)
+        try:
+            wrapper = shared_wrapper(self._name, self._models_dir, self._device)
+        except (ModelLoadError, VlmError) as exc:  # e.g. a pickle refused: this stage waits, the others go on
+            raise StageUnavailable(str(exc)) from exc
         p = Personalizer(catalog, self._name, wrapper=wrapper)
         ids = [j.photo_id for j in jobs]
         self._fired = p.fired(ids)

@@ -14,7 +14,7 @@ import numpy as np
 from ..catalog import Catalog
 from ..clip import DEFAULT_MODEL, ClipEncoder
 from ..vectors import VectorIndex, stack_blobs, to_blob
-from ..pipeline import Job, Stage
+from ..pipeline import Job, Stage, StageUnavailable
 from .thumbnails import ImageCache
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,14 @@ class ClipStage(Stage):
         return self.encoder.missing_reason()
 
     def before_work(self, catalog: Catalog, jobs: list[Job]) -> None:
+        from ..model_files import ModelLoadError
+
+        assert self.encoder is not None
+        if jobs:
+            try:
+                self.encoder.load()
+            except ModelLoadError as exc:  # e.g. a refused pickle: this stage waits, the others go on
+                raise StageUnavailable(str(exc)) from exc
         ids = [j.photo_id for j in jobs]
         self._rotation = {}
         for i in range(0, len(ids), 500):
