@@ -35,7 +35,7 @@ gui: $(STAMP)
 ## make test: the whole test suite (fetches the real test photos into .cache/ first)
 test: $(STAMP)
 	$(PY) scripts/fetch_test_data.py
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=15
 
 test-data: $(STAMP)
 	$(PY) scripts/fetch_test_data.py

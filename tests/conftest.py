@@ -8,8 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+# Hypothesis' default 200 ms deadline per example is a wall-clock limit a busy machine trips (reported as Flaky);
+# tests assert behaviour, and pytest's timeout (pyproject.toml) catches hangs.
+settings.register_profile("myvlm", deadline=None)
+settings.load_profile("myvlm")
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_DATA = Path(os.environ.get("MYVLM_TEST_DATA", ROOT / ".cache" / "test-data"))
