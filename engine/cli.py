@@ -483,7 +483,9 @@ def _photo_arg(lib: Library, text: str):
     return photo
 
 
-def _train_and_report(args: argparse.Namespace, lib: Library, concept) -> int:
+def _train_and_report(args: argparse.Namespace, lib: Library, concept, create=None) -> int:
+    """Train a concept's head and say how it went; `create(train)`, when given, makes the concept with `train`
+    (add-object: nothing is left behind when the head cannot be trained)."""
     from tqdm import tqdm
 
     bar = tqdm(total=None, desc="training", unit="step", file=sys.stderr, leave=False,
@@ -496,9 +498,11 @@ def _train_and_report(args: argparse.Namespace, lib: Library, concept) -> int:
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
         bar.refresh()
 
+    def train(concept_id: int):
+        return lib.train_concept_head(concept_id, progress=progress, negatives_folder=getattr(args, "negatives", None))
+
     try:
-        concept = lib.train_concept_head(concept.id, progress=progress,
-                                         negatives_folder=getattr(args, "negatives", None))
+        concept = create(train) if create is not None else train(concept.id)
     finally:
         bar.close()
     if args.json:
@@ -526,13 +530,14 @@ def _why_no_suggestions(encoder: Any) -> str:
 def cmd_concept(args: argparse.Namespace, lib: Library) -> int:
     from .concepts.registry import ConceptError
     from .faces.backends import FaceBackendError
+    from .model_manager import ModelError  # and model_files.ModelLoadError: a CLIP file that does not load
 
     reg = lib.concepts()
     try:
         if args.action == "add-object":
             photos = [_photo_arg(lib, p).id for p in args.photos]
-            concept = reg.add_object(args.name, photos, identifier=args.identifier)
-            return _train_and_report(args, lib, concept)
+            return _train_and_report(args, lib, None, create=lambda train: reg.add_object_trained(
+                args.name, photos, train, identifier=args.identifier))
         if args.action == "add-person":
             concept = reg.add_person(args.person_id, identifier=args.identifier)
             return _train_and_report(args, lib, concept)
@@ -593,7 +598,7 @@ def cmd_concept(args: argparse.Namespace, lib: Library) -> int:
         if args.action == "remove":
             reg.remove(reg.get(args.concept).id)
             return 0
-    except (ConceptError, FaceBackendError, ValueError) as exc:
+    except (ConceptError, FaceBackendError, ModelError, ValueError) as exc:
         print(f"myvlm: {exc}", file=sys.stderr)
         return 2
     return 2

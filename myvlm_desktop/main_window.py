@@ -114,6 +114,13 @@ def _count(n: int, word: str, plural: str | None = None) -> str:
     return f"{n:,} {word}" if n == 1 else f"{n:,} {plural or word + 's'}"
 
 
+def finished_text(unavailable: dict[str, str]) -> str:
+    """The status bar after a run: "Up to date" only when every stage could run (its tooltip says why not)."""
+    if not unavailable:
+        return "Up to date"
+    return f"Indexed · {_count(len(unavailable), 'step')} can't run here"
+
+
 def ask_name(parent: QWidget, title: str, prompt: str, names: list[str], text: str = "") -> str | None:
     """A small dialog: a name, with completion over the names already used. None: cancelled."""
     dlg = QDialog(parent)
@@ -1359,13 +1366,11 @@ class MainWindow(QMainWindow):
         def learn(lib: Library) -> int:
             reg = lib.concepts()
             existing = next((c for c in reg.list("object") if c.name.casefold() == name.casefold()), None)
-            if existing is not None:
-                reg.add_examples(existing.id, ids)
-                cid = existing.id
-            else:
-                cid = reg.add_object(name, ids).id
-            lib.train_concept_head(cid)
-            return cid
+            if existing is None:  # made with its head, or not at all: no half-made thing in the list
+                return reg.add_object_trained(name, ids, lib.train_concept_head).id
+            reg.add_examples(existing.id, ids)
+            lib.train_concept_head(existing.id)
+            return existing.id
 
         self._set_busy(f"learn:{name}", f"Learning {name}…")
 
@@ -1687,7 +1692,7 @@ class MainWindow(QMainWindow):
             self.stage_label.setText("Stopped · the rest is done next time")
             self.stage_label.setToolTip("")
         else:
-            self.stage_label.setText("Up to date")
+            self.stage_label.setText(finished_text(result.unavailable))
             tip = f"Indexed in {result.seconds:.1f} s"
             if result.unavailable:
                 tip += "\n\nNot available here:\n" + "\n".join(f"{stage_label(s)}: {why}"

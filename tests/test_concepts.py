@@ -53,6 +53,28 @@ def test_registry_rules(clip_library: Library):
         reg.get(bella.id)
 
 
+def test_an_object_is_made_with_its_head_or_not_at_all(clip_library: Library):
+    reg = ConceptRegistry(clip_library.catalog)
+    ids = [p.id for p in clip_library.photos()]
+
+    def no_clip(concept_id: int):
+        raise ConceptError("no CLIP here")
+
+    for failure in (no_clip, lambda cid: (_ for _ in ()).throw(KeyboardInterrupt())):
+        with pytest.raises((ConceptError, KeyboardInterrupt)):
+            reg.add_object_trained("Bella", ids[:2], failure)
+        assert reg.list() == [] and not any(reg.root.iterdir() if reg.root.exists() else [])
+    bella = reg.add_object_trained("Bella", ids[:2], clip_library.train_concept_head)
+    assert bella.head_state == "ready" and [c.name for c in reg.list()] == ["Bella"]
+    # one left half-made by an older version is finished by the same call, not refused as existing
+    mug = reg.add_object("Mug", ids[2:3])
+    finished = reg.add_object_trained("mug", ids[3:4], clip_library.train_concept_head)
+    assert finished.id == mug.id and finished.head_state == "ready"
+    assert [e["photo_id"] for e in reg.examples(mug.id)] == ids[2:4]
+    with pytest.raises(ConceptError, match="exists already"):   # a trained one is not silently changed
+        reg.add_object_trained("Bella", ids[4:5], clip_library.train_concept_head)
+
+
 def test_unnamed_person_cannot_become_a_concept(library: Library):
     ts = "2026-01-01T00:00:00"
     with library.catalog.write():

@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,18 +202,44 @@ class ConceptRegistry:
             cid = self._insert(kind, name, ident, person_id)
         return self.get(cid)
 
-    def add_object(self, name: str, photo_ids: list[int], identifier: str | None = None) -> Concept:
-        """A pet or a thing, defined by a few photos of it (4 is the paper's default)."""
-        name = _slug_ok(name)
+    def _check_photos(self, photo_ids: list[int]) -> None:
         if not photo_ids:
             raise ConceptError("mark at least one photo that shows it")
         missing = [p for p in photo_ids if self.catalog.photo(p) is None]
         if missing:
             raise ConceptError(f"no photo with id {', '.join(map(str, missing))}")
+
+    def add_object(self, name: str, photo_ids: list[int], identifier: str | None = None) -> Concept:
+        """A pet or a thing, defined by a few photos of it (4 is the paper's default); no head yet."""
+        name = _slug_ok(name)
+        self._check_photos(photo_ids)
         with self.catalog.write():
             cid = self.create(OBJECT, name, identifier).id
             self.add_examples(cid, photo_ids)
         return self.get(cid)
+
+    def add_object_trained(self, name: str, photo_ids: list[int], train: Callable[[int], Concept],
+                           identifier: str | None = None) -> Concept:
+        """A pet or a thing with its head trained by `train(concept_id)`, or nothing at all: when the head cannot be
+        trained (no CLIP here, a photo not indexed yet, a cancel) the new concept is taken away again, so the same
+        command can simply be run again. An object of that name that never got a head (left half-made by an
+        older version) is finished instead: the photos are added to it and its head trained."""
+        unfinished = self._never_trained_object(name)
+        if unfinished is not None:
+            self._check_photos(photo_ids)
+            self.add_examples(unfinished.id, photo_ids)
+            return train(unfinished.id)
+        concept = self.add_object(name, photo_ids, identifier)
+        try:
+            return train(concept.id)
+        except BaseException:
+            self.remove(concept.id)
+            raise
+
+    def _never_trained_object(self, name: str) -> Concept | None:
+        rows = self.catalog.query("SELECT * FROM concepts WHERE name = ? COLLATE NOCASE AND kind = ? "
+                                  "AND head_revision = 0", [_slug_ok(name), OBJECT])
+        return Concept.from_row(rows[0]) if rows and not self.head_path(rows[0]["id"]).exists() else None
 
     def add_person(self, person_id: int, identifier: str | None = None) -> Concept:
         """A named person becomes a concept; their confirmed faces define it."""
