@@ -194,7 +194,9 @@ def test_first_run_indexes_in_the_background_and_the_window_never_freezes(qtbot,
     stages = result.pipeline["stages"]
     assert stages["faces"]["processed"] + stages["faces"]["shared"] == 35  # dlib really ran, in the worker
     assert seen["rows"] == 35 and seen["summary"] == "35 photos in 1 folder"  # and a video, not shown
-    assert seen["stage"] == "Up to date"
+    # not "Up to date": CLIP (and the default captioner) have no weights here
+    assert "clip" in result.unavailable
+    assert seen["stage"] == f"Indexed · {len(result.unavailable)} steps can't run here"
     assert seen["people"][0] == "2 groups to name"  # dlib's face groups wait under People
     assert "not available here" in seen["stages"]["clip"]  # no CLIP weights here: said, not hidden
     assert seen["stages"]["faces"].startswith("35 of 35")
