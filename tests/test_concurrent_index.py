@@ -196,6 +196,45 @@ def test_claims_of_a_dead_or_silent_run_are_taken_over(album: Path, tmp_path: Pa
         assert lib.catalog.query("SELECT * FROM stage_claims") == []
 
 
+def test_a_paused_run_holds_no_photo_another_run_could_do(album: Path, tmp_path: Path):
+    library = tmp_path / "library"
+    with Library(library) as lib:
+        lib.catalog.set_setting("face_backend", "dlib")
+        lib.add_folder(album)
+        lib.scan()
+        lib.process(stages=["thumbnail"])
+    db = library / "library.db"
+    events: list = []
+    result: dict = {}
+
+    def run() -> None:
+        with Library(library) as lib:
+            result["pipe"] = pipe = lib.pipeline(["faces"])
+            pipe.subscribe(events.append)
+            result["report"] = lib.process(pipeline=pipe)
+
+    runner = threading.Thread(target=run, daemon=True)   # a failed test must not hang the session
+    runner.start()
+    deadline = time.monotonic() + WAIT_S
+    in_flight = 2 * 2   # the faces stage's two workers, two photos each at most
+    while ro_query(db, "SELECT COUNT(*) FROM stage_claims")[0][0] <= in_flight:   # some claimed, not started
+        assert runner.is_alive() and time.monotonic() < deadline
+        time.sleep(0.01)
+    result["pipe"].pause()
+    try:
+        while not any(e.state == "paused" for e in events):
+            assert runner.is_alive() and time.monotonic() < deadline
+            time.sleep(0.05)
+        paused_done = ro_query(db, "SELECT COUNT(*) FROM stage_status WHERE stage = 'faces'")[0][0]
+        assert paused_done < len(SUBSET)
+        assert ro_query(db, "SELECT COUNT(*) FROM stage_claims")[0][0] == 0   # given back while paused
+    finally:
+        result["pipe"].resume()
+    runner.join(WAIT_S)
+    assert not runner.is_alive() and result["report"].stages["faces"].processed == len(SUBSET)
+    assert ro_query(db, "SELECT COUNT(*) FROM stage_claims")[0][0] == 0
+
+
 def test_a_run_waits_for_photos_a_live_run_holds_then_finishes(album: Path, tmp_path: Path):
     library = tmp_path / "library"
     with Library(library) as lib:
@@ -221,7 +260,7 @@ def test_a_run_waits_for_photos_a_live_run_holds_then_finishes(album: Path, tmp_
                 result["report"] = lib.process(pipeline=pipe)
                 result["ok"] = check_library(lib.catalog).ok
 
-        runner = threading.Thread(target=run)
+        runner = threading.Thread(target=run, daemon=True)   # a failed test must not hang the session
         runner.start()
         deadline = time.monotonic() + WAIT_S
         while not any("another indexing run" in e.current for e in events):
