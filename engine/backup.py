@@ -218,6 +218,9 @@ def snapshot_catalog(source: Path | sqlite3.Connection, target: Path) -> dict[st
         try:
             src.backup(dst)   # pages=-1: everything in one step, under one read transaction of the source
             dst.execute("PRAGMA journal_mode = DELETE")
+            if "stage_claims" in _tables(dst):
+                # the claims of runs working on the source library: no run of a restored or moved copy holds them
+                dst.execute("DELETE FROM stage_claims")
             check = dst.execute("PRAGMA integrity_check").fetchone()[0]
             if check != "ok":
                 raise BackupError(f"the library's catalog failed SQLite's integrity check ({check}); "

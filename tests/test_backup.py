@@ -481,3 +481,26 @@ def test_move_keeps_a_linked_models_folder_as_a_link(source, tmp_path: Path, mon
     assert rep.old_deleted and not lib.exists() and rep.default is False
     assert (new / "models").is_symlink() and (new / "models" / "weights.bin").read_bytes() == b"w" * 100
     assert (shared / "weights.bin").is_file()   # what the link points to is neither copied nor removed
+
+
+def test_a_backup_carries_no_claim_of_a_run_working_on_the_library(source, tmp_path: Path):
+    """A run indexing the library while it is backed up claims photos in the catalog; a restored copy has no such
+    run, so it must not inherit them (its own runs would wait minutes for a claim nobody renews)."""
+    from engine.claims import ClaimOwner, claim
+
+    live = tmp_path / "live"
+    shutil.copytree(source["root"], live)
+    with Library(live) as lib:
+        photo = lib.photos()[0].id
+        with lib.catalog.write():
+            mine, _theirs = claim(lib.catalog, ClaimOwner.for_this_run(), "captions", 999, [photo], False)
+        assert mine == {photo}
+        rep = backup_library(live, tmp_path / "b")
+        assert lib.catalog.scalar("SELECT COUNT(*) FROM stage_claims") == 1   # the live run still holds its claim
+    restored = tmp_path / "restored"
+    restore_library(rep.path, restored)
+    conn = sqlite3.connect(restored / "library.db")
+    try:
+        assert conn.execute("SELECT COUNT(*) FROM stage_claims").fetchone()[0] == 0
+    finally:
+        conn.close()
