@@ -108,19 +108,37 @@ class LlavaWrapper(VlmWrapper):
             pixels = pixels[:, 0]
         return pixels.to(self.device, self.dtype)
 
-    def _visual_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 576 + k, D): one view through the tower and the projector, where the concept layer appends."""
+    caches_features = True
+
+    @torch.no_grad()
+    def visual_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 576, D_vision): the frozen tower's selected layer, before the projector where the concept goes; the
+        trainer may compute these once per augmented view and reuse them at every step."""
         out = self.vision_tower(pixels, output_hidden_states=True, return_dict=True)
         layers = self.feature_layer if isinstance(self.feature_layer, list) else [self.feature_layer]
         feats = torch.cat([out.hidden_states[i] for i in layers], dim=-1)
-        if self.drop_cls:
-            feats = feats[:, 1:]
-        return self.projector(feats)
+        return feats[:, 1:] if self.drop_cls else feats
+
+    def _visual_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 576 + k, D): one view through the tower and the projector, where the concept layer appends."""
+        return self.projector(self.visual_features(pixels))
+
+    def chat_prompt(self, question: str) -> str:
+        """The conversation template around `<image>` and the question that the checkpoint was tuned with."""
+        return vicuna_prompt(question)
+
+    def _answer_ids(self, answer: str) -> list[int]:
+        """The target tokens after the prompt, ending as the checkpoint ends a turn."""
+        return self.tokenizer(" " + answer, add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id]
 
     def _embed(self, pixels: torch.Tensor, texts: list[str], answers: list[str] | None = None, *, left_pad: bool
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """inputs_embeds, attention_mask and (with answers) labels; the image tokens scattered in place."""
-        feats = self._visual_features(pixels)
+        return self._embed_projected(self._visual_features(pixels), texts, answers, left_pad=left_pad)
+
+    def _embed_projected(self, feats: torch.Tensor, texts: list[str], answers: list[str] | None = None, *,
+                         left_pad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """inputs_embeds, attention_mask and (with answers) labels; the projected image tokens (B, n + k, D)
+        scattered in place of one `<image>` placeholder each."""
         n_vis = feats.shape[1]
         k = self.concept_layer.appended
         rows, label_rows = [], []
@@ -130,8 +148,7 @@ class LlavaWrapper(VlmWrapper):
                    + self.tokenizer(after, add_special_tokens=False).input_ids)
             labels = [-100] * len(ids)
             if answers is not None:
-                tail = self.tokenizer(" " + answers[i], add_special_tokens=False).input_ids
-                tail += [self.tokenizer.eos_token_id]
+                tail = self._answer_ids(answers[i])
                 ids, labels = ids + tail, labels + tail
             rows.append(ids)
             label_rows.append(labels)
@@ -152,12 +169,15 @@ class LlavaWrapper(VlmWrapper):
         self._concept_positions = torch.stack(positions) if k else None
         embeds = self.model.get_input_embeddings()(input_ids)
         flat = feats.reshape(-1, feats.shape[-1]).to(embeds.device, embeds.dtype)
-        placeholder = self.model.model.get_placeholder_mask(input_ids, inputs_embeds=embeds, image_features=flat)
+        placeholder = (input_ids == self.image_token_id).unsqueeze(-1).expand_as(embeds)
+        if int(placeholder.sum()) != flat.numel():
+            raise RuntimeError(f"{int(placeholder.sum()) // embeds.shape[-1]} image placeholders for "
+                               f"{flat.shape[0]} image tokens")
         embeds = embeds.masked_scatter(placeholder, flat)
         return embeds, mask, (labels if answers is not None else None)
 
     def _generate(self, pixels: torch.Tensor, prompts: list[str], settings: GenerationSettings) -> list[str]:
-        texts = [vicuna_prompt(p) for p in prompts]
+        texts = [self.chat_prompt(p) for p in prompts]
         embeds, mask, _ = self._embed(pixels, texts, left_pad=True)
         with seeded(settings.seed, self.device):
             out = self.model.generate(inputs_embeds=embeds, attention_mask=mask,
@@ -165,8 +185,11 @@ class LlavaWrapper(VlmWrapper):
         return self.tokenizer.batch_decode(out, skip_special_tokens=True)
 
     def _lm_loss(self, pixels: torch.Tensor, prompts: list[str], targets: list[str]) -> torch.Tensor:
-        texts = [vicuna_prompt(p) for p in prompts]
-        embeds, mask, labels = self._embed(pixels, texts, targets, left_pad=False)
+        return self._lm_loss_features(self.visual_features(pixels), prompts, targets)
+
+    def _lm_loss_features(self, features: torch.Tensor, prompts: list[str], targets: list[str]) -> torch.Tensor:
+        texts = [self.chat_prompt(p) for p in prompts]
+        embeds, mask, labels = self._embed_projected(self.projector(features), texts, targets, left_pad=False)
         out = self.model(inputs_embeds=embeds, attention_mask=mask, labels=labels)
         return out.loss
 

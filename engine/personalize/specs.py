@@ -31,7 +31,7 @@ class VlmTooLarge(VlmError):
 @dataclass(frozen=True)
 class VlmSpec:
     key: str                 # what users type: --vlm blip2
-    family: str              # "blip2" | "llava"
+    family: str              # "blip2" | "llava" | "smolvlm" | "llava-onevision"
     checkpoint: str          # a Hugging Face repo id, or a tiny preset key
     title: str
     params_b: float          # parameters, billions (for the memory check and the model table)
@@ -45,12 +45,26 @@ VLM_SPECS: dict[str, VlmSpec] = {s.key: s for s in [
     VlmSpec("blip2-opt", "blip2", "Salesforce/blip2-opt-2.7b", "BLIP-2 OPT-2.7b", 3.8, "MIT"),
     VlmSpec("llava", "llava", "llava-hf/llava-v1.6-vicuna-7b-hf", "LLaVA-1.6 Vicuna-7B", 7.1,
             "Llama 2 Community License", (CAPTION, VQA)),
+    # Small captioners that run on a laptop's CPU (bench/bench_captioners.py measures them beside BLIP-2)
+    VlmSpec("smolvlm-256m", "smolvlm", "HuggingFaceTB/SmolVLM-256M-Instruct", "SmolVLM-256M-Instruct", 0.256,
+            "Apache-2.0", (CAPTION, VQA)),
+    VlmSpec("smolvlm-500m", "smolvlm", "HuggingFaceTB/SmolVLM-500M-Instruct", "SmolVLM-500M-Instruct", 0.507,
+            "Apache-2.0", (CAPTION, VQA)),
+    VlmSpec("llava-ov-0.5b", "llava-onevision", "llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
+            "LLaVA-OneVision Qwen2-0.5B", 0.894, "Apache-2.0", (CAPTION, VQA)),
     VlmSpec("tiny-blip2", "blip2", "tiny-blip2", "Tiny BLIP-2 (random weights, tests)", 0.0001, "MIT", tiny=True),
     VlmSpec("tiny-blip2-opt", "blip2", "tiny-blip2-opt", "Tiny BLIP-2 OPT (random weights, tests)", 0.0001, "MIT",
             tiny=True),
     VlmSpec("tiny-llava", "llava", "tiny-llava", "Tiny LLaVA-1.6 (random weights, tests)", 0.0002, "MIT",
             (CAPTION, VQA), tiny=True),
+    VlmSpec("tiny-smolvlm", "smolvlm", "tiny-smolvlm", "Tiny SmolVLM (random weights, tests)", 0.0002,
+            "Apache-2.0", (CAPTION, VQA), tiny=True),
+    VlmSpec("tiny-llava-ov", "llava-onevision", "tiny-llava-ov", "Tiny LLaVA-OneVision (random weights, tests)",
+            0.0002, "Apache-2.0", (CAPTION, VQA), tiny=True),
 ]}
+# config.json's model_type → family, for checkpoint folders given by path
+FAMILY_OF_MODEL_TYPE = {"blip-2": "blip2", "llava_next": "llava", "idefics3": "smolvlm",
+                        "llava_onevision": "llava-onevision"}
 DEFAULT_VLM = "blip2"
 UNSUPPORTED = {"minigpt-v2": "MiniGPT-v2 has no transformers implementation; it is out of scope for now."}
 
@@ -69,10 +83,11 @@ def resolve_spec(name: str | Path) -> tuple[VlmSpec, str]:
         if not cfg.exists():
             raise VlmError(f"{path} is not a model checkpoint folder (no config.json)")
         model_type = json.loads(cfg.read_text()).get("model_type", "")
-        family = {"blip-2": "blip2", "llava_next": "llava"}.get(model_type)
+        family = FAMILY_OF_MODEL_TYPE.get(model_type)
         if family is None:
-            raise VlmError(f"{path}: model type {model_type!r} is not supported; BLIP-2 and LLaVA-1.6 are")
-        tasks = (CAPTION, VQA) if family == "llava" else (CAPTION,)
+            raise VlmError(f"{path}: model type {model_type!r} is not supported; BLIP-2, LLaVA-1.6, SmolVLM "
+                           f"(Idefics3) and LLaVA-OneVision are")
+        tasks = (CAPTION,) if family == "blip2" else (CAPTION, VQA)
         return VlmSpec(str(path), family, str(path), path.name, 0.0, "see the checkpoint", tasks), str(path.resolve())
     for spec in VLM_SPECS.values():
         if spec.checkpoint == key:

@@ -21,8 +21,8 @@ PUNCT = [".", ",", "?", "!", "'s", "'"]
 @dataclass(frozen=True)
 class TinyPreset:
     key: str
-    family: str        # "blip2" | "llava"
-    text: str          # "t5" | "opt" | "llama"
+    family: str        # "blip2" | "llava" | "smolvlm" | "llava-onevision"
+    text: str          # "t5" | "opt" | "llama" | "qwen2"
     title: str
 
 
@@ -30,7 +30,42 @@ TINY_PRESETS = {
     "tiny-blip2": TinyPreset("tiny-blip2", "blip2", "t5", "Tiny BLIP-2 (flan-t5 layout, random weights)"),
     "tiny-blip2-opt": TinyPreset("tiny-blip2-opt", "blip2", "opt", "Tiny BLIP-2 (OPT layout, random weights)"),
     "tiny-llava": TinyPreset("tiny-llava", "llava", "llama", "Tiny LLaVA-1.6 (vicuna layout, random weights)"),
+    "tiny-smolvlm": TinyPreset("tiny-smolvlm", "smolvlm", "llama", "Tiny SmolVLM (Idefics3 layout, random weights)"),
+    "tiny-llava-ov": TinyPreset("tiny-llava-ov", "llava-onevision", "qwen2",
+                                "Tiny LLaVA-OneVision (Qwen2 layout, random weights)"),
 }
+
+
+@dataclass(frozen=True)
+class VlmSizes:
+    """The sizes of a vision tower + projector + decoder-only language model. The tiny defaults are for tests;
+    the named presets below copy the published checkpoints' config.json values, so that the benchmark can time
+    random weights at the real sizes without downloading them."""
+
+    vision_hidden: int = 32
+    vision_intermediate: int = 64
+    vision_layers: int = 2
+    vision_heads: int = 4
+    image_size: int = 32
+    patch_size: int = 8
+    scale_factor: int = 2          # Idefics3's pixel shuffle (SmolVLM only)
+    text_hidden: int = 64
+    text_intermediate: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+    text_kv_heads: int = 2
+    vocab_size: int = 0            # 0: the word tokenizer's; else the real vocabulary's size (for the lm_head's cost)
+    tie_embeddings: bool = False
+
+
+# HuggingFaceTB/SmolVLM-256M-Instruct: SigLIP-B/16 at 512 px (12 × 768), scale 4, SmolLM2-135M (30 × 576, 9/3 heads)
+SMOLVLM_256M = VlmSizes(768, 3072, 12, 12, 512, 16, 4, 576, 1536, 30, 9, 3, 49280)
+# HuggingFaceTB/SmolVLM-500M-Instruct: the same SigLIP, SmolLM2-360M (32 × 960, 15/5 heads)
+SMOLVLM_500M = VlmSizes(768, 3072, 12, 12, 512, 16, 4, 960, 2560, 32, 15, 5, 49280)
+# llava-hf/llava-onevision-qwen2-0.5b-ov-hf: SigLIP so400m/14 at 384 px (26 × 1152), Qwen2-0.5B (24 × 896, 14/2 heads)
+LLAVA_OV_05B = VlmSizes(1152, 4304, 26, 16, 384, 14, 1, 896, 4864, 24, 14, 2, 151936, tie_embeddings=True)
+TINY_SMOLVLM = VlmSizes()
+TINY_LLAVA_OV = VlmSizes(image_size=56, patch_size=14, scale_factor=1)
 
 
 def build_word_tokenizer(words: list[str], *, specials: dict[str, str], image_token: str = "<image>",
@@ -135,6 +170,36 @@ def build_tiny_blip2(folder: Path, *, text: str = "t5", seed: int = 0, image_siz
     return folder
 
 
+def blip2_flan_t5_xl_parts(seed: int = 0, dtype=None):
+    """(model, processor) of BLIP-2 at Salesforce/blip2-flan-t5-xl's sizes with random weights, for the CPU
+    benchmark's baseline: ViT-g/14 at 224 px (39 × 1408), Q-Former (12 × 768, cross-attention every 2nd layer, 32
+    queries), Flan-T5-XL (24 + 24 × 2048, 32 heads, vocabulary 32128)."""
+    import torch
+    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor, T5Config
+    from transformers.models.blip_2.configuration_blip_2 import Blip2QFormerConfig, Blip2VisionConfig
+
+    tokenizer = build_word_tokenizer(WORDS, specials={"pad_token": "<pad>", "eos_token": "</s>",
+                                                      "unk_token": "<unk>"}, append_eos=True)
+    text_config = T5Config(vocab_size=32128, d_model=2048, d_kv=64, d_ff=5120, num_layers=24, num_decoder_layers=24,
+                           num_heads=32, decoder_start_token_id=tokenizer.pad_token_id,
+                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                           tie_word_embeddings=False, feed_forward_proj="gated-gelu", dropout_rate=0.0)
+    config = Blip2Config(
+        vision_config=Blip2VisionConfig(hidden_size=1408, intermediate_size=6144, num_hidden_layers=39,
+                                        num_attention_heads=16, image_size=224, patch_size=14, qkv_bias=True),
+        qformer_config=Blip2QFormerConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                                          intermediate_size=3072, encoder_hidden_size=1408,
+                                          cross_attention_frequency=2),
+        text_config=text_config.to_dict() | {"model_type": "t5"},
+        num_query_tokens=32, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+    )
+    _seed(seed)
+    model = Blip2ForConditionalGeneration._from_config(config, dtype=dtype or torch.float32).eval()
+    processor = Blip2Processor(image_processor=BlipImageProcessor(size={"height": 224, "width": 224}),
+                               tokenizer=tokenizer, num_query_tokens=32)
+    return model, processor
+
+
 def build_tiny_llava(folder: Path, *, seed: int = 0, image_size: int = 56, patch_size: int = 14) -> Path:
     """LLaVA-NeXT with a 2-layer CLIP vision tower, the two-linear projector and a 2-layer Llama."""
     from transformers import (
@@ -179,6 +244,113 @@ def build_tiny_llava(folder: Path, *, seed: int = 0, image_size: int = 56, patch
     return folder
 
 
+def _chat_tokenizer(extra_words: list[str], specials: dict[str, str], extra_specials: list[str]):
+    """The word tokenizer with a chat model's turn markers as single special tokens."""
+    tokenizer = build_word_tokenizer(WORDS + extra_words, specials=specials)
+    tokenizer.add_tokens(extra_specials, special_tokens=True)
+    return tokenizer
+
+
+def _vocab(sizes: VlmSizes, tokenizer) -> int:
+    return max(sizes.vocab_size, len(tokenizer))
+
+
+def smolvlm_parts(sizes: VlmSizes = TINY_SMOLVLM, seed: int = 0, dtype=None):
+    """(model, processor) of an Idefics3 (SmolVLM) model with random weights at `sizes`."""
+    import torch
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessor,
+        Idefics3Processor,
+        LlamaConfig,
+    )
+    from transformers.models.idefics3.configuration_idefics3 import Idefics3VisionConfig
+
+    tokenizer = _chat_tokenizer(["user", "assistant", ":", "\n"],
+                                {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "<end_of_utterance>",
+                                 "unk_token": "<unk>"},
+                                ["<|im_start|>", "<fake_token_around_image>", "<global-img>"])
+    eos = tokenizer.convert_tokens_to_ids("<end_of_utterance>")
+    s = sizes
+    seq_len = (s.image_size // s.patch_size) ** 2 // s.scale_factor ** 2
+    config = Idefics3Config(
+        vision_config=Idefics3VisionConfig(hidden_size=s.vision_hidden, intermediate_size=s.vision_intermediate,
+                                           num_hidden_layers=s.vision_layers, num_attention_heads=s.vision_heads,
+                                           image_size=s.image_size, patch_size=s.patch_size),
+        text_config=LlamaConfig(vocab_size=_vocab(s, tokenizer), hidden_size=s.text_hidden,
+                                intermediate_size=s.text_intermediate, num_hidden_layers=s.text_layers,
+                                num_attention_heads=s.text_heads, num_key_value_heads=s.text_kv_heads,
+                                max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5,
+                                pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                                eos_token_id=eos),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"), scale_factor=s.scale_factor,
+        tie_word_embeddings=s.tie_embeddings, pad_token_id=tokenizer.pad_token_id,
+    )
+    _seed(seed)
+    model = Idefics3ForConditionalGeneration._from_config(config, dtype=dtype or torch.float32).eval()
+    model.generation_config.eos_token_id = eos
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    image_processor = Idefics3ImageProcessor(size={"longest_edge": s.image_size}, do_image_splitting=False,
+                                             max_image_size={"longest_edge": s.image_size})
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=seq_len)
+    return model, processor
+
+
+def llava_onevision_parts(sizes: VlmSizes = TINY_LLAVA_OV, seed: int = 0, dtype=None):
+    """(model, processor) of a LLaVA-OneVision model (SigLIP + Qwen2) with random weights at `sizes`."""
+    import torch
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessor,
+        LlavaOnevisionProcessor,
+        LlavaOnevisionVideoProcessor,
+        Qwen2Config,
+        SiglipVisionConfig,
+    )
+
+    tokenizer = _chat_tokenizer(["user", "assistant", "system", "\n"],
+                                {"pad_token": "<|endoftext|>", "eos_token": "<|im_end|>", "unk_token": "<unk>"},
+                                ["<|im_start|>", "<video>"])
+    s = sizes
+    side = s.image_size
+    pinpoints = [[side, side], [side, 2 * side], [2 * side, side], [2 * side, 2 * side]]
+    config = LlavaOnevisionConfig(
+        vision_config=SiglipVisionConfig(hidden_size=s.vision_hidden, intermediate_size=s.vision_intermediate,
+                                         num_hidden_layers=s.vision_layers, num_attention_heads=s.vision_heads,
+                                         image_size=side, patch_size=s.patch_size, vision_use_head=False),
+        text_config=Qwen2Config(vocab_size=_vocab(s, tokenizer), hidden_size=s.text_hidden,
+                                intermediate_size=s.text_intermediate, num_hidden_layers=s.text_layers,
+                                num_attention_heads=s.text_heads, num_key_value_heads=s.text_kv_heads,
+                                max_position_embeddings=32768, rope_theta=1000000.0,
+                                tie_word_embeddings=s.tie_embeddings, pad_token_id=tokenizer.pad_token_id,
+                                eos_token_id=tokenizer.eos_token_id),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+        image_grid_pinpoints=pinpoints, vision_feature_layer=-1, vision_feature_select_strategy="full",
+        tie_word_embeddings=s.tie_embeddings,
+    )
+    _seed(seed)
+    model = LlavaOnevisionForConditionalGeneration._from_config(config, dtype=dtype or torch.float32).eval()
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    image_processor = LlavaOnevisionImageProcessor(size={"height": side, "width": side},
+                                                   image_grid_pinpoints=pinpoints)
+    processor = LlavaOnevisionProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                        video_processor=LlavaOnevisionVideoProcessor(),
+                                        num_image_tokens=(side // s.patch_size) ** 2,
+                                        vision_feature_select_strategy="full")
+    return model, processor
+
+
+def _save_parts(folder: Path, model, processor) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
 def ensure_tiny_checkpoint(key: str, root: Path, seed: int = 0) -> Path:
     """The folder of tiny preset `key` under `root`, built on first use (atomically: a kill leaves no half folder)."""
     preset = TINY_PRESETS[key]
@@ -192,6 +364,10 @@ def ensure_tiny_checkpoint(key: str, root: Path, seed: int = 0) -> Path:
         shutil.rmtree(tmp)
     if preset.family == "blip2":
         build_tiny_blip2(tmp, text=preset.text, seed=seed)
+    elif preset.family == "smolvlm":
+        _save_parts(tmp, *smolvlm_parts(TINY_SMOLVLM, seed))
+    elif preset.family == "llava-onevision":
+        _save_parts(tmp, *llava_onevision_parts(TINY_LLAVA_OV, seed))
     else:
         build_tiny_llava(tmp, seed=seed)
     _save_json(tmp / "myvlm_preset.json", {"preset": key, "seed": seed})

@@ -4,6 +4,12 @@ AdamW (lr 1.0, weight decay 1e-4, constant), gradient-norm clip 0.05, batches of
 plus λ times the attention regulariser, augmented images (flip, brightness, rotation). Concept signals are computed
 once on the un-augmented images by the caller and passed in with each example.
 
+Where the concept token enters after the vision tower (LLaVA, LLaVA-OneVision, SmolVLM: after the projector), the
+frozen tower's output of a view does not depend on the token, so a fixed pool of augmented views per photo
+(`feature_views`) goes through the tower once, before the steps, and each step draws its views from the pool: a
+step then costs the projector and the language model only. BLIP-2 appends inside its vision encoder and augments
+afresh at every step.
+
 Every step draws its batch, augmentation and targets from a generator seeded by (seed, step), so a run resumed from
 a checkpoint continues exactly as the uninterrupted run would have. Checkpoints every 25 steps (and at the last
 step, and on cancel) hold the values, the optimiser's moments and the history of values.
@@ -52,6 +58,9 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 
 # λ per VLM family and task: the reference code's values (method.md §4)
 DEFAULT_LAMBDA = {("blip2", CAPTION): 0.04, ("llava", CAPTION): 0.0075, ("llava", VQA): 10.0}
+# The small captioners regularise the same attention as LLaVA (the language model's rows of the concept token)
+for _family in ("smolvlm", "llava-onevision"):
+    DEFAULT_LAMBDA[(_family, CAPTION)], DEFAULT_LAMBDA[(_family, VQA)] = 0.0075, 10.0
 
 
 @dataclass
@@ -68,6 +77,9 @@ class TrainingConfig:
     brightness: float = 0.6
     max_rotation: float = 45.0
     shrink: bool = True                  # augment copies shrunk to twice the model's input side, not the photos
+    # Augmented views per photo whose vision features are computed once, before the steps, and drawn from at each
+    # step (wrappers whose token enters after the vision tower: `caches_features`). 0: a fresh view every step.
+    feature_views: int = 8
     seed: int = 0
 
     def lam(self, family: str, task: str) -> float:
@@ -173,6 +185,48 @@ def mirror_text(text: str) -> str:
     return _SIDES.sub(swap, text)
 
 
+@dataclass
+class FeaturePool:
+    """The frozen vision tower's output for a fixed set of augmented views: `features[i, v]` is view v of example i,
+    `flipped[i][v]` whether it is mirrored. Built once per training run, so that a step costs only the projector
+    and the language model."""
+
+    features: torch.Tensor               # (examples, views, S, D) on the model's device
+    flipped: list[list[bool]]
+
+    @property
+    def views(self) -> int:
+        return self.features.shape[1]
+
+
+def pool_views(config: TrainingConfig) -> int:
+    """Views per photo in the pool: one when nothing is augmented (every view would be the same)."""
+    return config.feature_views if config.augment else min(1, config.feature_views)
+
+
+def build_feature_pool(wrapper: VlmWrapper, images: Sequence[Image.Image], config: TrainingConfig,
+                       cancel: Any = None) -> FeaturePool:
+    """Augment each image `pool_views` times (each view from its own seeded generator, so a resumed run rebuilds
+    the same pool) and run the vision tower once per view, a batch at a time."""
+    n_views = pool_views(config)
+    jobs = [(i, v) for i in range(len(images)) for v in range(n_views)]
+    views, flips = [], []
+    for i, v in jobs:
+        view, flipped = augment_view_flipped(images[i], np.random.default_rng([config.seed, 0xFEA7, i, v]), config)
+        views.append(view)
+        flips.append(flipped)
+    chunks = []
+    for start in range(0, len(views), max(1, config.batch_size)):
+        if _is_cancelled(cancel):
+            raise TrainingCancelled("training cancelled while computing the vision features")
+        chunk = views[start:start + max(1, config.batch_size)]
+        chunks.append(wrapper.visual_features(wrapper.preprocess(chunk)))
+    feats = torch.cat(chunks)
+    feats = feats.reshape(len(images), n_views, *feats.shape[1:])
+    flipped = [flips[i * n_views:(i + 1) * n_views] for i in range(len(images))]
+    return FeaturePool(feats, flipped)
+
+
 def working_side(wrapper: VlmWrapper) -> int | None:
     """Twice the side of the vision encoder's input (448 px for BLIP-2's 224): every view is resized to the input
     anyway, and a ±45° rotation of a 1440 px preview costs ~30× one of 448 px for the same pixels in the end."""
@@ -204,7 +258,14 @@ class ConceptTrainer:
         return {"lr": c.lr, "weight_decay": c.weight_decay, "clip_norm": c.clip_norm, "batch_size": c.batch_size,
                 "reg_lambda": c.lam(self.wrapper.family, task), "augment": c.augment, "seed": c.seed,
                 "work_side": working_side(self.wrapper) if c.shrink else None,
-                "trained_with": sorted(x.concept_id for x in concepts)}
+                "trained_with": sorted(x.concept_id for x in concepts)} | self._pool_setting()
+
+    def _pool_setting(self) -> dict[str, int]:
+        """The feature pool's size, part of the resume key; absent for wrappers that cannot cache (so their
+        runs from before the pool still resume)."""
+        if not self.wrapper.caches_features:
+            return {}
+        return {"feature_views": pool_views(self.config)}
 
     def _resume_point(self, concepts: Sequence[ConceptToTrain], task: str, settings: dict[str, Any]
                       ) -> dict[int, ConceptEmbedding] | None:
@@ -242,6 +303,8 @@ class ConceptTrainer:
         side = settings["work_side"]
         if side:   # once, before the steps: each step then augments a small copy
             examples = [replace(e, image=shrunk(e.image, side)) for e in examples]
+        pool = (build_feature_pool(w, [e.image for e in examples], cfg, cancel)
+                if settings.get("feature_views") else None)
 
         # -- values and optimiser (fresh, or from the last checkpoint of this same run) -------------------------
         start, history = 0, {cid: {} for cid in ids}
@@ -292,12 +355,20 @@ class ConceptTrainer:
                 rng = np.random.default_rng([cfg.seed, step])
                 pick = rng.choice(n, size=min(cfg.batch_size, n), replace=False)
                 batch = [examples[i] for i in pick]
-                views, flips = zip(*(augment_view_flipped(e.image, rng, cfg) for e in batch))
+                pixels, features = None, None
+                if pool is not None:   # views drawn from the pool: the vision tower does not run
+                    drawn = [int(rng.integers(pool.views)) for _ in pick]
+                    flips = [pool.flipped[i][v] for i, v in zip(pick, drawn)]
+                    features = pool.features[torch.as_tensor(pick), torch.as_tensor(drawn)]
+                else:
+                    views, flips = zip(*(augment_view_flipped(e.image, rng, cfg) for e in batch))
+                    pixels = w.preprocess(list(views))
                 picks = [int(rng.integers(len(e.pairs))) for e in batch]
                 pairs = [view_pair(e, k, f) for e, k, f in zip(batch, picks, flips)]
-                pixels = w.preprocess(list(views))
-                parts = w.training_loss(pixels, [p for p, _ in pairs], [t for _, t in pairs],
-                                        [[c for c in e.concept_ids if c in by_id] for e in batch], lam)
+                loss_args = (pixels, [p for p, _ in pairs], [t for _, t in pairs],
+                             [[c for c in e.concept_ids if c in by_id] for e in batch], lam)
+                parts = (w.training_loss(*loss_args, features=features) if features is not None
+                         else w.training_loss(*loss_args))
                 opt.zero_grad(set_to_none=True)
                 parts.total.backward()
                 torch.nn.utils.clip_grad_norm_([param], cfg.clip_norm)

@@ -29,6 +29,7 @@ from .specs import (  # noqa: F401 - re-exported: the light part, importable wit
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class GenerationSettings:
     """method.md §5: BLIP-2 greedy; LLaVA temperature 0.2, top-p 0.7. A seed makes sampling repeatable."""
@@ -155,6 +156,18 @@ class VlmWrapper(ABC):
     def _training_attention(self) -> contextlib.AbstractContextManager:
         """Switch the attention the regulariser reads to an implementation that returns probabilities."""
 
+    # Whether the concept token enters after everything `visual_features` computes, so that the trainer may run the
+    # frozen vision tower once per augmented view and reuse its output at every step (`training_loss(features=)`).
+    caches_features: bool = False
+
+    def visual_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The frozen vision tower's output for pixels, before the module the concept layer hooks."""
+        raise NotImplementedError(f"{type(self).__name__} appends its token inside the vision tower")
+
+    def _lm_loss_features(self, features: torch.Tensor, prompts: list[str], targets: list[str]) -> torch.Tensor:
+        """`_lm_loss` from `visual_features` computed earlier."""
+        raise NotImplementedError(f"{type(self).__name__} appends its token inside the vision tower")
+
     def caption_prompt(self, identifier: str | None = None) -> str:
         return ""
 
@@ -235,13 +248,21 @@ class VlmWrapper(ABC):
                ) -> list[str]:
         return self.generate(images, list(questions), concepts, settings)
 
-    def training_loss(self, pixels: torch.Tensor, prompts: Sequence[str], targets: Sequence[str],
-                      concepts: Sequence[Sequence[int]], reg_lambda: float) -> LossParts:
-        """LM loss plus the attention regulariser, averaged over the images (grouped by concept-token count)."""
-        n = pixels.shape[0]
+    def training_loss(self, pixels: torch.Tensor | None, prompts: Sequence[str], targets: Sequence[str],
+                      concepts: Sequence[Sequence[int]], reg_lambda: float, *,
+                      features: torch.Tensor | None = None) -> LossParts:
+        """LM loss plus the attention regulariser, averaged over the images (grouped by concept-token count).
+        Give `features` (from `visual_features`) instead of pixels to skip the vision tower."""
+        if features is not None:
+            inputs, lm_loss = features, self._lm_loss_features
+        elif pixels is not None:
+            inputs, lm_loss = pixels, self._lm_loss
+        else:
+            raise ValueError("training_loss needs pixels or features")
+        n = inputs.shape[0]
         concepts = self._known(concepts, n)
-        lm_total = pixels.new_zeros((), dtype=torch.float32)
-        reg_total = pixels.new_zeros((), dtype=torch.float32)
+        lm_total = inputs.new_zeros((), dtype=torch.float32)
+        reg_total = inputs.new_zeros((), dtype=torch.float32)
         captured: list[torch.Tensor] = []
         with self._training_attention():
             for k, idx in sorted(self.group_by_count(concepts).items()):
@@ -249,7 +270,7 @@ class VlmWrapper(ABC):
                 self._capture = k > 0 and reg_lambda > 0
                 try:
                     with self._active([concepts[i] for i in idx]):
-                        lm = self._lm_loss(pixels[idx], [prompts[i] for i in idx], [targets[i] for i in idx])
+                        lm = lm_loss(inputs[idx], [prompts[i] for i in idx], [targets[i] for i in idx])
                         reg = (self._regulariser(self._attentions, k, reg_lambda) if self._capture
                                else lm.new_zeros(()))
                 finally:
@@ -289,6 +310,14 @@ def load_vlm(name: str | Path = DEFAULT_VLM, *, models_dir: Path, device: str | 
         from .blip2 import Blip2Wrapper
 
         return Blip2Wrapper.load(folder, spec, checkpoint, dev, dt)
+    if spec.family == "smolvlm":
+        from .smolvlm import SmolVlmWrapper
+
+        return SmolVlmWrapper.load(folder, spec, checkpoint, dev, dt)
+    if spec.family == "llava-onevision":
+        from .llava_onevision import LlavaOnevisionWrapper
+
+        return LlavaOnevisionWrapper.load(folder, spec, checkpoint, dev, dt)
     from .llava import LlavaWrapper
 
     return LlavaWrapper.load(folder, spec, checkpoint, dev, dt, quant_4bit)
