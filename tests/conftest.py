@@ -11,6 +11,11 @@ import pytest
 from hypothesis import settings
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# One math thread per process (torch reads these when imported; the CLI subprocesses inherit them): the test models
+# are tiny, and on a busy 2-core machine a second thread spin-waits on a core someone else holds. Measured at load 8:
+# 20 training steps of tiny-blip2 took 47 s with 2 threads, 3.1 s with 1.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 # Hypothesis' default 200 ms deadline per example is a wall-clock limit a busy machine trips (reported as Flaky);
 # tests assert behaviour, and pytest's timeout (pyproject.toml) catches hangs.
