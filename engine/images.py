@@ -298,12 +298,15 @@ def decode(path: str, max_side: int = 1440, max_pixels: int = MAX_PIXELS) -> Dec
                 f"image too large to decode safely: {raw_w}×{raw_h} = {raw_w * raw_h / 1e6:.0f} megapixels "
                 f"(limit {limit / 1e6:.0f} for {kind} images)"
             )
+        # From the header as `probe` reads it (a TIFF's tags read after decoding can differ); where reading the EXIF
+        # decodes the pixels (PNG), `_header_info` decodes them first and raises their errors.
+        orientation, date_taken = _header_info(img)
+
         scale = min(1.0, max_side / max(raw_w, raw_h))
         if fmt == "JPEG" and scale < 1.0:
             # Let libjpeg decode at 1/2, 1/4 or 1/8 scale, never below what the preview needs.
             img.draft("RGB", (math.ceil(raw_w * scale), math.ceil(raw_h * scale)))
-        _load_pixels(img)  # before the EXIF, whose reading may otherwise decode (and forgive) the pixels
-        orientation, date_taken = _header_info(img)
+        _load_pixels(img)
 
         try:
             rgb = _to_rgb(img, max_side)
