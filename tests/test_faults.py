@@ -521,7 +521,7 @@ def test_app_and_command_line_write_one_library_at_once(qtbot, base: dict, lib_c
             # meanwhile by the command line's renames and head trainings; captions would only add CPU time)
             assert runner.start(scan=True, mode="all", stages=["thumbnail", "concepts"])
             qtbot.waitUntil(lambda: not runner.running, timeout=WAIT_S * 1000)
-            assert time.monotonic() - started < WAIT_S
+            assert time.monotonic() - started < 4 * WAIT_S  # a bound on the loop, not a speed limit
         stop.write_text("stop")
         out, err = writer.communicate(timeout=WAIT_S)
     finally:

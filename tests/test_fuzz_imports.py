@@ -20,7 +20,6 @@ import shutil
 import struct
 import subprocess
 import zipfile
-from datetime import timedelta
 from pathlib import Path
 
 import hypothesis
@@ -53,7 +52,7 @@ from . import fuzz_media as M
 from .helpers import album_snapshot
 
 SCALE = float(os.environ.get("MYVLM_FUZZ_SCALE", "1"))
-FUZZ = settings(database=None, derandomize=True, deadline=timedelta(seconds=10), print_blob=False,
+FUZZ = settings(database=None, derandomize=True, deadline=None, print_blob=False,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # torch's notes on odd pickles: expected here

@@ -587,7 +587,12 @@ def _drive_the_models_section(qtbot, dlg, hub: FakeHub) -> None:
     assert find_cached_weights(CLIP_MODELS["ViT-B-32"]).read_bytes() == CLIP_WEIGHTS
     assert panel.tree.currentItem().text(2) == "present"
     assert not panel.get_button.isEnabled() and panel.remove_button.isEnabled()
-    assert max(gaps) < 1.0, f"the GUI thread stalled for {max(gaps):.2f} s"
+    # the GUI thread kept running during the download, judged against the run rather than a clock (a loaded machine
+    # slows every tick; bench/bench_gui.py measures stalls in ms): the 20 ms heartbeat fired at least a tenth as
+    # often as on an idle loop, and no single gap took a quarter of the run (one freeze)
+    run_s = sum(gaps)
+    assert len(gaps) >= 0.1 * run_s / 0.02, f"{len(gaps)} heartbeats in {run_s:.1f} s"
+    assert max(gaps) < 0.25 * run_s, f"the GUI thread stalled for {max(gaps):.2f} s of {run_s:.1f} s"
     # verify and remove run on the worker too
     panel.verify_button.click()
     qtbot.waitUntil(lambda: not panel.busy, timeout=30_000)
