@@ -20,6 +20,15 @@ from myvlm_desktop.tasks import user_message
 WAIT_MS = 30_000
 
 
+def _arrive(path: Path) -> None:
+    """A weights file arrives: a whole safetensors file (the stage checks its header, so bare bytes would be a
+    damaged file, which rightly keeps the stage waiting)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    save_file({"w": np.zeros((4, 4), np.float32)}, str(path))
+
+
 @pytest.fixture
 def weights(library_dir: Path, tmp_path: Path) -> Path:
     """The library's CLIP weights file (not there yet: the CLIP stage waits for it)."""
@@ -72,7 +81,7 @@ def test_a_model_arriving_runs_the_stages_that_waited_for_it(qtbot, window, weig
     _models_changed(qtbot, w)  # a model changed, but not the one the CLIP stage waits for
     assert w.runs == []
 
-    weights.write_bytes(b"weights")  # "downloaded"
+    _arrive(weights)  # "downloaded"
     _models_changed(qtbot, w)
     assert w.runs == [{"scan": False, "stages": None, "mode": "missing"}]  # Index Now's path, without the rescan
     assert "Understanding pictures" in w.statusBar().currentMessage()
@@ -81,14 +90,14 @@ def test_a_model_arriving_runs_the_stages_that_waited_for_it(qtbot, window, weig
 def test_a_model_arriving_during_a_run_indexes_again_after_it(qtbot, window, weights: Path) -> None:
     w = window
     w.indexer._running = True  # a run is in progress
-    weights.write_bytes(b"weights")
+    _arrive(weights)
     _models_changed(qtbot, w)
     assert w.runs == [] and w._index_again == {"scan": False, "stages": None}
 
 
 def test_nothing_waiting_nothing_to_run(qtbot, window, weights: Path) -> None:
     w = window
-    weights.write_bytes(b"weights")
+    _arrive(weights)
     for name in list(w._status["stages"]):
         w._status["stages"][name]["unavailable"] = None  # every stage can run here
     assert w.stages_waiting_for_models() == {}
