@@ -131,3 +131,14 @@ def test_a_run_with_another_pool_does_not_resume_and_blip2_keeps_its_key(models_
     out = ConceptTrainer(blip, EmbeddingStore(tmp_path / "b"), TrainingConfig(steps=2)).train(
         [ConceptToTrain(7, "sks")], _examples(blip))
     assert "feature_views" not in out[7].settings
+
+
+def test_the_apps_cpu_estimate_of_a_concept_counts_the_pool_and_the_steps(monkeypatch):
+    """The app's estimate is the benchmark's measurement: pool views plus cached steps where there is a pool."""
+    from engine.personalize import cpu_times
+
+    monkeypatch.setattr(cpu_times, "MEASURED", {"a": {"step_s": 9.0, "step_cached_s": 2.0, "pool_view_s": 3.0},
+                                                "b": {"step_s": 9.0}})
+    assert cpu_times.concept_seconds("a", steps=100, photos=4, views=8) == 3.0 * 32 + 2.0 * 100
+    assert cpu_times.concept_seconds("b", steps=100) == 900.0
+    assert cpu_times.concept_seconds("unmeasured") is None and cpu_times.cpu_estimate("b") == {"step_s": 9.0}
