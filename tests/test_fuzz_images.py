@@ -20,7 +20,6 @@ import io
 import os
 import resource
 import shutil
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -45,10 +44,12 @@ from . import fuzz_media as M
 from .helpers import album_snapshot
 
 SCALE = float(os.environ.get("MYVLM_FUZZ_SCALE", "1"))
-FUZZ = settings(database=None, derandomize=True, deadline=timedelta(seconds=8), print_blob=False,
+# No per-example deadline: on a busy machine a slow example is not a bug (speed is measured in bench/); a hang is,
+# and the watchdog below catches it, in C too.
+FUZZ = settings(database=None, derandomize=True, deadline=None, print_blob=False,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 MEMORY_BUDGET_MB = 700  # growth of the process's peak memory one example may cause
-HANG_SECONDS = 120  # a watchdog: a decoder stuck in C would never reach hypothesis' deadline
+HANG_SECONDS = 120  # a watchdog: a decoder stuck in C never returns to Python, where a deadline would be checked
 
 EXT = {"PNG": ".png", "WEBP": ".webp", "TIFF": ".tif", "TIFF_DEFLATE": ".tiff", "GIF": ".gif", "HEIF": ".heic",
        "PROGRESSIVE": ".jpg"}
