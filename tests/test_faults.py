@@ -56,6 +56,21 @@ STEPS = 50                 # `myvlm train` checkpoints every 25 steps and at the
 VLM = "tiny-blip2"
 WAIT_S = 240
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}   # one thread: bit-reproducible training
+# `myvlm` whose captions stage runs its first batch, then hangs in the next until killed: a kill -9 that lands
+# during a caption batch on any machine, however fast
+SECOND_CAPTION_BATCH_HANGS = """
+import itertools, sys, time
+from engine.stages.captions import CaptionStage
+calls = itertools.count()
+original = CaptionStage.process_batch
+def process_batch(self, jobs):
+    if next(calls) > 0:
+        time.sleep(3600)
+    return original(self, jobs)
+CaptionStage.process_batch = process_batch
+from engine.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 # -- helpers ----------------------------------------------------------------------------------------------------
@@ -194,8 +209,11 @@ def test_kill_while_finding_faces_and_during_a_caption_batch_loses_nothing(base:
     assert done_count(db, "captions") == 0
     assert_whole(library)   # a kill -9 leaves a whole database behind (the WAL is recovered on open)
 
-    # 2. killed during a caption batch: after the first batch (8 photos) was stored, while the next one runs
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # 2. killed during a caption batch: after the first batch (8 photos) was stored, while the next one runs (held
+    # there by the driver: on an idle machine the tiny captioner finishes a batch within one commit interval, so
+    # both batches were stored together before the kill could land)
+    slow = [sys.executable, "-c", SECOND_CAPTION_BATCH_HANGS, *cmd[3:]]
+    proc = subprocess.Popen(slow, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wait_for(proc, lambda: done_count(db, "captions") >= 8, "the first caption batch was stored")
     kill9(proc)
     captions_done = dict(ro_query(db, "SELECT photo_id, updated_at FROM stage_status WHERE stage = 'captions' "
