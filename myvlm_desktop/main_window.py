@@ -780,6 +780,16 @@ class MainWindow(QMainWindow):
         """A catalog read is on its way (tests wait for it)."""
         return self._reading
 
+    def _reload_pages(self) -> None:
+        """After the library changed: the People or Things page on show is rebuilt, a search on show run again."""
+        kind, _ = self._view
+        if kind == PEOPLE:
+            self.load_people_page()
+        elif kind == THINGS:
+            self.load_things_page()
+        elif kind == SEARCH:
+            self.search.refresh()
+
     @Slot()
     def _poll_catalog(self) -> None:
         """Follow the catalog: when another process (a `myvlm index` in a terminal, the indexing process) or one
@@ -794,13 +804,7 @@ class MainWindow(QMainWindow):
         if self._live_refresh.isActive():
             return  # a re-read is already on its way (indexing in the app)
         self.refresh()
-        kind, _ = self._view
-        if kind == PEOPLE:
-            self.load_people_page()
-        elif kind == THINGS:
-            self.load_things_page()
-        elif kind == SEARCH:
-            self.search.refresh()
+        self._reload_pages()
 
     def _on_catalog_read(self, data: CatalogView) -> None:
         self._reading = False
@@ -1056,12 +1060,7 @@ class MainWindow(QMainWindow):
             if message:
                 self.statusBar().showMessage(message, 6000)
             self.refresh()
-            kind, _ = self._view
-            if kind == PEOPLE:
-                self.load_people_page()
-            elif kind == THINGS:
-                self.load_things_page()
-            self.search.refresh()
+            self._reload_pages()
         return done
 
     def _failed(self, title: str) -> Any:
@@ -1699,12 +1698,7 @@ class MainWindow(QMainWindow):
                                                                for s, why in result.unavailable.items())
             self.stage_label.setToolTip(tip + "\n\nClick for every stage")
         self._update_actions()
-        kind, _ = self._view
-        if kind == PEOPLE:
-            self.load_people_page()
-        elif kind == THINGS:
-            self.load_things_page()
-        self.search.refresh()
+        self._reload_pages()
         self._reload_detail()
         if not self._indexed_once:
             self._indexed_once = True
