@@ -136,11 +136,8 @@ def test_watcher_and_index_command_at_once_equal_one(album: Path, single: dict, 
         lib.add_folder(album)
     db = library / "library.db"
     proc = start_index(library, album)
-    deadline = time.monotonic() + WAIT_S
-    while not ro_query(db, "SELECT 1 FROM stage_claims WHERE stage = 'faces'"):   # the command is finding faces
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: ro_query(db, "SELECT 1 FROM stage_claims WHERE stage = 'faces'"),
+               lambda: proc.poll() is None, "the command finding faces")
     updates = []
     watcher = FolderWatcher(library, on_update=updates.append, debounce=0.2, stable_wait=0.3, max_delay=5.0)
     watcher.start(timeout=WAIT_S)
@@ -167,12 +164,23 @@ def dead_process_owner() -> ClaimOwner:
     return ClaimOwner("dead-run", proc.pid, socket.gethostname(), started)
 
 
-def claim_all(library: Path, stage: str, owner: ClaimOwner, expires: float) -> int:
+def claim_all(library: Path, stage: str, owner: ClaimOwner, expires: float, limit: int = -1) -> int:
+    """Claims as another run leaves them: every photo's (or the first `limit` photos') stage, expiring then."""
     with Library(library) as lib, lib.catalog.write():
         return lib.catalog.conn.execute(
             "INSERT INTO stage_claims(photo_id, stage, token, pid, host, started, expires) "
-            "SELECT id, ?, ?, ?, ?, ?, ? FROM photos", [stage, owner.token, owner.pid, owner.host, owner.started,
-                                                          expires]).rowcount
+            "SELECT id, ?, ?, ?, ?, ?, ? FROM photos ORDER BY id LIMIT ?",
+            [stage, owner.token, owner.pid, owner.host, owner.started, expires, limit]).rowcount
+
+
+def wait_until(condition, still_running, what: str, poll_s: float = 0.05) -> None:
+    """Until `condition()`; fails if the work under test stopped first, or after WAIT_S (a hang guard for a busy
+    machine, not a speed limit)."""
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert still_running(), f"stopped before {what}"
+        assert time.monotonic() < deadline, f"no {what} in {WAIT_S} s: hung?"
+        time.sleep(poll_s)
 
 
 def test_claims_of_a_dead_or_silent_run_are_taken_over(album: Path, tmp_path: Path):
@@ -215,16 +223,12 @@ def test_a_paused_run_holds_no_photo_another_run_could_do(album: Path, tmp_path:
 
     runner = threading.Thread(target=run, daemon=True)   # a failed test must not hang the session
     runner.start()
-    deadline = time.monotonic() + WAIT_S
     in_flight = 2 * 2   # the faces stage's two workers, two photos each at most
-    while ro_query(db, "SELECT COUNT(*) FROM stage_claims")[0][0] <= in_flight:   # some claimed, not started
-        assert runner.is_alive() and time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_until(lambda: ro_query(db, "SELECT COUNT(*) FROM stage_claims")[0][0] > in_flight, runner.is_alive,
+               "photos claimed but not started", poll_s=0.01)
     result["pipe"].pause()
     try:
-        while not any(e.state == "paused" for e in events):
-            assert runner.is_alive() and time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until(lambda: any(e.state == "paused" for e in events), runner.is_alive, "the pause")
         paused_done = ro_query(db, "SELECT COUNT(*) FROM stage_status WHERE stage = 'faces'")[0][0]
         assert paused_done < len(SUBSET)
         assert ro_query(db, "SELECT COUNT(*) FROM stage_claims")[0][0] == 0   # given back while paused
@@ -245,11 +249,7 @@ def test_a_run_waits_for_photos_a_live_run_holds_then_finishes(album: Path, tmp_
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     try:
         owner = ClaimOwner("other-run", holder.pid, socket.gethostname(), psutil.Process(holder.pid).create_time())
-        with Library(library) as lib, lib.catalog.write():   # the other run holds two photos
-            lib.catalog.conn.execute(
-                "INSERT INTO stage_claims(photo_id, stage, token, pid, host, started, expires) "
-                "SELECT id, 'faces', ?, ?, ?, ?, ? FROM photos ORDER BY id LIMIT 2",
-                [owner.token, owner.pid, owner.host, owner.started, time.time() + 3600])
+        assert claim_all(library, "faces", owner, time.time() + 3600, limit=2) == 2   # the other run holds two
         events: list = []
         result: dict = {}
 
@@ -262,10 +262,8 @@ def test_a_run_waits_for_photos_a_live_run_holds_then_finishes(album: Path, tmp_
 
         runner = threading.Thread(target=run, daemon=True)   # a failed test must not hang the session
         runner.start()
-        deadline = time.monotonic() + WAIT_S
-        while not any("another indexing run" in e.current for e in events):
-            assert runner.is_alive() and time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until(lambda: any("another indexing run" in e.current for e in events), runner.is_alive,
+                   "the wait for the other run")
         time.sleep(1.0)
         assert runner.is_alive()   # it waits while the holder lives, and leaves the holder's two photos alone
         db = library / "library.db"
