@@ -33,6 +33,8 @@ def vicuna_prompt(question: str) -> str:
 
 class LlavaWrapper(VlmWrapper):
     family = "llava"
+    model_class = "LlavaNextForConditionalGeneration"   # transformers' class, by name (families after the projector
+                                                        # share this wrapper's loading and training path)
 
     def __init__(self, model, processor, spec, checkpoint, device, dtype):
         super().__init__(model, processor, spec, checkpoint, device, dtype)
@@ -55,8 +57,10 @@ class LlavaWrapper(VlmWrapper):
     @classmethod
     def load(cls, folder: Path, spec: VlmSpec, checkpoint: str, device: torch.device, dtype: torch.dtype,
              quantized_4bit: bool = False) -> LlavaWrapper:
-        from transformers import AutoProcessor, LlavaNextForConditionalGeneration
+        import transformers
+        from transformers import AutoProcessor
 
+        model_class = getattr(transformers, cls.model_class)
         kwargs: dict = {"dtype": dtype, "device_map": {"": str(device)}, "local_files_only": True}
         if quantized_4bit:
             from transformers import BitsAndBytesConfig
@@ -69,7 +73,7 @@ class LlavaWrapper(VlmWrapper):
 
         what, name = vlm_terms(spec)
         with checked_load(what, folder, name):
-            model = LlavaNextForConditionalGeneration.from_pretrained(folder, **kwargs)
+            model = model_class.from_pretrained(folder, **kwargs)
             processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
         return cls(model, processor, spec, checkpoint, device, dtype)
 

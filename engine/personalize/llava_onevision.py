@@ -11,12 +11,11 @@ The frozen tower's output is everything before the token, so the trainer may cac
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 
 from .llava import LlavaWrapper
-from .vlm import GenerationSettings, VlmSpec
+from .vlm import GenerationSettings
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 
@@ -28,20 +27,7 @@ def qwen_prompt(question: str) -> str:
 
 class LlavaOnevisionWrapper(LlavaWrapper):
     family = "llava-onevision"
-
-    @classmethod
-    def load(cls, folder: Path, spec: VlmSpec, checkpoint: str, device: torch.device, dtype: torch.dtype,
-             quantized_4bit: bool = False) -> LlavaOnevisionWrapper:
-        from transformers import AutoProcessor, LlavaOnevisionForConditionalGeneration
-
-        from ..model_files import checked_load, vlm_terms
-
-        what, name = vlm_terms(spec)
-        with checked_load(what, folder, name):
-            model = LlavaOnevisionForConditionalGeneration.from_pretrained(
-                folder, dtype=dtype, device_map={"": str(device)}, local_files_only=True)
-            processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
-        return cls(model, processor, spec, checkpoint, device, dtype)
+    model_class = "LlavaOnevisionForConditionalGeneration"
 
     def chat_prompt(self, question: str) -> str:
         return qwen_prompt(question)

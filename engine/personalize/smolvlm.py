@@ -16,14 +16,13 @@ The regulariser reads the language model's self-attention rows of the concept to
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from PIL import Image
 
 from .concept_layer import ConceptLayer, match_first_token_norm
 from .llava import LlavaWrapper
-from .vlm import GenerationSettings, VlmSpec, VlmWrapper
+from .vlm import GenerationSettings, VlmWrapper
 
 END_OF_UTTERANCE = "<end_of_utterance>"
 
@@ -35,6 +34,7 @@ def smolvlm_prompt(question: str) -> str:
 
 
 class SmolVlmWrapper(LlavaWrapper):
+    model_class = "Idefics3ForConditionalGeneration"
     family = "smolvlm"
 
     def __init__(self, model, processor, spec, checkpoint, device, dtype):
@@ -54,20 +54,6 @@ class SmolVlmWrapper(LlavaWrapper):
         for layer in self.language_model.layers:
             layer.self_attn.register_forward_hook(self._capture_probs)
         self._concept_positions: torch.Tensor | None = None   # (B, k) positions of the concept tokens
-
-    @classmethod
-    def load(cls, folder: Path, spec: VlmSpec, checkpoint: str, device: torch.device, dtype: torch.dtype
-             ) -> SmolVlmWrapper:
-        from transformers import AutoProcessor, Idefics3ForConditionalGeneration
-
-        from ..model_files import checked_load, vlm_terms
-
-        what, name = vlm_terms(spec)
-        with checked_load(what, folder, name):
-            model = Idefics3ForConditionalGeneration.from_pretrained(
-                folder, dtype=dtype, device_map={"": str(device)}, local_files_only=True)
-            processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
-        return cls(model, processor, spec, checkpoint, device, dtype)
 
     # -- prompts ------------------------------------------------------------------------------------------------
     def chat_prompt(self, question: str) -> str:
