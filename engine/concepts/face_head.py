@@ -1,6 +1,6 @@
 """The MyVLM person head: a person's reference face embeddings, and which photos show them.
 
-The paper's head (method.md §2) needs no training: it is the concept's reference face embeddings, one per training
+The paper's head (docs/method.md §2) needs no training: it is the concept's reference face embeddings, one per training
 image, and it fires on an image when the smallest cosine distance from any face detected in it to any reference is
 at most a threshold (0.675 for ArcFace buffalo_l in the paper; here `backend.thresholds.concept_distance`, calibrated
 per face backend). Every face of an image is matched on its own, and the best face says which face matched.

@@ -1,6 +1,6 @@
 """Object concept heads: the paper's 2-way linear classifier on L2-normalised CLIP image features.
 
-The paper (MyVLM §2 of docs/method) trains `Linear(D, 2)` on ~4 positives and ~150 negatives with class-balanced
+The paper (docs/method.md §3) trains `Linear(D, 2)` on ~4 positives and ~150 negatives with class-balanced
 batches of 16, cross-entropy, AdamW (lr 1e-3, wd 0.01), a cosine schedule over 500 steps down to 5e-6, gradient
 clipping at 0.1 and flip / ±30° rotation augmentation, running CLIP on the augmented images at every step. It fires
 when softmax p(concept) >= 0.5.

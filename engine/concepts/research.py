@@ -1,4 +1,4 @@
-"""Import and export in the MyVLM research formats (method.md §6), so the paper's data and releases can be used.
+"""Import and export in the MyVLM research formats (docs/method.md §14), so the paper's data and releases can be used.
 
   * A concept folder `<root>/<concept>/`: the concept's images, `captions.json` and/or `captions_augmented.json`
     (`{"img1.jpg": ["caption 1", ...]}`), optionally `additional_llava_vqa_data.json` (`{"img1.jpg": [["question",
