@@ -1,6 +1,6 @@
 """BLIP-2 (`Blip2ForConditionalGeneration`, flan-t5 or OPT) with the MyVLM concept layer.
 
-Where the concept goes (method.md §3): after the MLP of the *last* vision-encoder layer. With a zero residual for the
+Where the concept goes (docs/method.md §6): after the *last* vision-encoder layer's MLP. With a zero residual for the
 new position that equals appending `normalize(value)` to that layer's output, before `post_layernorm`, so a forward
 hook on the layer does it: 257 → 258 visual tokens for ViT-g/14 at 224 px. The Q-Former's 32 queries then
 cross-attend to 258 positions; in every cross-attention the keys and values of the appended positions are rescaled
@@ -33,10 +33,10 @@ class Blip2Wrapper(VlmWrapper):
         self.num_query_tokens = model.config.num_query_tokens                # 32
         self.image_token_id = model.config.image_token_id
         self.decoder_only = bool(model.config.use_decoder_only_language_model)
-        # method.md's Q-Former key/value rescale of the appended positions; on by default (the paper's BLIP-2).
+        # The Q-Former key/value rescale of the appended positions (docs/method.md §6); on by default (the paper's).
         # bench/bench_myvlm_world.py measures what it does on a small model.
         self.rescale_appended = True
-        # The rescale's target is gain × that mean norm; method.md's rule is gain 1. A checkpoint may declare its own
+        # The rescale's target is gain × that mean norm; the paper's rule is gain 1. A checkpoint may declare its own
         # (`myvlm_appended_gain` in config.json): a 2M-parameter Q-Former attends far more evenly than BLIP-2's,
         # and there one token at the mean norm cannot win enough attention to be heard (bench/README.md).
         self.appended_gain = float(getattr(model.config, "myvlm_appended_gain", 1.0) or 1.0)

@@ -1,6 +1,6 @@
 """The MyVLM concept embedding layer: one learned token per recognised concept, appended to the visual tokens.
 
-The layer sits on one frozen module of the VLM (method.md §3) through a forward hook, so no library modeling code is
+The layer sits on one frozen module of the VLM (docs/method.md §5) via a forward hook, so no library modeling code is
 copied or patched. For each image of a batch the caller says which concepts fired (`set_active`); the hook appends
 `normalize(value_c)` for each of them, in a stable order (ascending concept id). When nothing fired the hook returns
 None, which leaves the module's output object untouched: outputs are bit-identical to the unwrapped model.

@@ -1,12 +1,12 @@
 """LLaVA-1.6 (`LlavaNextForConditionalGeneration`, vicuna-7b) with the MyVLM concept layer.
 
-Where the concept goes (method.md §3): after the second linear of the vision→language projector, rescaled to the
+Where the concept goes (docs/method.md §6): after the second linear of the vision→language projector, rescaled to the
 norm of the first image token: 576 → 577 visual tokens. As in the paper, each image is one 336 px view (the image
 processor's base view), without any-res tiling or the newline token, so the wrapper builds the visual features
 itself (vision tower → feature layer → projector) and places them at `<image>` placeholders, one placeholder per
 visual token including the appended concept tokens — which keeps transformers' placeholder/feature count check.
 
-The regulariser reads the language model's self-attention rows of the concept tokens (method.md §4), captured by
+The regulariser reads the language model's self-attention rows of the concept tokens (docs/method.md §7), captured by
 hooks on each decoder layer's attention (which returns probabilities under the eager implementation).
 """
 

@@ -1,4 +1,4 @@
-"""Training targets for people who write no captions (method.md §4, "Ours").
+"""Training targets for people who write no captions (docs/method.md §10).
 
 The original VLM captions each training photo; the subject phrase that refers to the concept ("a man", "a small
 brown dog") is rewritten into the identifier; a few close variants follow; the user reviews them before training.

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class GenerationSettings:
-    """method.md §5: BLIP-2 greedy; LLaVA temperature 0.2, top-p 0.7. A seed makes sampling repeatable."""
+    """docs/method.md §11: BLIP-2 greedy; LLaVA temperature 0.2, top-p 0.7. A seed makes sampling repeatable."""
 
     max_new_tokens: int = 40
     do_sample: bool = False
@@ -318,6 +318,10 @@ def load_vlm(name: str | Path = DEFAULT_VLM, *, models_dir: Path, device: str | 
         from .llava_onevision import LlavaOnevisionWrapper
 
         return LlavaOnevisionWrapper.load(folder, spec, checkpoint, dev, dt)
+    if spec.family == "qwen2-vl":
+        from .qwen2_vl import Qwen2VlWrapper
+
+        return Qwen2VlWrapper.load(folder, spec, checkpoint, dev, dt)
     from .llava import LlavaWrapper
 
     return LlavaWrapper.load(folder, spec, checkpoint, dev, dt, quant_4bit)
