@@ -74,7 +74,7 @@ class BenchConfig:
     lr: float = 1.0                   # the project's (and the paper's) defaults; --lr / --no-augment to study them
     augment: bool = True
     ablation: bool = True
-    no_rescale_variant: bool = True   # also MyVLM without the Q-Former key/value rescale of method.md §3
+    no_rescale_variant: bool = True   # also MyVLM without the Q-Former key/value rescale of docs/method.md §6
     paper_gain_variant: bool = True   # also MyVLM at the paper's rescale gain 1 when the checkpoint declares another
     caption_others: bool = True       # preservation and multi-concept recall: captions of photos without the
                                       # concept and with two (a third of the captioning; CI's test reads neither)
@@ -321,7 +321,7 @@ def _concept_questions(meta, concept: str, identifier: str, rng=None) -> list[W.
 def run_llava_vqa(cfg: BenchConfig, checkpoint: Path = LLAVA_CHECKPOINT, log=print) -> dict:
     """Personalised VQA on the small LLaVA: "What colour is sks?", "Where is sks?" on new photos of each concept.
 
-    Each concept's embedding is trained by the project's trainer for the VQA task (method.md's λ 10) from the same
+    Each concept's embedding is trained by the project's trainer for VQA (λ 10, docs/method.md §7) from the same
     4 photos, on the world's questions about the concept by its identifier with their answers (several wordings),
     with the paper's augmentation (a mirrored view's "on the left" becomes "on the right"). On held-out photos,
     with the concept given (no heads here), exact-match accuracy per question kind for: MyVLM (the token
@@ -397,8 +397,8 @@ def calibrate_gain(checkpoint: Path, gains=GAINS, steps: int = 100, n_heldout: i
                    max_scene_drop: float = 0.1, write: bool = True, log=print) -> dict:
     """Choose the checkpoint's appended-token gain on the calibration concepts (never the benchmark's).
 
-    method.md rescales the appended keys/values to the image tokens' mean norm (gain 1), which suits BLIP-2's
-    Q-Former. A small Q-Former attends more evenly, and one token at the mean norm may not be heard. Of the gains
+    docs/method.md §6: the paper rescales the appended keys/values to the image tokens' mean norm (gain 1), right for
+    BLIP-2's Q-Former. A small one attends more evenly, and one token at the mean norm may not be heard. Of the gains
     that keep the scene (scene accuracy of the personalised captions within max_scene_drop of the original
     model's), the one whose captions name the calibration concepts most often (concept given; the smaller gain
     on a tie) is written to config.json as `myvlm_appended_gain`, where the project's BLIP-2 wrapper reads it for

@@ -2,7 +2,7 @@
 
 MyVLM changes a frozen VLM's captions only through one token appended to the vision encoder's output; every
 Q-Former cross-attention sees it as one more key and value, rescaled to gain × the image tokens' mean norm
-(method.md §3). This probe frees that token as far as the layout allows:
+(docs/method.md §6). This probe frees that token as far as the layout allows:
 
 - `free_kv`: in every cross-attention the appended position's key and value are free vectors of their own (still
   rescaled the same way): 2 × layers directions instead of one embedding seen through the post-layernorm and
