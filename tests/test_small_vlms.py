@@ -1,5 +1,5 @@
-"""The small captioner families (SmolVLM / Idefics3 and LLaVA-OneVision / Qwen2) with the MyVLM concept layer, on
-their tiny random-weight presets: the tests BLIP-2 and LLaVA-1.6 get in test_personalize.py.
+"""The small captioner families (SmolVLM / Idefics3, LLaVA-OneVision / Qwen2 and Qwen2-VL) with the MyVLM concept
+layer, on their tiny random-weight presets: the tests BLIP-2 and LLaVA-1.6 get in test_personalize.py.
 
 The presets are the real transformers architectures with small configs, loaded through the same wrapper code as the
 real checkpoints (no hub is reachable here).
@@ -17,9 +17,9 @@ from PIL import Image
 from engine.concepts.research import load_research_concept_embeddings
 from engine.personalize.embeddings import EmbeddingStore
 from engine.personalize.training import ConceptToTrain, ConceptTrainer, TrainingConfig, TrainingExample
-from engine.personalize.vlm import VLM_SPECS, load_vlm, resolve_spec
+from engine.personalize.vlm import VLM_SPECS, GenerationSettings, load_vlm, resolve_spec
 
-PRESETS = ["tiny-smolvlm", "tiny-llava-ov"]
+PRESETS = ["tiny-smolvlm", "tiny-llava-ov", "tiny-qwen2-vl"]
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +40,20 @@ def _images(n: int, seed: int = 0) -> list[Image.Image]:
 def _reference(w):
     """The same checkpoint loaded plainly by transformers (no concept layer, no hooks), and its own path from
     pixels to the language model's image tokens."""
-    from transformers import Idefics3ForConditionalGeneration, LlavaOnevisionForConditionalGeneration
+    from transformers import (
+        Idefics3ForConditionalGeneration,
+        LlavaOnevisionForConditionalGeneration,
+        Qwen2VLForConditionalGeneration,
+    )
 
     folder = w.model.config._name_or_path
     if w.family == "smolvlm":
         ref = Idefics3ForConditionalGeneration.from_pretrained(folder).eval()
         return ref, lambda px: torch.stack(ref.model.get_image_features(px[:, None]).pooler_output)
+    if w.family == "qwen2-vl":   # the processor's flat patches of all images and their grids
+        ref = Qwen2VLForConditionalGeneration.from_pretrained(folder).eval()
+        return ref, lambda px: torch.stack(ref.model.get_image_features(
+            px.reshape(-1, px.shape[-1]), torch.tensor([w.grid] * px.shape[0])).pooler_output)
     ref = LlavaOnevisionForConditionalGeneration.from_pretrained(folder).eval()
     return ref, lambda px: ref.model.multi_modal_projector(
         ref.model.vision_tower(px, output_hidden_states=True).hidden_states[ref.config.vision_feature_layer])
@@ -182,8 +190,71 @@ def test_the_small_captioners_are_in_the_catalogue_and_their_folders_are_recogni
         assert e.feature == CAPTIONS and e.repo_id == repo and e.licence == "Apache-2.0"
         assert 0 < e.size_bytes < 2.5e9 and "questions" in e.purpose
         assert VLM_SPECS[key].params_b < 1
+    # Qwen2-VL-2B, for computers with more memory: 2.2 B parameters, 4.4 GB in bf16
+    e = entries["qwen2-vl-2b"]
+    assert e.feature == CAPTIONS and e.repo_id == "Qwen/Qwen2-VL-2B-Instruct" and e.licence == "Apache-2.0"
+    assert 4e9 < e.size_bytes < 5e9 and "questions" in e.purpose and VLM_SPECS["qwen2-vl-2b"].family == "qwen2-vl"
     # a checkpoint folder given by path is recognised by its config's model type
-    for preset, family in [("tiny-smolvlm", "smolvlm"), ("tiny-llava-ov", "llava-onevision")]:
+    for preset, family in [("tiny-smolvlm", "smolvlm"), ("tiny-llava-ov", "llava-onevision"),
+                           ("tiny-qwen2-vl", "qwen2-vl")]:
         folder = load_vlm(preset, models_dir=models_dir).model.config._name_or_path
         spec, _ = resolve_spec(folder)
         assert spec.family == family and "vqa" in spec.tasks
+
+
+@pytest.fixture(scope="module")
+def qwen(models_dir):
+    return load_vlm("tiny-qwen2-vl", models_dir=models_dir)
+
+
+def test_qwen2_vl_without_concepts_is_the_processors_own_layout_and_m_rope_positions(qwen):
+    """Our prompt, patches and M-RoPE positions give the very logits of the model run on the processor's inputs."""
+    w = qwen
+    w.set_concepts({3: torch.randn(w.concept_dim)})
+    side = w.view_side
+    squares = [im.resize((side, side), Image.Resampling.BICUBIC) for im in _images(2)]
+    texts = [w.chat_prompt("what is this?")] * 2
+    ref_inputs = w.processor(images=squares, text=texts, return_tensors="pt")
+    with torch.no_grad():
+        ref = w.model(**ref_inputs).logits
+        embeds, mask, _ = w._embed(w.preprocess(_images(2)), texts, left_pad=True)
+        assert torch.equal(w._rope_inputs[0], ref_inputs.input_ids)
+        assert torch.equal(w._rope_inputs[1], ref_inputs.mm_token_type_ids)
+        ours = w.model(inputs_embeds=embeds, attention_mask=mask, position_ids=w.rope_positions(mask)).logits
+    assert torch.equal(ours, ref)
+
+
+def test_qwen2_vl_concept_token_takes_the_text_position_after_vision_end_in_training_and_generation(qwen):
+    w = qwen
+    w.set_concepts({5: torch.randn(w.concept_dim)})
+    images = _images(2, 4)
+    texts = [w.chat_prompt("hi"), w.chat_prompt("what is this dog doing?")]   # different lengths: left padding
+    with torch.no_grad(), w._active([[5], [5]]):
+        _, mask, _ = w._embed(w.preprocess(images), texts, left_pad=True)
+    positions = w.rope_positions(mask)                                          # (3, B, T)
+    input_ids, types = w._rope_inputs
+    side = w.grid[1] // 2                                                       # image tokens per row and column
+    for b in range(2):
+        end = int((input_ids[b] == w.vision_end_id).nonzero()[0])
+        concept = int(w._concept_positions[b, 0])
+        assert concept == end + 1 and input_ids[b, concept] == w.image_token_id and types[b, concept] == 0
+        image = (types[b] == 1).nonzero().flatten()
+        assert len(image) == w.n_visual_tokens and int(image[-1]) == end - 1
+        start = int(positions[0, b, image[0]])
+        # image tokens: (t, row, col) on the grid; <|vision_end|> is text right after the largest grid position
+        assert positions[:, b, image[-1]].tolist() == [start, start + side - 1, start + side - 1]
+        assert positions[:, b, end].tolist() == [start + side] * 3
+        # the concept token and the question after it: text positions counting on (the same in all three sections)
+        assert positions[:, b, concept].tolist() == [start + side + 1] * 3
+        assert positions[:, b, concept + 1].tolist() == [start + side + 2] * 3
+    # generation runs on the same positions, and the new tokens continue from the last one
+    seen: list[torch.Tensor] = []
+    hook = w.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["position_ids"]), with_kwargs=True)
+    try:
+        w.generate(images, ["hi", "what is this dog doing?"], concepts=[[5], [5]],
+                   settings=GenerationSettings(max_new_tokens=2))
+    finally:
+        hook.remove()
+    first, second = seen[0][-3:], seen[1][-3:]                                  # generate prepends text positions
+    assert torch.equal(first[:, mask.bool()], positions[:, mask.bool()])
+    assert torch.equal(second[..., 0], first[..., -1] + 1)

@@ -31,7 +31,7 @@ class VlmTooLarge(VlmError):
 @dataclass(frozen=True)
 class VlmSpec:
     key: str                 # what users type: --vlm blip2
-    family: str              # "blip2" | "llava" | "smolvlm" | "llava-onevision"
+    family: str              # "blip2" | "llava" | "smolvlm" | "llava-onevision" | "qwen2-vl"
     checkpoint: str          # a Hugging Face repo id, or a tiny preset key
     title: str
     params_b: float          # parameters, billions (for the memory check and the model table)
@@ -52,6 +52,9 @@ VLM_SPECS: dict[str, VlmSpec] = {s.key: s for s in [
             "Apache-2.0", (CAPTION, VQA)),
     VlmSpec("llava-ov-0.5b", "llava-onevision", "llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
             "LLaVA-OneVision Qwen2-0.5B", 0.894, "Apache-2.0", (CAPTION, VQA)),
+    # For users with more memory (a GPU, or 16 GB of RAM): the concept token after the vision merger
+    VlmSpec("qwen2-vl-2b", "qwen2-vl", "Qwen/Qwen2-VL-2B-Instruct", "Qwen2-VL-2B-Instruct", 2.21, "Apache-2.0",
+            (CAPTION, VQA)),
     VlmSpec("tiny-blip2", "blip2", "tiny-blip2", "Tiny BLIP-2 (random weights, tests)", 0.0001, "MIT", tiny=True),
     VlmSpec("tiny-blip2-opt", "blip2", "tiny-blip2-opt", "Tiny BLIP-2 OPT (random weights, tests)", 0.0001, "MIT",
             tiny=True),
@@ -61,10 +64,12 @@ VLM_SPECS: dict[str, VlmSpec] = {s.key: s for s in [
             "Apache-2.0", (CAPTION, VQA), tiny=True),
     VlmSpec("tiny-llava-ov", "llava-onevision", "tiny-llava-ov", "Tiny LLaVA-OneVision (random weights, tests)",
             0.0002, "Apache-2.0", (CAPTION, VQA), tiny=True),
+    VlmSpec("tiny-qwen2-vl", "qwen2-vl", "tiny-qwen2-vl", "Tiny Qwen2-VL (random weights, tests)", 0.0002,
+            "Apache-2.0", (CAPTION, VQA), tiny=True),
 ]}
 # config.json's model_type → family, for checkpoint folders given by path
 FAMILY_OF_MODEL_TYPE = {"blip-2": "blip2", "llava_next": "llava", "idefics3": "smolvlm",
-                        "llava_onevision": "llava-onevision"}
+                        "llava_onevision": "llava-onevision", "qwen2_vl": "qwen2-vl"}
 DEFAULT_VLM = "blip2"
 UNSUPPORTED = {"minigpt-v2": "MiniGPT-v2 has no transformers implementation; it is out of scope for now."}
 
@@ -86,7 +91,7 @@ def resolve_spec(name: str | Path) -> tuple[VlmSpec, str]:
         family = FAMILY_OF_MODEL_TYPE.get(model_type)
         if family is None:
             raise VlmError(f"{path}: model type {model_type!r} is not supported; BLIP-2, LLaVA-1.6, SmolVLM "
-                           f"(Idefics3) and LLaVA-OneVision are")
+                           f"(Idefics3), LLaVA-OneVision and Qwen2-VL are")
         tasks = (CAPTION,) if family == "blip2" else (CAPTION, VQA)
         return VlmSpec(str(path), family, str(path), path.name, 0.0, "see the checkpoint", tasks), str(path.resolve())
     for spec in VLM_SPECS.values():

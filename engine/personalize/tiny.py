@@ -33,6 +33,9 @@ TINY_PRESETS = {
     "tiny-smolvlm": TinyPreset("tiny-smolvlm", "smolvlm", "llama", "Tiny SmolVLM (Idefics3 layout, random weights)"),
     "tiny-llava-ov": TinyPreset("tiny-llava-ov", "llava-onevision", "qwen2",
                                 "Tiny LLaVA-OneVision (Qwen2 layout, random weights)"),
+    "tiny-minigpt-v2": TinyPreset("tiny-minigpt-v2", "minigpt-v2", "llama",
+                                  "Tiny MiniGPT-v2 (ViT, 4-token projection, Llama with LoRA; random weights)"),
+    "tiny-qwen2-vl": TinyPreset("tiny-qwen2-vl", "qwen2-vl", "qwen2", "Tiny Qwen2-VL (random weights)"),
 }
 
 
@@ -64,8 +67,12 @@ SMOLVLM_256M = VlmSizes(768, 3072, 12, 12, 512, 16, 4, 576, 1536, 30, 9, 3, 4928
 SMOLVLM_500M = VlmSizes(768, 3072, 12, 12, 512, 16, 4, 960, 2560, 32, 15, 5, 49280)
 # llava-hf/llava-onevision-qwen2-0.5b-ov-hf: SigLIP so400m/14 at 384 px (26 × 1152), Qwen2-0.5B (24 × 896, 14/2 heads)
 LLAVA_OV_05B = VlmSizes(1152, 4304, 26, 16, 384, 14, 1, 896, 4864, 24, 14, 2, 151936, tie_embeddings=True)
+# Qwen/Qwen2-VL-2B-Instruct: its ViT (32 × 1280, 16 heads, MLP × 4, patch 14, 2 × 2 merge) at the 448 px view the
+# wrapper uses, Qwen2-1.5B (28 × 1536, 12/2 heads); image_size is that view's side, scale_factor the spatial merge
+QWEN2_VL_2B = VlmSizes(1280, 5120, 32, 16, 448, 14, 2, 1536, 8960, 28, 12, 2, 151936, tie_embeddings=True)
 TINY_SMOLVLM = VlmSizes()
 TINY_LLAVA_OV = VlmSizes(image_size=56, patch_size=14, scale_factor=1)
+TINY_QWEN2_VL = VlmSizes(image_size=56, patch_size=14, scale_factor=2)
 
 
 def build_word_tokenizer(words: list[str], *, specials: dict[str, str], image_token: str = "<image>",
@@ -344,6 +351,55 @@ def llava_onevision_parts(sizes: VlmSizes = TINY_LLAVA_OV, seed: int = 0, dtype=
     return model, processor
 
 
+def qwen2_vl_parts(sizes: VlmSizes = TINY_QWEN2_VL, seed: int = 0, dtype=None):
+    """(model, processor) of a Qwen2-VL model (its ViT with the 2 × 2 patch merger + Qwen2 with M-RoPE) with random
+    weights at `sizes`. The image processor's pixel budget is pinned to one `image_size` square, so a tiny model
+    sees 56 px views (2 × 2 image tokens) while a real checkpoint's processor keeps its own budget."""
+    import torch
+    from transformers import (
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    tokenizer = build_word_tokenizer(WORDS + ["user", "assistant", "system", "you", "helpful", "\n"],
+                                     specials={"pad_token": "<|endoftext|>", "eos_token": "<|im_end|>",
+                                               "unk_token": "<unk>"}, image_token="<|image_pad|>")
+    tokenizer.add_tokens(["<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>"], special_tokens=True)
+    s = sizes
+    ids = tokenizer.convert_tokens_to_ids
+    head_dim = s.text_hidden // s.text_heads
+    quarter = head_dim // 16                      # M-RoPE: (t, h, w) sections of the rotary half, [16, 24, 24] at 128
+    config = Qwen2VLConfig(
+        vision_config={"depth": s.vision_layers, "embed_dim": s.vision_hidden, "num_heads": s.vision_heads,
+                       "mlp_ratio": s.vision_intermediate // s.vision_hidden, "hidden_size": s.text_hidden,
+                       "patch_size": s.patch_size, "spatial_merge_size": s.scale_factor, "temporal_patch_size": 2},
+        text_config={"vocab_size": _vocab(s, tokenizer), "hidden_size": s.text_hidden,
+                     "intermediate_size": s.text_intermediate, "num_hidden_layers": s.text_layers,
+                     "num_attention_heads": s.text_heads, "num_key_value_heads": s.text_kv_heads,
+                     "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
+                     "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0,
+                                         "mrope_section": [2 * quarter, 3 * quarter, 3 * quarter]},
+                     "tie_word_embeddings": s.tie_embeddings, "pad_token_id": tokenizer.pad_token_id,
+                     "bos_token_id": None, "eos_token_id": tokenizer.eos_token_id},
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+        tie_word_embeddings=s.tie_embeddings,
+    )
+    _seed(seed)
+    model = Qwen2VLForConditionalGeneration._from_config(config, dtype=dtype or torch.float32).eval()
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    pixels = s.image_size * s.image_size
+    image_processor = Qwen2VLImageProcessor(size={"shortest_edge": pixels, "longest_edge": pixels},
+                                            patch_size=s.patch_size, merge_size=s.scale_factor)
+    processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                 video_processor=Qwen2VLVideoProcessor())
+    return model, processor
+
+
 def _save_parts(folder: Path, model, processor) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
@@ -368,6 +424,12 @@ def ensure_tiny_checkpoint(key: str, root: Path, seed: int = 0) -> Path:
         _save_parts(tmp, *smolvlm_parts(TINY_SMOLVLM, seed))
     elif preset.family == "llava-onevision":
         _save_parts(tmp, *llava_onevision_parts(TINY_LLAVA_OV, seed))
+    elif preset.family == "minigpt-v2":   # its own parts layout and the official .pth: minigpt_v2.py
+        from .minigpt_v2 import build_tiny_minigpt_v2
+
+        build_tiny_minigpt_v2(tmp, seed=seed)
+    elif preset.family == "qwen2-vl":
+        _save_parts(tmp, *qwen2_vl_parts(TINY_QWEN2_VL, seed))
     else:
         build_tiny_llava(tmp, seed=seed)
     _save_json(tmp / "myvlm_preset.json", {"preset": key, "seed": seed})

@@ -59,7 +59,7 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 # λ per VLM family and task: the reference code's values (method.md §4)
 DEFAULT_LAMBDA = {("blip2", CAPTION): 0.04, ("llava", CAPTION): 0.0075, ("llava", VQA): 10.0}
 # The small captioners regularise the same attention as LLaVA (the language model's rows of the concept token)
-for _family in ("smolvlm", "llava-onevision"):
+for _family in ("smolvlm", "llava-onevision", "qwen2-vl"):
     DEFAULT_LAMBDA[(_family, CAPTION)], DEFAULT_LAMBDA[(_family, VQA)] = 0.0075, 10.0
 
 
