@@ -474,3 +474,50 @@ def test_training_augments_small_copies_of_big_photos(models_dir, tmp_path, monk
     # a photo already smaller than the working side is used as it is
     small = Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8))
     assert T.shrunk(small, side).size == (50, 40)
+
+
+def test_concepts_trained_together_train_as_each_would_alone(models_dir, tmp_path):
+    """The reference trains one concept at a time. Together, each concept draws a batch of its own photos every
+    step and has its gradient clipped on its own: two concepts whose photos do not overlap end exactly where each
+    ends trained alone (with one shared batch and clip they would not)."""
+    w = load_vlm("tiny-blip2", models_dir=models_dir)
+    prompt = w.training_prompt("caption", "x")
+    imgs = _images(6, 5)
+    ex1 = [TrainingExample(imgs[i], [1], [(prompt, f"sks number {i}")]) for i in range(3)]
+    ex2 = [TrainingExample(imgs[i], [2], [(prompt, f"pll number {i}")]) for i in range(3, 6)]
+    cfg = TrainingConfig(steps=4, seed=2, batch_size=2, checkpoint_every=100)
+    both = ConceptTrainer(w, EmbeddingStore(tmp_path / "both"), cfg).train(
+        [ConceptToTrain(1, "sks"), ConceptToTrain(2, "pll")], ex1 + ex2)
+    alone1 = ConceptTrainer(w, EmbeddingStore(tmp_path / "a1"), cfg).train([ConceptToTrain(1, "sks")], ex1)
+    alone2 = ConceptTrainer(w, EmbeddingStore(tmp_path / "a2"), cfg).train([ConceptToTrain(2, "pll")], ex2)
+    assert np.array_equal(both[1].values, alone1[1].values)
+    assert np.array_equal(both[2].values, alone2[2].values)
+
+
+def test_each_concepts_gradient_is_clipped_on_its_own():
+    from engine.personalize.training import _clip_rows
+
+    param = torch.nn.Parameter(torch.zeros(3, 4))
+    param.grad = torch.tensor([[3.0, 4.0, 0, 0], [0.01, 0, 0, 0], [0, 0, 0, 0]])
+    _clip_rows(param, 0.05)
+    norms = param.grad.norm(dim=1)
+    assert torch.allclose(norms[0], torch.tensor(0.05), atol=1e-6)    # the big one is cut to the clip
+    assert torch.allclose(param.grad[1], torch.tensor([0.01, 0, 0, 0]))  # the small one keeps its size
+    assert torch.equal(param.grad[2], torch.zeros(4))
+
+
+def test_rotated_training_views_have_black_corners_like_the_reference():
+    """The reference's rotation fills the uncovered corners with black; mirroring the edges (the old fill) puts
+    phantom copies of objects near the edges into the view, which the target caption does not mention."""
+    from engine.personalize.training import augment_view
+
+    img = Image.new("RGB", (64, 64), (200, 40, 40))
+    cfg = TrainingConfig(flip_p=0.0, brightness=0.0, max_rotation=45.0)
+    rng = np.random.default_rng(1)
+    views = [np.asarray(augment_view(img, rng, cfg)) for _ in range(4)]
+    assert all(v.shape == (64, 64, 3) for v in views)
+    assert all((v[0, 0] == 0).all() and (v[-1, -1] == 0).all() for v in views)   # angles here: 40, 40, -7, -8°
+    assert all((v[32, 32] == (200, 40, 40)).all() for v in views)
+    mirrored = np.asarray(augment_view(img, np.random.default_rng(1), TrainingConfig(
+        flip_p=0.0, brightness=0.0, rotation_fill="mirror")))
+    assert (mirrored[0, 0] == (200, 40, 40)).all()

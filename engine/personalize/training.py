@@ -1,8 +1,14 @@
 """Training concept embeddings (method.md §4): only the concept values learn; the VLM stays frozen.
 
 AdamW (lr 1.0, weight decay 1e-4, constant), gradient-norm clip 0.05, batches of 4 images, the VLM's own LM loss
-plus λ times the attention regulariser, augmented images (flip, brightness, rotation). Concept signals are computed
-once on the un-augmented images by the caller and passed in with each example.
+plus λ times the attention regulariser, augmented images (flip, brightness, rotation with black corners, as the
+reference's torchvision rotation). Concept signals are computed once on the un-augmented images by the caller and
+passed in with each example.
+
+The reference trains one concept at a time. Several concepts in one run train as if each were alone: every step
+draws a batch of 4 of *each* concept's own photos and clips each concept's gradient on its own (with one shared
+batch and clip, each would see about 4/n photos a step and the concept with the largest gradient would set
+everyone's step size).
 
 Where the concept token enters after the vision tower (LLaVA, LLaVA-OneVision, SmolVLM: after the projector), the
 frozen tower's output of a view does not depend on the token, so a fixed pool of augmented views per photo
@@ -10,9 +16,9 @@ frozen tower's output of a view does not depend on the token, so a fixed pool of
 step then costs the projector and the language model only. BLIP-2 appends inside its vision encoder and augments
 afresh at every step.
 
-Every step draws its batch, augmentation and targets from a generator seeded by (seed, step), so a run resumed from
-a checkpoint continues exactly as the uninterrupted run would have. Checkpoints every 25 steps (and at the last
-step, and on cancel) hold the values, the optimiser's moments and the history of values.
+Every step draws each concept's batch, augmentation and targets from a generator seeded by (seed, step, concept),
+so a run resumed from a checkpoint continues exactly as the uninterrupted run would have. Checkpoints every 25 steps
+(and at the last step, and on cancel) hold the values, the optimiser's moments and the history of values.
 """
 
 from __future__ import annotations
@@ -76,6 +82,10 @@ class TrainingConfig:
     flip_p: float = 0.5
     brightness: float = 0.6
     max_rotation: float = 45.0
+    # What fills the corners a rotation uncovers: "black" as the reference (torchvision's default fill), or
+    # "mirror" (the picture mirrored at its edges), which creates phantom copies of objects near the edges; the
+    # captions then describe things that are not in the view (measured in bench/README.md).
+    rotation_fill: str = "black"
     shrink: bool = True                  # augment copies shrunk to twice the model's input side, not the photos
     # Augmented views per photo whose vision features are computed once, before the steps, and drawn from at each
     # step (wrappers whose token enters after the vision tower: `caches_features`). 0: a fresh view every step.
@@ -129,7 +139,7 @@ def _is_cancelled(cancel: Any) -> bool:
 
 
 def augment_view(image: Image.Image, rng: np.random.Generator, config: TrainingConfig) -> Image.Image:
-    """One training view: horizontal flip (p 0.5), brightness jitter (±0.6), rotation (±45°, edges mirrored)."""
+    """One training view: horizontal flip (p 0.5), brightness jitter (±0.6), rotation (±45°, black corners)."""
     return augment_view_flipped(image, rng, config)[0]
 
 
@@ -148,7 +158,8 @@ def augment_view_flipped(image: Image.Image, rng: np.random.Generator, config: T
     if config.max_rotation > 0:
         angle = float(rng.uniform(-config.max_rotation, config.max_rotation))
         if abs(angle) > 1e-3:
-            view = rotate_filled(view, angle)
+            view = (rotate_filled(view, angle) if config.rotation_fill == "mirror"
+                    else view.rotate(angle, resample=Image.Resampling.BILINEAR, fillcolor=(0, 0, 0)))
     return view, flipped
 
 
@@ -257,6 +268,7 @@ class ConceptTrainer:
         c = self.config
         return {"lr": c.lr, "weight_decay": c.weight_decay, "clip_norm": c.clip_norm, "batch_size": c.batch_size,
                 "reg_lambda": c.lam(self.wrapper.family, task), "augment": c.augment, "seed": c.seed,
+                "rotation_fill": c.rotation_fill,
                 "work_side": working_side(self.wrapper) if c.shrink else None,
                 "trained_with": sorted(x.concept_id for x in concepts)} | self._pool_setting()
 
@@ -346,32 +358,24 @@ class ConceptTrainer:
                     adam_step=int(state["step"]) if "step" in state else 0, settings=settings))
 
         t0 = time.perf_counter()
-        n = len(examples)
+        # each concept's own photos (indices into examples): its batches are drawn from these alone
+        own = [[i for i, e in enumerate(examples) if cid in e.concept_ids] for cid in w.concept_layer.concept_ids]
         step = start
         try:
             for step in range(start, cfg.steps):
                 if _is_cancelled(cancel):
                     raise TrainingCancelled(f"training cancelled at step {step} of {cfg.steps}")
-                rng = np.random.default_rng([cfg.seed, step])
-                pick = rng.choice(n, size=min(cfg.batch_size, n), replace=False)
-                batch = [examples[i] for i in pick]
-                pixels, features = None, None
-                if pool is not None:   # views drawn from the pool: the vision tower does not run
-                    drawn = [int(rng.integers(pool.views)) for _ in pick]
-                    flips = [pool.flipped[i][v] for i, v in zip(pick, drawn)]
-                    features = pool.features[torch.as_tensor(pick), torch.as_tensor(drawn)]
-                else:
-                    views, flips = zip(*(augment_view_flipped(e.image, rng, cfg) for e in batch))
-                    pixels = w.preprocess(list(views))
-                picks = [int(rng.integers(len(e.pairs))) for e in batch]
-                pairs = [view_pair(e, k, f) for e, k, f in zip(batch, picks, flips)]
-                loss_args = (pixels, [p for p, _ in pairs], [t for _, t in pairs],
-                             [[c for c in e.concept_ids if c in by_id] for e in batch], lam)
-                parts = (w.training_loss(*loss_args, features=features) if features is not None
-                         else w.training_loss(*loss_args))
                 opt.zero_grad(set_to_none=True)
-                parts.total.backward()
-                torch.nn.utils.clip_grad_norm_([param], cfg.clip_norm)
+                total = lm = reg = 0.0
+                for cid, mine in zip(w.concept_layer.concept_ids, own):
+                    # one batch per concept, its gradient added as is: a concept whose photos hold no other concept
+                    # of the run trains exactly as it would alone
+                    rng = np.random.default_rng([cfg.seed, step, cid])
+                    part = self._batch_loss(examples, mine, rng, pool, by_id, lam)
+                    part.total.backward()
+                    total, lm, reg = (total + part.total.item() / len(own), lm + part.lm.item() / len(own),
+                                      reg + part.reg.item() / len(own))
+                _clip_rows(param, cfg.clip_norm)
                 opt.step()
                 done = step + 1
                 is_ckpt = done % cfg.checkpoint_every == 0 or done == cfg.steps
@@ -380,8 +384,8 @@ class ConceptTrainer:
                 if progress is not None:
                     elapsed = time.perf_counter() - t0
                     rate = elapsed / (done - start)
-                    progress(TrainingProgress(done, cfg.steps, parts.total.item(), parts.lm.item(), parts.reg.item(),
-                                              elapsed, rate * (cfg.steps - done), is_ckpt))
+                    progress(TrainingProgress(done, cfg.steps, total, lm, reg, elapsed, rate * (cfg.steps - done),
+                                              is_ckpt))
                 step = done
         except TrainingCancelled:
             if step > start:
@@ -402,3 +406,36 @@ class ConceptTrainer:
         finally:
             param.requires_grad_(False)
         return {cid: self.store.load(cid, w.checkpoint, task) for cid in ids}
+
+    def _batch_loss(self, examples: Sequence[TrainingExample], mine: list[int], rng: np.random.Generator,
+                    pool: FeaturePool | None, by_id: dict[int, ConceptToTrain], lam: float):
+        """The loss of one batch drawn from the examples `mine` (one concept's photos), each with the tokens of
+        the run's concepts that fired on it."""
+        w, cfg = self.wrapper, self.config
+        pick = np.asarray(mine)[rng.choice(len(mine), size=min(cfg.batch_size, len(mine)), replace=False)]
+        batch = [examples[i] for i in pick]
+        pixels, features = None, None
+        if pool is not None:   # views drawn from the pool: the vision tower does not run
+            drawn = [int(rng.integers(pool.views)) for _ in pick]
+            flips = [pool.flipped[i][v] for i, v in zip(pick, drawn)]
+            features = pool.features[torch.as_tensor(pick), torch.as_tensor(drawn)]
+        else:
+            views, flips = zip(*(augment_view_flipped(e.image, rng, cfg) for e in batch))
+            pixels = w.preprocess(list(views))
+        picks = [int(rng.integers(len(e.pairs))) for e in batch]
+        pairs = [view_pair(e, k, f) for e, k, f in zip(batch, picks, flips)]
+        loss_args = (pixels, [p for p, _ in pairs], [t for _, t in pairs],
+                     [[c for c in e.concept_ids if c in by_id] for e in batch], lam)
+        return (w.training_loss(*loss_args, features=features) if features is not None
+                else w.training_loss(*loss_args))
+
+
+def _clip_rows(param: torch.Tensor, max_norm: float) -> None:
+    """Clip each concept's gradient (one row of the values) to `max_norm` on its own, as if trained alone: with
+    one concept this is torch's clip_grad_norm_."""
+    if param.grad is None:
+        return
+    grad = param.grad
+    norms = grad.reshape(grad.shape[0], -1).norm(dim=1)                      # (concepts,)
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    grad.mul_(scale.reshape(-1, *([1] * (grad.dim() - 1))))
