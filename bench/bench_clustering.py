@@ -21,11 +21,12 @@ the real FaceClusterer:
   incremental        the remaining faces (1,000) arrive in batches (half in batches of 10, half of 1), each batch
                      followed by a run(); runs alternate between two ways of calling it (so background load hits
                      both alike):
-                     "fresh"  a new FaceClusterer per run, as FaceStage.finish does now (FaceIndex.load reads every
-                              embedding from the catalog each time);
-                     "kept"   one FaceIndex kept in memory, each new face added to it, passed in as index=
-                     reported as ms per face, the constructor (index load) and run() apart; --max-runs runs of each
-                     are timed, the rest of the share goes in one last untimed run
+                     "kept"   a new FaceClusterer per run on the same catalog connection, as FaceStage.finish in a
+                              long-lived pipeline (the app's worker, the watcher): the clustering state lives with
+                              the connection and catches up from faces_log, reading O(new faces) rows;
+                     "cold"   a new catalog connection per run (a one-shot `myvlm index`): the state is read whole
+                     reported as ms per face, the constructor (state load / catch-up) and run() apart; --max-runs
+                     runs of each are timed, the rest of the share goes in one last untimed run
   re-cluster         FaceClusterer(...).recluster() over all n faces (= a full clustering from scratch)
   DBSCAN             sklearn.cluster.DBSCAN(eps=cluster_distance, min_samples=3 (= MIN_CLUSTER_SIZE),
                      metric="cosine", algorithm="brute", n_jobs=-1) on the same n vectors (or on a random subsample,
@@ -33,7 +34,7 @@ the real FaceClusterer:
 
 Pairwise scores count, over all pairs of faces, pairs put together that belong together (contingency table of
 true identity x predicted person, not O(n^2)); faces left unclustered (DBSCAN noise, faces without a person) are
-singletons. Checks: the "kept" index holds exactly the catalog's faces, and the re-cluster is much better than
+singletons. Checks: the kept state's index holds exactly the catalog's faces, and the re-cluster is much better than
 chance (F1 > 0.5).
 
     .venv/bin/python bench/bench_clustering.py             # 100,000 faces, 128-d
@@ -61,9 +62,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.api import Library  # noqa: E402
-from engine.catalog import now  # noqa: E402
+from engine.catalog import Catalog, now  # noqa: E402
 from engine.faces.backends import DLIB_KEY, DLIB_THRESHOLDS, INSIGHTFACE_THRESHOLDS  # noqa: E402
-from engine.faces.clustering import MIN_CLUSTER_SIZE, FaceClusterer, FaceIndex  # noqa: E402
+from engine.faces.clustering import MIN_CLUSTER_SIZE, FaceClusterer  # noqa: E402
 
 CACHE = ROOT / ".cache" / "bench"
 
@@ -251,9 +252,9 @@ class Album:
         self.lib.close()
 
 
-def clusterer(album: Album, dim: int, thresholds, index: FaceIndex | None = None) -> tuple[FaceClusterer, float]:
+def clusterer(album: Album, dim: int, thresholds, cat: Catalog | None = None) -> tuple[FaceClusterer, float]:
     t0 = time.perf_counter()
-    c = FaceClusterer(album.cat, album.backend, dim, thresholds, index=index)
+    c = FaceClusterer(cat or album.cat, album.backend, dim, thresholds)
     return c, time.perf_counter() - t0
 
 
@@ -316,7 +317,7 @@ def main() -> int:
     ap.add_argument("--dbscan-max", type=int, default=100_000,
                     help="run DBSCAN on a random subsample of this many faces when n is larger")
     ap.add_argument("--no-dbscan", action="store_true")
-    ap.add_argument("--profile", action="store_true", help="cProfile the re-cluster and one fresh incremental run")
+    ap.add_argument("--profile", action="store_true", help="cProfile the re-cluster and one kept-state incremental run")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--quick", action="store_true", help="10,000 faces, 200 incremental")
     ap.add_argument("--json", type=Path, help="also write the results here as JSON (bench/results/ is git-ignored)")
@@ -373,56 +374,56 @@ def main() -> int:
                      f"{1000 * (ctor_s + rep.seconds) / base:.3f}", _fmt(first)))
         out["first"] = {"faces": base, "load_s": ctor_s, "run_s": rep.seconds, **rep.to_json(), **first}
 
-        # 2. incremental faces: per batch size, runs alternate between a fresh clusterer and the kept index, so
-        # background load hits both alike; the kept index gets every new face, whichever mode placed it
+        # 2. incremental faces: per batch size, runs alternate between the kept state (same connection) and a cold
+        # one (a new connection), so background load hits both alike
         out["incremental"] = []
         shares = np.array_split(np.arange(base, n), len(batch_sizes)) if incr else []
-        kept_index: FaceIndex | None = None
         prof_incr = None
-        if incr:
-            t0 = time.perf_counter()
-            kept_index = FaceIndex.load(album.cat, key, args.dim)
-            print(f"  (kept index loaded once, before the incremental runs, in {time.perf_counter() - t0:.2f}s)",
-                  flush=True)
         for bsize, share in zip(batch_sizes, shares, strict=True):
             runs = [share[i:i + bsize] for i in range(0, len(share), bsize)]
-            timed_runs = [r for r in runs[: 2 * args.max_runs] if len(r) == bsize]  # alternate: fresh, kept, ...
+            timed_runs = [r for r in runs[: 2 * args.max_runs] if len(r) == bsize]  # alternate: kept, cold, ...
             rest = share[sum(len(r) for r in timed_runs):]
-            ctor_t = {"fresh": 0.0, "kept": 0.0}
-            run_t = {"fresh": 0.0, "kept": 0.0}
-            timed_faces = {"fresh": 0, "kept": 0}
+            ctor_t = {"kept": 0.0, "cold": 0.0}
+            run_t = {"kept": 0.0, "cold": 0.0}
+            timed_faces = {"kept": 0, "cold": 0}
             for j, idx in enumerate(timed_runs + ([rest] if len(rest) else [])):
                 timed = j < len(timed_runs)  # the rest goes in one last, untimed run
-                mode = "kept" if timed and j % 2 else "fresh"
-                ids = album.add(data.vecs[idx], data.quality[idx])
-                kept_index.add(ids, data.vecs[idx])
-                profile = args.profile and timed and mode == "fresh" and j >= 2 and prof_incr is None
+                mode = "cold" if timed and j % 2 else "kept"
+                album.add(data.vecs[idx], data.quality[idx])
+                profile = args.profile and timed and mode == "kept" and j >= 2 and prof_incr is None
                 if profile:
                     prof_incr = cProfile.Profile()
                     prof_incr.enable()
-                c, ct = clusterer(album, args.dim, thresholds, kept_index if mode == "kept" else None)
+                cold = Catalog(album.lib.paths) if mode == "cold" else None
+                c, ct = clusterer(album, args.dim, thresholds, cold)
                 rep = c.run()
+                if cold is not None:
+                    cold.close()
                 if profile:
                     prof_incr.disable()
                 if timed:
                     ctor_t[mode] += ct
                     run_t[mode] += rep.seconds
                     timed_faces[mode] += len(idx)
-            assert len(kept_index) == album.cat.scalar("SELECT COUNT(*) FROM faces WHERE embedding IS NOT NULL")
-            for mode in ("fresh", "kept"):
+            kept = clusterer(album, args.dim, thresholds)[0]
+            in_catalog = {r[0] for r in album.cat.conn.execute("SELECT id FROM faces WHERE embedding IS NOT NULL")}
+            assert len(kept.index) == len(in_catalog) and set(kept.faces) == in_catalog
+            for mode in ("kept", "cold"):
                 tf = timed_faces[mode]
                 if not tf:
                     print(f"incremental, batches of {bsize}: {len(share)} faces, too few to time")
                     break
                 per = 1000 * (ctor_t[mode] + run_t[mode]) / tf
                 load_ms, run_ms = 1000 * ctor_t[mode] / tf, 1000 * run_t[mode] / tf
-                print(f"incremental, {mode} clusterer, batches of {bsize}: {tf} faces in {tf // bsize} runs: "
-                      f"{per:.1f} ms/face (index load {load_ms:.1f} + run {run_ms:.1f})", flush=True)
-                what = "new FaceClusterer per run (as now)" if mode == "fresh" else "FaceIndex kept, passed in"
-                rows.append((f"incremental, batches of {bsize}: {what}", f"{ctor_t[mode] + run_t[mode]:.2f}",
-                             f"{per:.1f}", f"load {load_ms:.1f} + run {run_ms:.1f} ms/face; {tf} faces"))
+                print(f"incremental, {mode} state, batches of {bsize}: {tf} faces in {tf // bsize} runs: "
+                      f"{per:.2f} ms/face (state {load_ms:.2f} + run {run_ms:.2f})", flush=True)
+                what = ("same connection: state kept, catches up from the log" if mode == "kept"
+                        else "new connection per run: state read whole")
+                rows.append((f"incremental, batches of {bsize}: {what}", f"{ctor_t[mode] + run_t[mode]:.3f}",
+                             f"{per:.2f}", f"state {load_ms:.2f} + run {run_ms:.2f} ms/face; {tf} faces"))
                 out["incremental"].append({"mode": mode, "batch": bsize, "faces": tf, "load_s": ctor_t[mode],
                                            "run_s": run_t[mode], "ms_per_face": per})
+        out["peak_rss_gb_after_incremental"] = rss_gb()
         grown = pairwise_scores(data.labels, album.persons())
         rows.append((f"after the incremental faces: all {n:,}", "", "", _fmt(grown)))
         out["grown"] = grown
@@ -485,7 +486,7 @@ def main() -> int:
     if args.profile:
         print("\ncProfile, re-cluster (by own time):\n" + profile_top(prof))
         if prof_incr is not None:
-            print("\ncProfile, one fresh incremental run (by own time):\n" + profile_top(prof_incr))
+            print("\ncProfile, one kept-state incremental run (by own time):\n" + profile_top(prof_incr))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2))

@@ -332,8 +332,34 @@ def _m5_stage_claims(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m6_faces_log(db: sqlite_utils.Database) -> None:
+    """What changed for face clustering, in order (engine/faces/clustering.py): a clusterer kept in memory catches
+    up by reading the entries after its last seq, so placing k new faces reads O(k) rows, not every face."""
+    db.executescript(
+        """
+        CREATE TABLE faces_log (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            face_id INTEGER,                    -- a face row or its rejections changed (or it went)
+            person_id INTEGER                   -- a person's name or hidden flag changed (or it went)
+        );
+        CREATE TRIGGER faces_log_ai AFTER INSERT ON faces BEGIN INSERT INTO faces_log(face_id) VALUES (NEW.id); END;
+        CREATE TRIGGER faces_log_au AFTER UPDATE OF photo_id, backend, quality, embedding, person_id, state ON faces
+            BEGIN INSERT INTO faces_log(face_id) VALUES (NEW.id); END;
+        CREATE TRIGGER faces_log_ad AFTER DELETE ON faces BEGIN INSERT INTO faces_log(face_id) VALUES (OLD.id); END;
+        CREATE TRIGGER face_rejections_log_ai AFTER INSERT ON face_rejections
+            BEGIN INSERT INTO faces_log(face_id) VALUES (NEW.face_id); END;
+        CREATE TRIGGER face_rejections_log_ad AFTER DELETE ON face_rejections
+            BEGIN INSERT INTO faces_log(face_id) VALUES (OLD.face_id); END;
+        CREATE TRIGGER people_log_ai AFTER INSERT ON people BEGIN INSERT INTO faces_log(person_id) VALUES (NEW.id); END;
+        CREATE TRIGGER people_log_au AFTER UPDATE OF name, hidden ON people
+            BEGIN INSERT INTO faces_log(person_id) VALUES (NEW.id); END;
+        CREATE TRIGGER people_log_ad AFTER DELETE ON people BEGIN INSERT INTO faces_log(person_id) VALUES (OLD.id); END;
+        """
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _m1_foundation, _m2_faces, _m3_clip_and_concepts, _m4_captions_and_search, _m5_stage_claims,
+    _m1_foundation, _m2_faces, _m3_clip_and_concepts, _m4_captions_and_search, _m5_stage_claims, _m6_faces_log,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+FEW_QUERIES = 64  # searches of up to this many queries run on one thread
+
 
 def to_blob(vec: np.ndarray) -> bytes:
     return np.ascontiguousarray(vec, dtype=np.float32).tobytes()
@@ -47,6 +49,17 @@ class VectorIndex:
         return self.index.reconstruct(int(id_))
 
     def search(self, vecs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(similarities, ids), each (n, k); missing neighbours have id -1."""
+        """(similarities, ids), each (n, k); missing neighbours have id -1. A few queries run on one thread: on a
+        busy machine OpenMP threads waiting for each other cost more than they bring (bench/README.md)."""
         k = max(1, min(k, len(self))) if len(self) else 1
-        return self.index.search(np.ascontiguousarray(vecs, dtype=np.float32).reshape(-1, self.dim), k)
+        vecs = np.ascontiguousarray(vecs, dtype=np.float32).reshape(-1, self.dim)
+        if len(vecs) > FEW_QUERIES:
+            return self.index.search(vecs, k)
+        import faiss
+
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            return self.index.search(vecs, k)
+        finally:
+            faiss.omp_set_num_threads(threads)

@@ -8,8 +8,12 @@ and a photo holds at most one face of each person.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections import defaultdict
+import weakref
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,31 +28,192 @@ MIN_CLUSTER_SIZE = 3  # faces within the threshold, the face itself included: th
 NEIGHBOURS = 16
 
 ASSIGNABLE_STATES = ("unknown", "rejected")  # faces clustering may place; suggested and confirmed ones are placed
+LOG_KEEP = 100_000  # faces_log entries kept behind the newest run's marker (other processes' copies catch up on them)
+CHUNK = 500  # ids per SQL statement
 
 
 class FaceIndex(VectorIndex):
     """The faces of one backend, by face id."""
 
-    @classmethod
-    def load(cls, catalog: Catalog, backend: str, dim: int) -> FaceIndex:
-        idx = cls(dim)
-        rows = catalog.query(
-            "SELECT id, embedding FROM faces WHERE backend = ? AND embedding IS NOT NULL AND state != 'ignored'",
-            [backend],
-        )
-        if rows:
-            ids = np.fromiter((r["id"] for r in rows), dtype=np.int64, count=len(rows))
-            idx.add(ids, stack_blobs([r["embedding"] for r in rows], dim))
-        return idx
 
-
-@dataclass
+@dataclass(slots=True)
 class _Face:
     id: int
     photo_id: int
     person_id: int | None
     state: str
     quality: bool
+
+
+def _log_last(catalog: Catalog) -> int:
+    """The newest faces_log seq ever given (0: none); AUTOINCREMENT never gives one twice, even after trimming."""
+    return int(catalog.scalar("SELECT seq FROM sqlite_sequence WHERE name = 'faces_log'") or 0)
+
+
+def _chunks(ids: list[int]) -> Iterator[list[int]]:
+    for i in range(0, len(ids), CHUNK):
+        yield ids[i : i + CHUNK]
+
+
+class ClusterState:
+    """One backend's faces as clustering needs them (index, faces, people, rejections), in memory for the life of a
+    catalog connection and kept current from faces_log: catching up on k changed faces reads O(k) rows. Writes by
+    any connection or process are logged by triggers, so a copy never decides on a stale picture."""
+
+    def __init__(self, backend: str, dim: int):
+        self.backend, self.dim = backend, dim
+        self.lock = threading.RLock()
+        self.index = FaceIndex(dim)
+        self.seq = -1  # last faces_log entry applied (-1: nothing loaded)
+        self._clear()
+
+    def _clear(self) -> None:
+        self.index.index.reset()
+        self.faces: dict[int, _Face] = {}
+        self.photo_faces: dict[int, set[int]] = defaultdict(set)
+        self.members: dict[int, set[int]] = defaultdict(set)
+        self.rejected: dict[int, set[int]] = defaultdict(set)
+        self.people: dict[int, bool] = {}  # person id -> unnamed and not hidden
+        self.confirmed: dict[int, int] = {}  # confirmed face (of any backend) -> its person
+        self.confirmed_count: Counter[int] = Counter()
+
+    # -- reading ------------------------------------------------------------------------------------------------------
+
+    def automatic(self, pid: int) -> bool:
+        """Made by clustering alone (no name, not hidden, nothing confirmed): clustering may merge it; the others carry
+        the user's word and are never merged automatically."""
+        return self.people.get(pid, False) and not self.confirmed_count[pid]
+
+    def photo_people(self, photo_id: int) -> set[int]:
+        return {p for f in self.photo_faces.get(photo_id, ()) if (p := self.faces[f].person_id) is not None}
+
+    # -- keeping up ---------------------------------------------------------------------------------------------------
+
+    def sync(self, catalog: Catalog) -> set[int] | None:
+        """Apply what the log says changed since the last sync. Returns the faces that changed (None: all were read
+        again)."""
+        last = _log_last(catalog)
+        if last == self.seq:
+            return set()
+        first = catalog.scalar("SELECT min(seq) FROM faces_log")
+        first = last + 1 if first is None else int(first)
+        if self.seq < 0 or last < self.seq or first > self.seq + 1:  # new, replaced, or trimmed past us
+            self._load_all(catalog, last)
+            return None
+        faces, people = set(), set()
+        for r in catalog.conn.execute("SELECT face_id, person_id FROM faces_log WHERE seq > ? AND seq <= ?",
+                                      [self.seq, last]):
+            if r[0] is not None:
+                faces.add(r[0])
+            if r[1] is not None:
+                people.add(r[1])
+        if len(faces) > max(5000, len(self.faces) // 4):
+            self._load_all(catalog, last)
+            return None
+        for chunk in _chunks(sorted(faces)):
+            self._apply_faces(catalog, chunk)
+        for chunk in _chunks(sorted(people)):
+            got = {r[0]: bool(r[1]) for r in catalog.query(
+                f"SELECT id, name IS NULL AND hidden = 0 FROM people WHERE id IN ({','.join('?' * len(chunk))})",
+                chunk)}
+            for pid in chunk:
+                if pid in got:
+                    self.people[pid] = got[pid]
+                else:
+                    self.people.pop(pid, None)
+        self.seq = last
+        return faces
+
+    def _load_all(self, catalog: Catalog, last: int) -> None:
+        self._clear()
+        rows = catalog.query(
+            "SELECT id, photo_id, person_id, state, quality, embedding FROM faces WHERE backend = ? "
+            "AND embedding IS NOT NULL AND state != 'ignored'", [self.backend])
+        rows = [r for r in rows if len(r[5]) == self.dim * 4]
+        for r in rows:
+            self._put(_Face(r[0], r[1], r[2], r[3], bool(r[4])))
+        if rows:
+            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            self.index.add(ids, stack_blobs([r[5] for r in rows], self.dim))
+        for fid, pid in catalog.conn.execute(
+                "SELECT id, person_id FROM faces WHERE state = 'confirmed' AND person_id IS NOT NULL"):
+            self.confirmed[fid] = pid
+            self.confirmed_count[pid] += 1
+        for fid, pid in catalog.conn.execute("SELECT face_id, person_id FROM face_rejections"):
+            self.rejected[fid].add(pid)
+        self.people = {r[0]: bool(r[1]) for r in catalog.conn.execute(
+            "SELECT id, name IS NULL AND hidden = 0 FROM people")}
+        self.seq = last
+
+    def _put(self, face: _Face) -> None:
+        self.faces[face.id] = face
+        self.photo_faces[face.photo_id].add(face.id)
+        if face.person_id is not None:
+            self.members[face.person_id].add(face.id)
+
+    def _drop(self, fid: int) -> _Face | None:
+        face = self.faces.pop(fid, None)
+        if face is not None:
+            self.photo_faces[face.photo_id].discard(fid)
+            if face.person_id is not None:
+                self.members[face.person_id].discard(fid)
+        return face
+
+    def _apply_faces(self, catalog: Catalog, ids: list[int]) -> None:
+        marks = ",".join("?" * len(ids))
+        rows = {r[0]: r for r in catalog.query(
+            f"SELECT id, photo_id, backend, person_id, state, quality, embedding FROM faces WHERE id IN ({marks})", ids)}
+        for fid in ids:
+            self.rejected.pop(fid, None)
+        for fid, pid in catalog.query(f"SELECT face_id, person_id FROM face_rejections WHERE face_id IN ({marks})",
+                                      ids):
+            self.rejected[fid].add(pid)
+        gone: list[int] = []
+        new_ids: list[int] = []
+        new_vecs: list[bytes] = []
+        for fid in ids:
+            r = rows.get(fid)
+            old_pid = self.confirmed.pop(fid, None)
+            if old_pid is not None:
+                self.confirmed_count[old_pid] -= 1
+            if r is not None and r[4] == "confirmed" and r[3] is not None:
+                self.confirmed[fid] = r[3]
+                self.confirmed_count[r[3]] += 1
+            old = self._drop(fid)
+            ours = (r is not None and r[2] == self.backend and r[6] is not None and r[4] != "ignored"
+                    and len(r[6]) == self.dim * 4)
+            if ours:
+                self._put(_Face(fid, r[1], r[3], r[4], bool(r[5])))
+            if old is not None and (not ours or self.index.vector(fid).tobytes() != r[6]):
+                gone.append(fid)
+            if ours and (old is None or fid in gone):
+                new_ids.append(fid)
+                new_vecs.append(r[6])
+        self.index.remove(gone)
+        if new_ids:
+            self.index.add(np.asarray(new_ids, np.int64), stack_blobs(new_vecs, self.dim))
+
+
+# one state per catalog connection and backend, dropped with the connection
+_states: weakref.WeakKeyDictionary[Catalog, dict[str, ClusterState]] = weakref.WeakKeyDictionary()
+_states_lock = threading.Lock()
+
+
+def cluster_state(catalog: Catalog, backend: str, dim: int) -> ClusterState:
+    """This connection's clustering state of `backend`, brought up to date."""
+    with _states_lock:
+        per = _states.setdefault(catalog, {})
+        state = per.get(backend)
+        if state is None or state.dim != dim:
+            state = per[backend] = ClusterState(backend, dim)
+    with state.lock:
+        state.sync(catalog)
+    return state
+
+
+def forget_state(catalog: Catalog, backend: str) -> None:
+    with _states_lock:
+        _states.get(catalog, {}).pop(backend, None)
 
 
 @dataclass
@@ -65,54 +230,42 @@ class ClusterReport:
 
 
 class FaceClusterer:
-    """Places unassigned faces of one backend. Call `run()` after new faces arrive, `recluster()` to start over."""
+    """Places unassigned faces of one backend. Call `run()` after new faces arrive, `recluster()` to start over.
 
-    def __init__(self, catalog: Catalog, backend: str, dim: int, thresholds: FaceThresholds,
-                 index: FaceIndex | None = None):
+    The state (index, faces, people) lives as long as the catalog connection and follows faces_log, so a run over
+    k new faces reads O(k) rows; the marker setting remembers up to which log entry faces were considered."""
+
+    def __init__(self, catalog: Catalog, backend: str, dim: int, thresholds: FaceThresholds):
         self.catalog = catalog
         self.backend = backend
         self.dim = dim
         self.min_sim = 1.0 - thresholds.cluster_distance
         self.min_sim_small = 1.0 - thresholds.link_distance(both_may_found=False)  # a link with a small face
-        self.index = index if index is not None else FaceIndex.load(catalog, backend, dim)
+        self.state = cluster_state(catalog, backend, dim)
+        self._pending: set[int] = set()  # faces to look at in the next run
 
-    # -- state of the catalog, held in memory for one run ------------------------------------------------------------
+    @property
+    def index(self) -> FaceIndex:
+        return self.state.index
 
-    def _load(self) -> None:
-        rows = self.catalog.query(
-            "SELECT id, photo_id, person_id, state, quality, updated_at FROM faces WHERE backend = ? "
-            "AND embedding IS NOT NULL AND state != 'ignored'", [self.backend])
-        self.faces = {r["id"]: _Face(r["id"], r["photo_id"], r["person_id"], r["state"], bool(r["quality"])) for r in rows}
-        self.updated = {r["id"]: r["updated_at"] for r in rows}
-        self.photo_people: dict[int, set[int]] = defaultdict(set)
-        self.members: dict[int, set[int]] = defaultdict(set)
-        for f in self.faces.values():
-            if f.person_id is not None:
-                self.photo_people[f.photo_id].add(f.person_id)
-                self.members[f.person_id].add(f.id)
-        self.rejected: dict[int, set[int]] = defaultdict(set)
-        for r in self.catalog.query("SELECT face_id, person_id FROM face_rejections"):
-            self.rejected[r["face_id"]].add(r["person_id"])
-        # Groups made by clustering alone (no name, not hidden, nothing confirmed) may be merged by it; the others
-        # carry the user's word and are never merged automatically.
-        self.automatic = {r["id"] for r in self.catalog.query(
-            "SELECT id FROM people p WHERE name IS NULL AND hidden = 0 AND NOT EXISTS "
-            "(SELECT 1 FROM faces f WHERE f.person_id = p.id AND f.state = 'confirmed')")}
-        self._seen = self._data_version()
+    @property
+    def faces(self) -> dict[int, _Face]:
+        return self.state.faces
 
-    def _data_version(self) -> int:
-        """Changes when another connection (another run, the app) commits to the catalog; not for our own writes."""
-        return int(self.catalog.scalar("PRAGMA data_version"))
-
-    def _fresh(self, queue: list[_Face]) -> list[_Face] | None:
-        """Inside the write lock: if someone else wrote since we read the catalog (another run clustering the same
-        faces, the user naming a group), read it again and return the queue's faces as they are now; else None.
-        Decisions are never made on a stale picture, so two runs cannot found the same group twice."""
-        if self._data_version() == self._seen:
-            return None
-        self.index = FaceIndex.load(self.catalog, self.backend, self.dim)
-        self._load()
-        return [self.faces[f.id] for f in queue if f.id in self.faces]
+    @contextmanager
+    def _write(self) -> Iterator[set[int] | None]:
+        """A write transaction on an up-to-date state. Yields what others changed since the last sync (None: all
+        was read again); on commit our own log entries are marked as applied (memory was updated as we wrote),
+        on failure the state is read again next time."""
+        try:
+            with self.catalog.write():
+                changed = self.state.sync(self.catalog)
+                self._pending |= set(self.faces) if changed is None else changed
+                yield changed
+                self.state.seq = _log_last(self.catalog)
+        except BaseException:
+            self.state.seq = -1
+            raise
 
     def _vectors(self, ids: list[int]) -> np.ndarray:
         return np.stack([self.index.vector(i) for i in ids]) if ids else np.zeros((0, self.dim), np.float32)
@@ -121,47 +274,65 @@ class FaceClusterer:
         self.catalog.conn.execute(
             "UPDATE faces SET person_id = ?, state = 'suggested', similarity = ?, updated_at = ? WHERE id = ?",
             [person_id, similarity, now(), face.id])
+        if face.person_id is not None:
+            self.state.members[face.person_id].discard(face.id)
         face.person_id, face.state = person_id, "suggested"
-        self.photo_people[face.photo_id].add(person_id)
-        self.members[person_id].add(face.id)
+        self.state.members[person_id].add(face.id)
 
     def _merge(self, target: int, source: int) -> None:
-        """Fold an automatic group into another (they proved to be one person). A photo keeps one face of each."""
-        for fid in list(self.members.pop(source, ())):
+        """Fold an automatic group into another (they proved to be one person). A photo keeps one face of each, and
+        a face the user said is not the target waits instead."""
+        st = self.state
+        for fid in sorted(st.members.pop(source, ())):
             face = self.faces[fid]
-            self.photo_people[face.photo_id].discard(source)
-            if target in self.photo_people[face.photo_id]:
+            face.person_id = None
+            if target in st.photo_people(face.photo_id) or target in st.rejected.get(fid, ()):
                 self.catalog.conn.execute(
                     "UPDATE faces SET person_id = NULL, state = 'unknown', similarity = NULL, updated_at = ? "
                     "WHERE id = ?", [now(), fid])
-                face.person_id, face.state = None, "unknown"
+                face.state = "unknown"
+                self._pending.add(fid)  # looked at again next run
                 continue
             self.catalog.conn.execute("UPDATE faces SET person_id = ?, updated_at = ? WHERE id = ?",
                                       [target, now(), fid])
             face.person_id = target
-            self.photo_people[face.photo_id].add(target)
-            self.members[target].add(fid)
+            st.members[target].add(fid)
         self.catalog.conn.execute("DELETE FROM people WHERE id = ?", [source])
-        self.automatic.discard(source)
+        st.people.pop(source, None)
 
     # -- the algorithm -------------------------------------------------------------------------------------------------
 
     def _marker_key(self) -> str:
         return f"faces_clustered:{self.backend}"
 
+    def _queue(self) -> list[_Face]:
+        """Unplaced faces logged since the last run's marker (all of them if the marker is missing or the log was
+        trimmed past it), plus the faces the last run left to look at again."""
+        marker = self.catalog.get_setting(self._marker_key()) or {}
+        since = marker.get("seq") if isinstance(marker, dict) else None
+        first = self.catalog.scalar("SELECT min(seq) FROM faces_log")
+        first = self.state.seq + 1 if first is None else int(first)
+        if not isinstance(since, int) or first > since + 1:
+            ids: set[int] = set(self.faces)
+        else:
+            ids = {r[0] for r in self.catalog.conn.execute(
+                "SELECT DISTINCT face_id FROM faces_log WHERE seq > ? AND face_id IS NOT NULL", [since])}
+            ids |= {int(i) for i in marker.get("pending", ())}
+        return [f for i in ids if (f := self.faces.get(i)) is not None and f.person_id is None
+                and f.state in ASSIGNABLE_STATES]
+
     def run(self) -> ClusterReport:
         """Place the faces that arrived or changed since the last run (and waiting faces they may now unlock)."""
+        with self.state.lock:
+            return self._run()
+
+    def _run(self) -> ClusterReport:
         start = time.perf_counter()
         report = ClusterReport()
-        if len(self.index) == 0:
+        self.state.sync(self.catalog)
+        if not self.faces:
             return report
-        self._load()
-        if len(self.index) != len(self.faces):  # faces came or went since the index was read (another run)
-            self.index = FaceIndex.load(self.catalog, self.backend, self.dim)
-        marker = self.catalog.get_setting(self._marker_key()) or {"upto": 0, "at": ""}
-        started_at = now()
-        queue = [f for f in self.faces.values() if f.person_id is None and f.state in ASSIGNABLE_STATES
-                 and (f.id > marker["upto"] or (self.updated[f.id] or "") > marker["at"])]
+        queue = self._queue()
         retried: set[int] = set()
         first = True
         while queue:
@@ -170,10 +341,9 @@ class FaceClusterer:
             deferred, touched, placed_any = [], set(), False
             # the search (seconds for a whole album) runs before the write lock: other writers never wait for it
             sims, ids = self.index.search(self._vectors([f.id for f in queue]), NEIGHBOURS + 1)
-            with self.catalog.write():
-                fresh = self._fresh(queue)
-                if fresh is not None:  # searched again under the lock: only when another writer came between
-                    queue = fresh
+            with self._write() as changed:
+                if changed is None or changed:  # another writer came between: read again, search again
+                    queue = [self.faces[f.id] for f in queue if f.id in self.faces]
                     sims, ids = self.index.search(self._vectors([f.id for f in queue]), NEIGHBOURS + 1)
                 for face, srow, irow in zip(queue, sims, ids, strict=True):
                     if face.person_id is not None:
@@ -188,14 +358,23 @@ class FaceClusterer:
                     if not placed:
                         deferred.append(face)
             waiting = [self.faces[i] for i in touched - retried
-                       if self.faces[i].person_id is None and self.faces[i].state in ASSIGNABLE_STATES]
+                       if i in self.faces and self.faces[i].person_id is None
+                       and self.faces[i].state in ASSIGNABLE_STATES]
             first = False
             if not placed_any and not waiting:
                 report.deferred = len(deferred)
                 break
-            queue = (deferred if placed_any else []) + waiting
-        top = max(self.faces) if self.faces else 0
-        self.catalog.set_setting(self._marker_key(), {"upto": top, "at": started_at})
+            queue = [f for f in deferred if f.id in self.faces] if placed_any else []
+            queue += waiting
+        with self._write():
+            seq = _log_last(self.catalog)
+            pending = sorted(i for i in self._pending if (f := self.faces.get(i)) is not None
+                             and f.person_id is None and f.state in ASSIGNABLE_STATES)
+            # many to look at again (another run rewrote much of the catalog): no marker, so all are looked at
+            marker = {"seq": seq, "pending": pending} if len(pending) <= 10_000 else {}
+            self.catalog.set_setting(self._marker_key(), marker)
+            self.catalog.conn.execute("DELETE FROM faces_log WHERE seq <= ?", [seq - LOG_KEEP])
+        self._pending.clear()
         report.seconds = time.perf_counter() - start
         return report
 
@@ -206,7 +385,8 @@ class FaceClusterer:
     def _place(self, face: _Face, srow: np.ndarray, irow: np.ndarray, report: ClusterReport) -> bool:
         neighbours = [(int(i), float(s)) for i, s in zip(irow, srow, strict=True)
                       if i != -1 and i != face.id and int(i) in self.faces and s >= self._link_sim(face, int(i))]
-        blocked = self.rejected.get(face.id, set()) | self.photo_people.get(face.photo_id, set())
+        st = self.state
+        blocked = st.rejected.get(face.id, set()) | st.photo_people(face.photo_id)
         votes: dict[int, float] = defaultdict(float)
         best_sim: dict[int, float] = defaultdict(float)
         for nid, sim in neighbours:
@@ -217,10 +397,10 @@ class FaceClusterer:
         core = face.quality and 1 + len(neighbours) >= MIN_CLUSTER_SIZE
         if votes:
             pid = max(votes, key=votes.__getitem__)
-            if core and pid in self.automatic:
+            if core and st.automatic(pid):
                 # a core face between automatic groups links them (as density-based clustering would): one person
                 for other in sorted(votes, key=votes.__getitem__, reverse=True):
-                    if other != pid and other in self.automatic and not (self.rejected.get(face.id, set()) & {other}):
+                    if other != pid and st.automatic(other) and other not in st.rejected.get(face.id, ()):
                         self._merge(pid, other)
             self._assign(face, pid, best_sim[pid])
             report.joined += 1
@@ -238,7 +418,7 @@ class FaceClusterer:
             ts = now()
             pid = int(self.catalog.conn.execute(
                 "INSERT INTO people(name, hidden, created_at, updated_at) VALUES (NULL, 0, ?, ?)", [ts, ts]).lastrowid)
-            self.automatic.add(pid)
+            st.people[pid] = True
             for m in members:
                 sim = 1.0 if m is face else next(s for i, s in neighbours if i == m.id)
                 self._assign(m, pid, sim)
@@ -250,12 +430,13 @@ class FaceClusterer:
 
     def recluster(self) -> ClusterReport:
         """Start over, keeping every confirmed face, every name and every rejection."""
-        with self.catalog.write():
-            self.catalog.set_setting(self._marker_key(), {"upto": 0, "at": ""})
-            self.catalog.conn.execute(
-                "UPDATE faces SET person_id = NULL, state = 'unknown', similarity = NULL, updated_at = ? "
-                "WHERE backend = ? AND state = 'suggested'", [now(), self.backend])
-            self.catalog.conn.execute(
-                "DELETE FROM people WHERE name IS NULL AND hidden = 0 AND NOT EXISTS "
-                "(SELECT 1 FROM faces f WHERE f.person_id = people.id)")
-        return self.run()
+        with self.state.lock:
+            with self.catalog.write():  # logged like any write: the run reads these changes back
+                self.catalog.set_setting(self._marker_key(), {})  # no marker: the run looks at every waiting face
+                self.catalog.conn.execute(
+                    "UPDATE faces SET person_id = NULL, state = 'unknown', similarity = NULL, updated_at = ? "
+                    "WHERE backend = ? AND state = 'suggested'", [now(), self.backend])
+                self.catalog.conn.execute(
+                    "DELETE FROM people WHERE name IS NULL AND hidden = 0 AND NOT EXISTS "
+                    "(SELECT 1 FROM faces f WHERE f.person_id = people.id)")
+            return self._run()
