@@ -1,4 +1,4 @@
-"""`myvlm train`, `targets`, `caption`, `ask` and `research-train`: the personalisation front door.
+"""`myvlm train`, `targets`, `caption`, `ask`, `locate` and `research-train`: the personalisation front door.
 
 Kept apart from cli.py so that the command table there stays readable; `register(sub)` adds the subcommands.
 """
@@ -101,9 +101,15 @@ def cmd_train(args: argparse.Namespace, lib) -> int:
     errors, cancelled = _errors()
     pers = lib.personalizer(args.vlm)
     bar = _TrainBar(args.json, "training")
+    from .personalize.estimates import TrainingClock
+
+    clock = TrainingClock()   # this computer's time per concept, for the estimates (`myvlm doctor`)
     try:
         _prepare_people(lib, args.concepts)
-        result = pers.train(args.concepts, args.task, _config(args), progress=bar, resume=not args.restart)
+        result = pers.train(args.concepts, args.task, _config(args), progress=lambda p: (clock(p), bar(p)),
+                            resume=not args.restart)
+        if getattr(pers.wrapper, "record_timings", False):
+            clock.finish(pers.vlm_name, pers.wrapper.device)
     except cancelled as exc:
         print(f"myvlm: {exc}; run the same command again to continue from the last checkpoint", file=sys.stderr)
         return 130
@@ -205,6 +211,25 @@ def cmd_ask(args: argparse.Namespace, lib) -> int:
     return _show_text(args, lib, photo, g, "answer", store=not args.no_store)
 
 
+def cmd_locate(args: argparse.Namespace, lib) -> int:
+    """JSON: {"photo", "concept", "box": [x1, y1, x2, y2] in pixels or null, "raw": the model's text}."""
+    from .personalize.locate import locate
+
+    errors, _ = _errors()
+    try:
+        photo = _photo(lib, args.photo)
+        try:
+            lib.concepts().get(args.concept)
+        except errors[0]:
+            raise ValueError(_unknown_name(args.concept)) from None
+        where = locate(lib.personalizer(args.vlm), photo.id, args.concept)
+    except errors as exc:
+        print(f"myvlm: {exc}", file=sys.stderr)
+        return 2
+    _print_json(where.as_dict())
+    return 0
+
+
 def cmd_research_train(args: argparse.Namespace, lib) -> int:
     from .personalize.research_run import run_research_training
 
@@ -289,6 +314,12 @@ def register(sub) -> None:
     s.add_argument("--no-store", action="store_true", help="do not keep the answer in the library")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_ask)
+
+    s = sub.add_parser("locate", help="draw where a recognised concept is: a box from MiniGPT-v2, as JSON")
+    s.add_argument("photo", metavar="PHOTO", help="photo id or path")
+    s.add_argument("concept", metavar="NAME", help="a concept or named person recognised in the photo")
+    s.add_argument("--vlm", metavar="NAME", help="a VLM that answers with boxes (minigpt-v2, tiny-minigpt-v2)")
+    s.set_defaults(func=cmd_locate)
 
     s = sub.add_parser("export-embedding", help="write a concept's embedding in the research format "
                                                 "(concept_embeddings_<vlm>_<task>.pt)")

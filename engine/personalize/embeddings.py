@@ -26,13 +26,23 @@ from ..concepts.research import (
     RESEARCH_EMBEDDINGS_DIR,
     export_research_concept_embeddings,
     load_imported_embeddings,
+    parse_research_embeddings_name,
+    research_embeddings_checkpoints,
 )
-from .specs import CAPTION, VLM_SPECS
+from .specs import CAPTION, CONCEPT_DIM, VLM_SPECS
 
 log = logging.getLogger(__name__)
 
 FORMAT = "myvlm-concept-embedding/1"
 RESEARCH_TASK = {CAPTION: "captioning", "vqa": "vqa"}   # our task names → the reference code's file names
+# Research file stems (after `concept_embeddings_`) per VLM key and task, where they are not "<key>_<task>": the
+# first is written, all are read. MiniGPT-v2's reference files carry its type and task names.
+RESEARCH_STEMS = {("minigpt-v2", CAPTION): ("MINIGPT_V2_CAPTIONING", "minigpt-v2_captioning",
+                                            "minigpt_v2_captioning")}
+
+
+def research_stems(vlm: str, task: str) -> tuple[str, ...]:
+    return RESEARCH_STEMS.get((vlm, task), (f"{vlm}_{RESEARCH_TASK.get(task, task)}",))
 
 
 def checkpoint_slug(checkpoint: str) -> str:
@@ -143,17 +153,23 @@ class EmbeddingStore:
         return emb
 
     def _imported(self, concept_id: int, checkpoint: str, task: str) -> ConceptEmbedding | None:
-        """Embeddings that came with a research concept folder, for the checkpoint the paper trained them on."""
-        for key, spec in VLM_SPECS.items():
-            if spec.checkpoint != checkpoint or spec.tiny or key not in ("blip2", "llava"):
+        """Embeddings that came with a research concept folder and fit this checkpoint: named for its family and the
+        task (any of the reference's spellings, `parse_research_embeddings_name`), of its concept width, and for the
+        paper's families (BLIP-2, LLaVA, MiniGPT-v2) only on the checkpoint the paper trained them on. A file of the
+        family at another width belongs to another size (SmolVLM-256M's beside -500M's) and is passed over."""
+        folder = self.root / str(concept_id) / RESEARCH_EMBEDDINGS_DIR
+        key = next((k for k, s in VLM_SPECS.items() if s.checkpoint == checkpoint), None)
+        if key is None or not folder.is_dir() or key not in research_embeddings_checkpoints(VLM_SPECS[key].family):
+            return None
+        family = VLM_SPECS[key].family
+        for path in sorted(folder.glob(f"{EMBEDDINGS_PREFIX}*.safetensors")):
+            if parse_research_embeddings_name(path.name) != (family, task):
                 continue
-            path = (self.root / str(concept_id) / RESEARCH_EMBEDDINGS_DIR
-                    / f"{EMBEDDINGS_PREFIX}{key}_{RESEARCH_TASK.get(task, task)}.safetensors")
-            if not path.exists():
-                return None
             steps = load_imported_embeddings(path)
             last = max(steps)
-            emb = ConceptEmbedding(concept_id, checkpoint, spec.family, task, "", steps[last]["values"][:1],
+            if CONCEPT_DIM.get(key, steps[last]["values"].shape[1]) != steps[last]["values"].shape[1]:
+                continue
+            emb = ConceptEmbedding(concept_id, checkpoint, family, task, "", steps[last]["values"][:1],
                                    np.atleast_2d(steps[last]["keys"]), last, last,
                                    history={s: e["values"][:1] for s, e in steps.items()}, source="research-import")
             try:
@@ -198,7 +214,7 @@ class EmbeddingStore:
         if emb is None:
             raise FileNotFoundError(f"concept {concept_id} has no {task} embedding for {checkpoint}")
         steps = {s: {"keys": emb.keys, "values": v} for s, v in (emb.history or {emb.step: emb.values}).items()}
-        name = f"{EMBEDDINGS_PREFIX}{vlm_name}_{RESEARCH_TASK.get(task, task)}.pt"
+        name = f"{EMBEDDINGS_PREFIX}{research_stems(vlm_name, task)[0]}.pt"
         return export_research_concept_embeddings(Path(out_dir) / name, steps)
 
 
