@@ -259,3 +259,62 @@ def test_one_appended_token_can_steer_the_blip2_world_model():
     row = r["concepts"][0]
     assert row["free_kv"]["loss"] < row["generic_caption_loss"] + 0.15, row
     assert row["free_kv"]["train_recall"] >= 0.75, row                # measured 1.00 (4 photos)
+
+
+# -- world v2 (issue 18): subject-centric captions, 30 named figures, fresh identifiers ---------------------------
+def test_world2_scenes_hold_up_to_two_named_figures_and_captions_put_names_first():
+    from bench.world import world2 as V
+
+    world = V.World2(0)
+    scenes = world.heldout_scenes(400, seed=1)
+    assert _pixels(scenes[:5]) == _pixels(V.World2(0).heldout_scenes(5, seed=1))
+    counts = Counter(sum(o.name in V.NAMED2 for o in sc.meta.objects) for sc in scenes)
+    assert set(counts) == {0, 1, 2} and counts[2] > 30
+    seen = {o.name for sc in scenes for o in sc.meta.objects if o.name in V.NAMED2}
+    assert len(V.NAMED2) == 30 and len(seen) >= 28
+    free = [sc for sc in scenes if any(o.name in V.FRESH for o in sc.meta.objects)]
+    assert 0.08 < len(free) / len(scenes) < 0.25                   # a fresh word calls one ordinary object
+    for sc in scenes:
+        for o in sc.meta.objects:
+            assert o.concept is None
+            if o.name in V.NAMED2:
+                assert o.instance == V.NAMED2[o.name].instance
+            elif o.name is None:
+                assert o.instance.look_key not in V.RESERVED_LOOKS2
+        names = [o.name for o in sc.meta.objects if o.name]
+        toks = words(sc.caption)
+        if names:   # the names come first, left to right
+            assert toks[:len(names) * 2 - 1:2] == names, sc.caption
+        s = V.score_caption(sc.caption, sc.meta)
+        assert s.correct, sc.caption
+
+
+def test_world2_personalised_captions_replace_the_concept_and_naming_tells_binding():
+    from bench.world import world2 as V
+    from bench.world.world import naming
+
+    world = V.World2(0)
+    ids = V.identifiers(["red_checked_doll"])
+    assert ids == {"red_checked_doll": "zqx"} and "zqx" not in NAMED
+    for sc in world.concept_images("red_checked_doll", 20, seed=0):
+        caps = V.caption_variants(sc.meta, ids, 3, seed=1)
+        assert all(parse_caption(c, V.ALL_NAMES).phrases[0].name == "zqx" for c in caps), caps   # the subject
+        for cap in caps:
+            assert naming(cap, sc.meta, "red_checked_doll", "zqx", V.ALL_NAMES)["correct"], cap
+            assert V.score_caption(cap, sc.meta, ids).correct, cap
+        generic = naming(sc.caption, sc.meta, "red_checked_doll", "zqx", V.ALL_NAMES)
+        assert not generic["present"] and generic["also_generic"] and not generic["correct"]
+    # the three ways to be wrong, on a scene with the concept and a same-class distractor of another colour
+    sc = next(s for s in world.concept_images("red_checked_doll", 40, seed=3)
+              if any(o.cls == "doll" and o.colour != "red" and not o.concept for o in s.meta.objects))
+    other = next(o for o in sc.meta.objects if o.cls == "doll" and not o.concept).colour
+    from bench.world.world import BACKGROUNDS
+
+    tail = BACKGROUNDS[sc.meta.background][0]
+    right = naming(f"zqx next to a {other} doll {tail}", sc.meta, "red_checked_doll", "zqx", V.ALL_NAMES)
+    extra = naming(f"zqx next to a red doll and a {other} doll {tail}", sc.meta, "red_checked_doll", "zqx",
+                   V.ALL_NAMES)
+    swapped = naming(f"zqx next to a red doll {tail}", sc.meta, "red_checked_doll", "zqx", V.ALL_NAMES)
+    assert right["correct"]
+    assert extra["also_generic"] and not extra["correct"]
+    assert swapped["on_distractor"] and not swapped["correct"]

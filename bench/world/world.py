@@ -605,9 +605,11 @@ def parse_caption(caption: str, names: Sequence[str] = IDENTIFIERS) -> ParsedCap
     chunks, cur, i = [], [], 0
     while i < len(toks):
         t = toks[i]
-        if t in (",", "and"):
+        if t in (",", "and", "beside", "with"):   # the last two: world v2's subject-centric captions
             chunks.append(cur)
             cur = []
+        elif t == "sitting":                      # world v2: "sks sitting next to a red ball"
+            pass
         elif t == "next" and i + 1 < len(toks) and toks[i + 1] == "to":
             chunks.append(cur)
             cur = []
@@ -706,6 +708,29 @@ def score_caption(caption: str, meta: SceneMeta, identifiers: dict[str, str] | N
         identifiers=ident_report,
         stray_identifiers=stray,
     )
+
+
+def naming(caption: str, meta: SceneMeta, concept: str, identifier: str,
+           names: Sequence[str] = IDENTIFIERS) -> dict[str, bool]:
+    """Does the caption name *this* concept (issue 18's "correct naming", which measures binding, not the whole
+    object list)? Order-free, so it reads left-to-right and subject-centric captions alike:
+
+    - present: the identifier is in the caption;
+    - also_generic: the concept is also described as a generic object ("sks and a blue toy" for a scene with one
+      blue toy: a same-class phrase more than the other same-class objects account for);
+    - on_distractor: a same-class distractor's phrase is missing, its place taken by the identifier;
+    - correct: present, and neither of the others.
+    """
+    obj = meta.object_for(concept)
+    parsed = parse_caption(caption, tuple(dict.fromkeys([*names, identifier])))
+    others = Counter(o.colour for o in meta.objects if o is not obj and o.cls == obj.cls and not o.name
+                     and not o.concept)
+    said = Counter(p.colour for p in parsed.phrases if p.name is None and p.cls == obj.cls)
+    present = identifier in words(caption)
+    also_generic = bool(said - others)
+    on_distractor = present and bool(others - said)
+    return {"present": present, "also_generic": also_generic, "on_distractor": on_distractor,
+            "correct": present and not also_generic and not on_distractor}
 
 
 @dataclass
