@@ -357,8 +357,9 @@ entries = st.one_of(
 embedding_objects = st.one_of(st.dictionaries(steps, entries, min_size=1, max_size=4),
                               st.dictionaries(steps, entries, max_size=4), entries, st.lists(entries, max_size=2),
                               scalars)
+# BLIP-2's concept width: a folder import refuses embeddings no checkpoint of their family can use
 dense = st.builds(make_tensor, st.sampled_from([torch.float32, torch.float16, torch.bfloat16, torch.float64]),
-                  st.just([1, 8]), st.just("normal"), st.just("dense"))
+                  st.just([1, 1408]), st.just("normal"), st.just("dense"))
 valid_embedding_objects = st.dictionaries(good_steps, st.fixed_dictionaries({"keys": dense, "values": dense}),
                                           min_size=1, max_size=3)
 head_objects = st.one_of(
@@ -473,7 +474,7 @@ def test_damaged_pt_files(workdir, seed, ops):
 @given(embeddings=st.one_of(valid_embedding_objects, embedding_objects,
                             st.tuples(st.sampled_from(sorted(PT_SEEDS)), st.lists(byte_ops, min_size=1, max_size=2))),
        head=st.one_of(st.none(), valid_heads, head_objects))
-@example(embeddings={1: {"keys": torch.rand(2), "values": torch.randn(1, 8)}},
+@example(embeddings={1: {"keys": torch.rand(2), "values": torch.randn(1, 1408)}},
          head={"classifier.weight": torch.randn(2, 1024), "classifier.bias": torch.randn(2)})
 def test_research_folder_with_any_pt_files(lib, registry, workdir, photos, embeddings, head):
     """The same files inside a concept folder: imported whole, or refused with nothing created."""
@@ -711,7 +712,7 @@ def test_damaged_imported_embeddings(store, workdir, how):
     path = folder / "concept_embeddings_blip2_captioning.safetensors"
     rng = np.random.default_rng(0)
     _save_embeddings(path, {5: {"keys": rng.random((1, 2)).astype(np.float32),
-                                "values": rng.normal(size=(1, 16)).astype(np.float32)}}, "fuzz")
+                                "values": rng.normal(size=(1, 1408)).astype(np.float32)}}, "fuzz")
     good = path.read_bytes()
     assert store.load(3, CHECKPOINT, "caption") is not None
     if how[0] == "mutate":

@@ -7,6 +7,7 @@ import builtins
 import json
 import os
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -297,3 +298,87 @@ def test_import_person_folder_builds_a_face_head(library, test_data: Path, tmp_p
     assert d[2, :2].min() < backend.thresholds.concept_distance
     caps = {Path(e["path"]).name: e["captions"] for e in registry.examples(concept.id)}
     assert caps["d.png"] is None and json.loads(caps["a.jpg"]) == ["Barack Obama smiling in a suit"]
+
+
+def test_research_embedding_names_in_every_spelling_the_reference_writes():
+    from enum import Enum
+
+    from engine.concepts.research import parse_research_embeddings_name as parse
+
+    class VLMType(str, Enum):            # the reference code's enums: its file names are f"{vlm_type}_{task}"
+        BLIP2 = "blip-2"
+        LLAVA = "llava"
+        MINIGPT_V2 = "minigpt-v2"
+
+    class PersonalizationTask(str, Enum):
+        CAPTIONING = "captioning"
+        VQA = "vqa"
+
+    # whatever this Python's Enum formatting makes of them ("blip-2" up to 3.10, "VLMType.BLIP2" from 3.11)
+    assert parse(f"concept_embeddings_{VLMType.BLIP2}_{PersonalizationTask.CAPTIONING}.pt") == ("blip2", "caption")
+    assert parse(f"concept_embeddings_{VLMType.LLAVA}_{PersonalizationTask.VQA}.pt") == ("llava", "vqa")
+    assert parse(f"concept_embeddings_{VLMType.MINIGPT_V2}_{PersonalizationTask.CAPTIONING}.pt")[0] == "minigpt-v2"
+    for name, found in [("concept_embeddings_blip-2_captioning.pt", ("blip2", "caption")),
+                        ("concept_embeddings_VLMType.BLIP2_PersonalizationTask.CAPTIONING.pt", ("blip2", "caption")),
+                        ("concept_embeddings_BLIP2_CAPTIONING.pt", ("blip2", "caption")),
+                        ("concept_embeddings_MINIGPT_V2_CAPTIONING.safetensors", ("minigpt-v2", "caption")),
+                        ("concept_embeddings_smolvlm_captioning.pt", ("smolvlm", "caption")),
+                        ("concept_embeddings_llava-onevision_vqa.pt", ("llava-onevision", "vqa")),
+                        ("concept_embeddings_qwen2-vl_captioning.pt", ("qwen2-vl", "caption")),
+                        ("concept_embeddings_gpt4v_captioning.pt", ("gpt4v", "caption")),
+                        ("concept_embeddings_llava.pt", None), ("concept_embeddings_llava_dance.pt", None),
+                        ("head.pt", None)]:
+        assert parse(name) == found, name
+
+
+def _embeddings_folder(root: Path, name: str, file: str, dim: int, seed: int = 0) -> tuple[Path, np.ndarray]:
+    folder = research_folder(root, name, n=2, head=False)
+    (folder / research_embeddings_filename("blip", "captioning")).unlink()
+    values = np.random.default_rng(seed).standard_normal((1, dim)).astype(np.float32)
+    export_research_concept_embeddings(folder / file, {30: {"keys": np.ones((1, 1), np.float32), "values": values}})
+    return folder, values
+
+
+def test_research_embeddings_of_every_family_import_for_their_checkpoints_and_export_again(library, tmp_path: Path):
+    from engine.personalize.embeddings import EmbeddingStore
+    from engine.personalize.specs import CONCEPT_DIM, VLM_SPECS
+
+    registry = ConceptRegistry(library.catalog)
+    store = EmbeddingStore(library.catalog.paths.concepts)
+    # (the VLM, the file's family name, the checkpoints of that family that must not take it)
+    cases = [("blip2", "blip-2", ["blip2-opt", "tiny-blip2"]), ("llava", "llava", ["tiny-llava"]),
+             ("smolvlm-256m", "smolvlm", ["smolvlm-500m", "tiny-smolvlm"]),
+             ("smolvlm-500m", "smolvlm", ["smolvlm-256m"]), ("llava-ov-0.5b", "llava-onevision", ["tiny-llava-ov"]),
+             ("qwen2-vl-2b", "qwen2-vl", ["tiny-qwen2-vl"]), ("tiny-qwen2-vl", "qwen2-vl", ["qwen2-vl-2b"]),
+             ("tiny-smolvlm", "smolvlm", ["smolvlm-256m"]), ("tiny-llava-ov", "llava-onevision", ["llava-ov-0.5b"])]
+    for i, (key, family_name, others) in enumerate(cases):
+        spec = VLM_SPECS[key]
+        folder, values = _embeddings_folder(tmp_path / key, f"thing{i}", research_embeddings_filename(
+            family_name, "captioning"), CONCEPT_DIM[key], seed=i)
+        concept = import_research_concept(registry, folder)
+        emb = store.load(concept.id, spec.checkpoint, "caption")
+        assert emb is not None and emb.source == "research-import" and emb.family == spec.family, key
+        assert emb.step == 30 and np.array_equal(emb.values, values)
+        assert store.load(concept.id, spec.checkpoint, "vqa") is None
+        for other in others:
+            assert store.load(concept.id, VLM_SPECS[other].checkpoint, "caption") is None, (key, other)
+        out = store.export_research(concept.id, spec.checkpoint, "caption", tmp_path / "out" / key, spec.family)
+        assert out.name == f"concept_embeddings_{spec.family}_captioning.pt"
+        again = load_research_concept_embeddings(out)
+        assert sorted(again) == [30] and np.array_equal(again[30]["values"], values)
+
+
+def test_research_embeddings_of_another_family_or_width_are_refused_with_the_reason(library, tmp_path: Path):
+    registry = ConceptRegistry(library.catalog)
+    for file, dim, message in [
+            ("concept_embeddings_gpt4v_captioning.pt", 1024,
+             "holds concept embeddings of a 'gpt4v' VLM, which this app does not have"),
+            ("concept_embeddings_qwen2-vl_captioning.pt", 512,
+             "holds 512-d concept embeddings, but qwen2-vl's are 1536-d for qwen2-vl-2b, 64-d for tiny-qwen2-vl"),
+            ("concept_embeddings_VLMType.BLIP2_PersonalizationTask.CAPTIONING.pt", 4096,
+             "holds 4096-d concept embeddings, but blip2's are 1408-d for blip2: it was trained on another model"),
+            ("concept_embeddings_smolvlm_dance.pt", 576, "is not named concept_embeddings_<vlm>_<task>.pt")]:
+        folder, _ = _embeddings_folder(tmp_path / file, "thing", file, dim)
+        with pytest.raises(ConceptError, match=re.escape(message)):
+            import_research_concept(registry, folder)
+    assert registry.list() == []

@@ -16,6 +16,7 @@ from PIL import Image
 
 from engine.concepts.research import load_research_concept_embeddings
 from engine.personalize.embeddings import EmbeddingStore
+from engine.personalize.specs import CONCEPT_DIM
 from engine.personalize.training import ConceptToTrain, ConceptTrainer, TrainingConfig, TrainingExample
 from engine.personalize.vlm import VLM_SPECS, GenerationSettings, load_vlm, resolve_spec
 
@@ -61,6 +62,7 @@ def _reference(w):
 
 def test_no_concept_is_bit_identical_to_the_unwrapped_model(wrapper):
     w = wrapper
+    assert w.concept_dim == CONCEPT_DIM[w.spec.key]      # the width research imports are checked against
     w.set_concepts({3: torch.randn(w.concept_dim), 8: torch.randn(w.concept_dim)})
     pixels = w.preprocess(_images(3))
     ref, ref_image_tokens = _reference(w)
@@ -190,6 +192,12 @@ def test_the_small_captioners_are_in_the_catalogue_and_their_folders_are_recogni
         assert e.feature == CAPTIONS and e.repo_id == repo and e.licence == "Apache-2.0"
         assert 0 < e.size_bytes < 2.5e9 and "questions" in e.purpose
         assert VLM_SPECS[key].params_b < 1
+    # the concept widths research imports are checked against are the real configs' (tiny.py copies them)
+    from engine.personalize.tiny import LLAVA_OV_05B, QWEN2_VL_2B, SMOLVLM_256M, SMOLVLM_500M
+
+    for key, sizes in [("smolvlm-256m", SMOLVLM_256M), ("smolvlm-500m", SMOLVLM_500M),
+                       ("llava-ov-0.5b", LLAVA_OV_05B), ("qwen2-vl-2b", QWEN2_VL_2B)]:
+        assert CONCEPT_DIM[key] == sizes.text_hidden
     # Qwen2-VL-2B, for computers with more memory: 2.2 B parameters, 4.4 GB in bf16
     e = entries["qwen2-vl-2b"]
     assert e.feature == CAPTIONS and e.repo_id == "Qwen/Qwen2-VL-2B-Instruct" and e.licence == "Apache-2.0"

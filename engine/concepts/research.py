@@ -234,6 +234,68 @@ def research_embeddings_filename(vlm: str, task: str) -> str:
     return f"{EMBEDDINGS_PREFIX}{vlm}_{task}.pt"
 
 
+# The VLM part of a concept-embeddings file name, lower-cased without "VLMType." and punctuation → our family. The
+# reference writes f"{vlm_type}_{task}" of str enums: "blip-2_captioning" under Python ≤ 3.10, and
+# "VLMType.BLIP2_PersonalizationTask.CAPTIONING" from 3.11 on (Enum.__format__ changed); others write "BLIP2_CAPTIONING".
+# The families the paper has no name for go by ours (this app's export writes "<family>_<task>").
+RESEARCH_FAMILIES = {"blip2": "blip2", "blip": "blip2", "llava": "llava", "minigptv2": "minigpt-v2", "smolvlm": "smolvlm",
+                     "idefics3": "smolvlm", "llavaonevision": "llava-onevision", "qwen2vl": "qwen2-vl"}
+RESEARCH_TASKS = {"captioning": "caption", "caption": "caption", "vqa": "vqa", "rec": "rec"}
+# The research files of the paper's families are the paper's checkpoint's (a BLIP-2 FlanT5 embedding means nothing to
+# BLIP-2 OPT, whose vision encoder has the same width); the other families' go with every checkpoint of that width.
+PAPER_CHECKPOINT_KEY = {"blip2": "blip2", "llava": "llava", "minigpt-v2": "minigpt-v2"}
+
+
+def parse_research_embeddings_name(name: str) -> tuple[str, str] | None:
+    """("qwen2-vl", "caption") for concept_embeddings_qwen2-vl_captioning.pt (.safetensors): (family, our task), the
+    family being the name's own (normalised) when it is none we know; None when the name is not of that pattern."""
+    stem = name.removesuffix(".pt").removesuffix(".safetensors")
+    if not stem.startswith(EMBEDDINGS_PREFIX) or "_" not in stem[len(EMBEDDINGS_PREFIX):]:
+        return None
+    vlm, task = stem[len(EMBEDDINGS_PREFIX):].rsplit("_", 1)
+    vlm = re.sub(r"[^a-z0-9]", "", vlm.lower().removeprefix("vlmtype."))
+    task = task.lower().removeprefix("personalizationtask.")
+    if not vlm or task not in RESEARCH_TASKS:
+        return None
+    return RESEARCH_FAMILIES.get(vlm, vlm), RESEARCH_TASKS[task]
+
+
+def research_embeddings_checkpoints(family: str) -> list[str]:
+    """The VLM keys (VLM_SPECS) a research embedding of `family` may be used with; the concept dimension decides
+    among them (`concept_dim`)."""
+    from ..personalize.specs import VLM_SPECS
+
+    if family in PAPER_CHECKPOINT_KEY:
+        return [k for k in [PAPER_CHECKPOINT_KEY[family]] if k in VLM_SPECS]
+    return [k for k, spec in VLM_SPECS.items() if spec.family == family]
+
+
+def check_research_embeddings(name: str, steps: Mapping[int, Mapping[str, np.ndarray]]) -> tuple[str, str]:
+    """(family, task) of a concept-embeddings file of a research folder, or a ConceptError that says why the app
+    could never use it: a name not of the pattern, a VLM family the app does not have, or values of a width that
+    no checkpoint of that family has (trained on another model)."""
+    from ..personalize.specs import CONCEPT_DIM, UNSUPPORTED, VLM_SPECS
+
+    found = parse_research_embeddings_name(name)
+    if found is None:
+        raise ConceptError(f"{name} is not named concept_embeddings_<vlm>_<task>.pt (task captioning or vqa, e.g. "
+                           f"concept_embeddings_llava_captioning.pt), so it is unclear which VLM it is for")
+    family, task = found
+    families = {s.family for s in VLM_SPECS.values()}
+    if family not in families and family not in UNSUPPORTED:
+        have = ", ".join(sorted(families))
+        raise ConceptError(f"{name} holds concept embeddings of a '{family}' VLM, which this app does not have "
+                           f"(it has {have}); take the file out of the folder to import the rest")
+    dim = next(iter(steps.values()))["values"].shape[1]
+    keys = research_embeddings_checkpoints(family)
+    dims = {k: CONCEPT_DIM.get(k) for k in keys}
+    if keys and all(dims.values()) and dim not in dims.values():
+        sizes = ", ".join(f"{d}-d for {k}" for k, d in dims.items())
+        raise ConceptError(f"{name} holds {dim}-d concept embeddings, but {family}'s are {sizes}: it was trained on "
+                           f"another model; take the file out of the folder to import the rest")
+    return family, task
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Concept folders
 # ----------------------------------------------------------------------------------------------------------------------
@@ -374,8 +436,9 @@ def import_research_concept(registry: ConceptRegistry, folder: str | Path, name:
       `concept_embeddings_*` (see `load_research_object_head`). It is stored as the concept's head with threshold
       0.5 in space `research_head_space(D)`: a 1024-d head is DFN5B-CLIP-ViT-H-14-378's and only works with that
       CLIP model; a head of another size is refused (its feature space is unknown).
-    - `concept_embeddings_*.pt` files are validated and kept as safetensors in `concepts/<id>/research_embeddings/`
-      (keys "<step>/keys", "<step>/values"); re-export them with `export_research_concept_embeddings`.
+    - `concept_embeddings_*.pt` files are validated (`check_research_embeddings`: a VLM family the app has, a width
+      one of its checkpoints has) and kept as safetensors in `concepts/<id>/research_embeddings/` (keys
+      "<step>/keys", "<step>/values"); re-export them with `export_research_concept_embeddings`.
     - kind "person": with `face_backend`, a person head is built from the images' faces (one face per image, the
       paper's multi-face rule: `face_head.build_person_head_from_images`). The concept is tied to no album person.
 
@@ -438,6 +501,8 @@ def import_research_concept(registry: ConceptRegistry, folder: str | Path, name:
     for p in embedding_files:
         _inside(folder, p)
     embeddings = {p.stem: load_research_concept_embeddings(p) for p in embedding_files}
+    for p in embedding_files:
+        check_research_embeddings(p.name, embeddings[p.stem])
 
     # -- the identifier the captions use, and the concept's ------------------------------------------------------------
     all_caps = [c for caps in captions.values() for c in caps]
@@ -532,7 +597,8 @@ def object_head_p(head_tensors: Mapping[str, np.ndarray], features: np.ndarray) 
 
 
 __all__ = [
-    "OBJECT_THRESHOLD", "VQA_FILE", "export_research_concept_embeddings", "import_research_concept",
+    "OBJECT_THRESHOLD", "VQA_FILE", "check_research_embeddings", "export_research_concept_embeddings",
+    "import_research_concept", "parse_research_embeddings_name", "research_embeddings_checkpoints",
     "load_imported_embeddings", "load_research_concept_embeddings", "load_research_object_head", "object_head_p",
     "read_research_captions", "read_research_vqa", "research_embeddings_filename", "research_head_space",
 ]

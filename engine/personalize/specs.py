@@ -70,6 +70,10 @@ VLM_SPECS: dict[str, VlmSpec] = {s.key: s for s in [
 # config.json's model_type → family, for checkpoint folders given by path
 FAMILY_OF_MODEL_TYPE = {"blip-2": "blip2", "llava_next": "llava", "idefics3": "smolvlm",
                         "llava_onevision": "llava-onevision", "qwen2_vl": "qwen2-vl"}
+# The width of each VLM's concept token (what the concept layer appends), to check imported research embeddings
+CONCEPT_DIM = {"blip2": 1408, "blip2-opt": 1408, "llava": 4096, "minigpt-v2": 4096, "smolvlm-256m": 576,
+               "smolvlm-500m": 960, "llava-ov-0.5b": 896, "qwen2-vl-2b": 1536, "tiny-blip2": 32, "tiny-blip2-opt": 32,
+               "tiny-llava": 64, "tiny-smolvlm": 64, "tiny-llava-ov": 64, "tiny-qwen2-vl": 64}
 DEFAULT_VLM = "blip2"
 UNSUPPORTED = {"minigpt-v2": "MiniGPT-v2 has no transformers implementation; it is out of scope for now."}
 
