@@ -2,7 +2,8 @@
 and peak RAM, with BLIP-2 FlanT5-XL (the paper's) as the baseline in the same run.
 
 No hub is reachable, so each family is built from its published config values (engine/personalize/tiny.py:
-SMOLVLM_256M, SMOLVLM_500M, LLAVA_OV_05B, blip2_flan_t5_xl_parts) with random weights, in bf16, and wrapped by the
+SMOLVLM_256M, SMOLVLM_500M, LLAVA_OV_05B, QWEN2_VL_2B, blip2_flan_t5_xl_parts) with random weights, in bf16, and
+wrapped by the
 same wrapper classes the app loads real checkpoints with. Random weights cost what trained ones cost: every caption
 is forced to the same number of new tokens (`--tokens`, default 20).
 
@@ -19,7 +20,8 @@ The load average is recorded: the machine may be shared.
 
 Run: `.venv/bin/python bench/bench_captioners.py` (about 10 minutes on 2 cores with BLIP-2; `--families` to pick,
 `--quick` for one tiny preset of each family). `--write-estimates` stores the results in
-engine/personalize/cpu_times.py, where the app reads its CPU estimates from.
+engine/personalize/cpu_times.py, where the app reads its CPU estimates from; with `--merge-estimates` the families of
+this run replace only their own rows (e.g. `--families qwen2-vl-2b --merge-estimates`).
 """
 
 from __future__ import annotations
@@ -38,11 +40,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-REAL = ["smolvlm-256m", "smolvlm-500m", "llava-ov-0.5b", "blip2"]
-QUICK = ["tiny-smolvlm", "tiny-llava-ov", "tiny-blip2"]
+REAL = ["smolvlm-256m", "smolvlm-500m", "llava-ov-0.5b", "qwen2-vl-2b", "blip2"]
+QUICK = ["tiny-smolvlm", "tiny-llava-ov", "tiny-qwen2-vl", "tiny-blip2"]
 PHOTOS = ["spiff.jpg", "spiff_2.jpg", "snow.jpg", "sunset.jpg"]
 # bf16 weights, activations and the allocator's slack: what must be free before a family is built
-NEED_GB = {"blip2": 18.0, "llava-ov-0.5b": 6.0, "smolvlm-500m": 4.0, "smolvlm-256m": 3.0}
+NEED_GB = {"blip2": 18.0, "llava-ov-0.5b": 6.0, "smolvlm-500m": 4.0, "smolvlm-256m": 3.0, "qwen2-vl-2b": 8.0}
 
 
 # -- the child: one family -------------------------------------------------------------------------------------------
@@ -68,6 +70,10 @@ def build_wrapper(key: str, models_dir: Path):
 
         return LlavaOnevisionWrapper(*tiny.llava_onevision_parts(tiny.LLAVA_OV_05B, dtype=dtype), spec,
                                      spec.checkpoint, cpu, dtype)
+    if key == "qwen2-vl-2b":
+        from engine.personalize.qwen2_vl import Qwen2VlWrapper
+
+        return Qwen2VlWrapper(*tiny.qwen2_vl_parts(tiny.QWEN2_VL_2B, dtype=dtype), spec, spec.checkpoint, cpu, dtype)
     if key == "blip2":
         from engine.personalize.blip2 import Blip2Wrapper
 
@@ -220,17 +226,26 @@ def table(results: list[dict], baseline: dict | None) -> str:
     return "\n".join(rows)
 
 
-def write_estimates(results: list[dict], path: Path, threads: int) -> None:
-    """engine/personalize/cpu_times.py: what this run measured, as the app's CPU estimates."""
+def write_estimates(results: list[dict], path: Path, threads: int, merge: bool = False) -> None:
+    """engine/personalize/cpu_times.py: what this run measured, as the app's CPU estimates. `merge` keeps the rows
+    (and the stamp lines) of the families this run did not measure."""
     keep = ("caption_b1_s", "step_s", "step_cached_s", "pool_view_s", "concept_s", "peak_rss_gb")
     measured = {r["key"]: {k: round(r[k], 3) for k in keep if k in r} for r in results}
     text = path.read_text()
-    head, sep, _ = text.partition("MEASURED = ")
+    head, sep, tail = text.partition("MEASURED = ")
     if not sep:
         raise SystemExit(f"{path} has no MEASURED table to replace")
+    stamps = ""
+    if merge:
+        table_text, _, stamps = tail.partition("\n}\n")
+        measured = json.loads(table_text + "\n}") | measured
+        # an earlier merge's stamp of exactly these families is stale now
+        stamps = "".join(f"{line}\n" for line in stamps.splitlines()
+                         if not (": " in line and set(line.rsplit(": ", 1)[1].split(", ")) <= {r["key"] for r in results}))
     stamp = (f"# {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, {threads} threads, bf16, load "
-             f"{max(r['load'][0] for r in results):.1f}\n")
-    path.write_text(head + sep + json.dumps(measured, indent=4) + "\n" + stamp)
+             f"{max(r['load'][0] for r in results):.1f}{': ' + ', '.join(r['key'] for r in results) if merge else ''}"
+             f"\n")
+    path.write_text(head + sep + json.dumps(measured, indent=4) + "\n" + stamps + stamp)
 
 
 def main() -> None:
@@ -247,6 +262,8 @@ def main() -> None:
     ap.add_argument("--no-training", action="store_true")
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--write-estimates", action="store_true", help="store them in engine/personalize/cpu_times.py")
+    ap.add_argument("--merge-estimates", action="store_true",
+                    help="store them there, keeping the rows of the families this run did not measure")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
@@ -263,8 +280,9 @@ def main() -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))
-    if args.write_estimates:
-        write_estimates(results, ROOT / "engine" / "personalize" / "cpu_times.py", args.threads)
+    if args.write_estimates or args.merge_estimates:
+        write_estimates(results, ROOT / "engine" / "personalize" / "cpu_times.py", args.threads,
+                        merge=args.merge_estimates)
 
 
 if __name__ == "__main__":
