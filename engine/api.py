@@ -172,6 +172,9 @@ class Library:
             raise
         concept = registry.save_head(concept_id, head, metrics)
         ConceptDetector(self.catalog).run([concept_id])
+        from .personalize import instant
+
+        instant.recaption(self.catalog, registry.photos_with(concept_id))   # named from recognition next run
         return concept
 
     def personalizer(self, vlm: str | None = None):

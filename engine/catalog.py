@@ -358,8 +358,22 @@ def _m6_faces_log(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m7_instant_names(db: sqlite_utils.Database) -> None:
+    """Captions and answers named from recognition before training (engine/personalize/instant.py) are marked; they
+    may name a person who is no concept yet as {{person:ID}}, which a forgotten person's row leaves as "someone"."""
+    bake = ("UPDATE {table} SET {col} = replace({col}, '{{{{person:' || OLD.id || '}}}}', 'someone') "
+            "WHERE instr({col}, '{{{{person:' || OLD.id || '}}}}') > 0;")
+    db.executescript(
+        "ALTER TABLE captions ADD COLUMN instant INTEGER NOT NULL DEFAULT 0;"
+        "ALTER TABLE qa ADD COLUMN instant INTEGER NOT NULL DEFAULT 0;"
+        "CREATE TRIGGER people_placeholders_bd BEFORE DELETE ON people BEGIN "
+        + bake.format(table="captions", col="template") + bake.format(table="qa", col="question")
+        + bake.format(table="qa", col="answer") + " END;")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m1_foundation, _m2_faces, _m3_clip_and_concepts, _m4_captions_and_search, _m5_stage_claims, _m6_faces_log,
+    _m7_instant_names,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

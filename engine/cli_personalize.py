@@ -177,10 +177,12 @@ def _show_text(args, lib, photo, g, kind: str, store: bool) -> int:
     captions = CaptionStore(lib.catalog)
     if store:
         if kind == "answer":
-            captions.put_answer(photo.id, args.question, g.template, model=g.model, concept_ids=g.concepts)
+            captions.put_answer(photo.id, args.question, g.template, model=g.model, concept_ids=g.concepts,
+                                instant=g.instant)
         else:
-            captions.put_caption(photo.id, "personalised" if g.personalised else "original", g.template,
-                                 model=g.model, prompt=g.prompt or None, concept_ids=g.concepts)
+            captions.put_caption(photo.id, "personalised" if g.personalised or g.instant else "original",
+                                 g.template, model=g.model, prompt=g.prompt or None, concept_ids=g.concepts,
+                                 instant=g.instant)
     rendered = captions.render(g.template)
     if args.json:
         _print_json({"photo": photo.path, kind: rendered, **g.to_json(), "text": g.text})

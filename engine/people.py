@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .catalog import Catalog, now
+from .personalize import instant
 from .vectors import from_blob
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,7 @@ class People:
         name = " ".join(name.split())
         if not name:
             raise PeopleError("a name cannot be empty")
-        self.person(person_id)
+        was_named = self.person(person_id)["name"] is not None
         existing = self.find(name)
         with self.catalog.write():
             if existing is not None and existing["id"] != person_id:
@@ -166,6 +167,8 @@ class People:
             self.catalog.conn.execute("UPDATE people SET name = ?, updated_at = ? WHERE id = ?",
                                       [name, now(), person_id])
             self._confirm(shown)
+            if not was_named:   # their photos' next captions use the name (a rename re-renders, no model runs)
+                instant.recaption(self.catalog, instant.photos_of_person(self.catalog, person_id))
         log.info("person %d named %r (%d faces confirmed)", person_id, name, len(shown))
         return person_id
 
@@ -196,13 +199,16 @@ class People:
 
         The unnamed groups involved are confirmed as the user saw them (`face_ids`, or as they stand); a named
         person's suggested faces stay suggested (see `name`)."""
-        self.person(target_id)
+        target = self.person(target_id)
         with self.catalog.write():
             shown = self._shown_faces(target_id, face_ids)
             for sid in source_ids:
                 if sid == target_id:
                     continue
                 shown += self._shown_faces(sid, face_ids)
+                if target["name"] is not None:   # the source's photos are the target's now: name them
+                    instant.recaption(self.catalog, instant.photos_of_person(self.catalog, sid))
+                instant.move_person(self.catalog, sid, target_id)
                 clashes = self.catalog.query(
                     "SELECT s.id FROM faces s JOIN faces t ON t.photo_id = s.photo_id AND t.person_id = ? "
                     "WHERE s.person_id = ?", [target_id, sid])
@@ -233,6 +239,7 @@ class People:
                 self.catalog.conn.execute(
                     "UPDATE faces SET person_id = ?, state = 'confirmed', similarity = NULL, updated_at = ? WHERE id = ?",
                     [person_id, now(), fid])
+                instant.recaption(self.catalog, [face["photo_id"]])
 
     def confirm(self, face_id: int) -> None:
         face = self._face(face_id)

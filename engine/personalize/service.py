@@ -25,6 +25,7 @@ from ..catalog import Catalog, now
 from ..concepts.object_head import TrainingCancelled
 from ..concepts.registry import PERSON, Concept, ConceptError, ConceptRegistry, photo_not_indexed
 from ..concepts.research import VQA_FILE
+from . import instant
 from .embeddings import EmbeddingStore
 from .lease import training_lease
 from .targets import (
@@ -66,10 +67,11 @@ class GeneratedText:
     model: str
     prompt: str
     personalised: bool
+    instant: bool = False     # named from recognition before training (instant.py), not by a concept embedding
 
     def to_json(self) -> dict[str, Any]:
         return {"text": self.text, "concepts": self.concepts, "model": self.model, "prompt": self.prompt,
-                "personalised": self.personalised}
+                "personalised": self.personalised, "instant": self.instant}
 
 
 class Personalizer:
@@ -363,11 +365,21 @@ class Personalizer:
             return caption_with(self.wrapper, images, fired, known)
 
     def caption(self, photo_id: int, personalised: bool = True) -> GeneratedText:
-        return self.caption_images([self.photo_image(photo_id)], [self.fired([photo_id])[photo_id]],
-                                   personalised)[0]
+        """A photo's caption: personalised where a trained concept fired, else named from recognition (instant
+        names, when on), else the original."""
+        image = self.photo_image(photo_id)
+        g = self.caption_images([image], [self.fired([photo_id])[photo_id]], personalised)[0]
+        if personalised and not g.personalised and instant.enabled(self.catalog):
+            scene = instant.scenes(self.catalog, [photo_id])[photo_id]
+            with self.wrapper.lock:
+                named = instant.instant_captions(self.wrapper, [image], [scene], [g.text])[0]
+            return named or g
+        return g
 
     def ask(self, photo_id: int, question: str) -> GeneratedText:
-        """Answer a question about a photo; concept names in the question become the model's identifiers."""
+        """Answer a question about a photo; concept names in the question become the model's identifiers. People
+        and things recognised here without a trained embedding are named in the prompt (instant names) for the
+        instruction-following VLMs."""
         from ..captions import to_template
 
         w = self.wrapper
@@ -375,17 +387,30 @@ class Personalizer:
         with w.lock:
             known = self._use_embeddings(task)
         fired = [c for c in self.fired([photo_id])[photo_id] if c in known]
+        scene = instant.Scene(photo_id)
+        if instant.follows_instructions(w.family) and instant.enabled(self.catalog):
+            scene = instant.scenes(self.catalog, [photo_id])[photo_id]
+            scene.seen = [s for s in scene.seen if s.concept_id not in fired]
         q = question
         for cid in fired:   # "What is Alex's dog doing?" → the identifier the embedding was trained with
             c = known[cid]
             for name in {c.name, c.identifier} - {""}:
                 q = re.sub(rf"(?<!\w){re.escape(name)}(?!\w)", c.identifier, q, flags=re.IGNORECASE)
         image = self.photo_image(photo_id)
+        original = self.catalog.scalar("SELECT template FROM captions WHERE photo_id = ? AND kind = 'original'",
+                                       [photo_id]) or ""   # says "a man" or "a woman", for the context sentence
+        prompt = instant.instructed_prompt(scene, q, original) if scene.seen else q
         with w.lock:
             known = self._use_embeddings(task)
-            text = w.answer([image], [q], [fired])[0]
+            text = w.answer([image], [prompt], [fired])[0]
         idmap = {known[c].identifier: c for c in fired}
-        return GeneratedText(text, to_template(text, idmap), fired, w.checkpoint, q, bool(fired))
+        template = to_template(text, idmap)
+        if scene.seen:
+            template = instant.names_to_placeholders(scene, template)
+        named = [s for s in scene.seen if s.placeholder in template]   # the answer used a name it was told
+        ids = fired + [s.concept_id for s in named if s.concept_id is not None]
+        return GeneratedText(text, template, list(dict.fromkeys(ids)), w.checkpoint, prompt, bool(fired),
+                             instant=bool(named))
 
 
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from .. import paths as P
-from ..captions import PRIORITY, USER, concept_names, placeholder_ids, render_with
+from ..captions import PRIORITY, USER, concept_names, person_ids, person_names, placeholder_ids, render_with
 from ..catalog import BUSY_TIMEOUT_MS, Catalog
 from ..concepts.registry import OBJECT_TOKENS
 from . import places
@@ -186,6 +186,7 @@ def build(catalog: Catalog, ids: list[int]) -> None:
     concepts = {r["id"]: _Concept(r["kind"], r["name"], r["identifier"], r["person_id"])
                 for r in catalog.query("SELECT id, kind, name, identifier, person_id FROM concepts")}
     display = concept_names(catalog)
+    people = person_names(catalog)   # instant names: {{person:ID}} of a named person who is no concept yet
     person_concept = {c.person_id: cid for cid, c in concepts.items() if c.person_id is not None}
     docs: dict[int, _Doc] = defaultdict(_Doc)
 
@@ -226,15 +227,20 @@ def build(catalog: Catalog, ids: list[int]) -> None:
             rows = rows[:1]  # the user's text wins: generated text they corrected is not searched
         doc = docs[pid]
         for r in rows:
-            doc.captions.append(render_with(r["template"], display))
+            doc.captions.append(render_with(r["template"], display, people))
             for cid in json.loads(r["concepts"]) + placeholder_ids(r["template"]):
                 add_concept(doc, cid)
+            for person in person_ids(r["template"]):
+                add_person(doc, person, people.get(person))
     for r in catalog.query(f"SELECT photo_id, question, answer, concepts FROM qa WHERE photo_id IN ({marks}) "
                            "ORDER BY id", live):
         doc = docs[r["photo_id"]]
-        doc.qa.append(f"{render_with(r['question'], display)} {render_with(r['answer'], display)}")
+        question, answer = render_with(r["question"], display, people), render_with(r["answer"], display, people)
+        doc.qa.append(f"{question} {answer}")
         for cid in json.loads(r["concepts"]) + placeholder_ids(r["question"] + r["answer"]):
             add_concept(doc, cid)
+        for person in person_ids(r["question"] + r["answer"]):
+            add_person(doc, person, people.get(person))
 
     rows = []
     for pid in live:

@@ -2,7 +2,9 @@
 
 Photos go through the VLM in batches (one forward pass per group of photos with the same number of concept tokens).
 Captions are stored with concept placeholders, so renaming a person needs no model. Training a concept clears this
-stage's status for the photos it appears in, so the next run re-captions just those. Without the VLM's weights the
+stage's status for the photos it appears in, so the next run re-captions just those; so do naming a person and
+training a thing's head, whose photos then get a caption named from recognition (personalize/instant.py) until the
+concept's embedding is trained. Without the VLM's weights the
 stage is skipped with the reason and the rest of the pipeline goes on.
 """
 
@@ -40,6 +42,7 @@ class CaptionStage(Stage):
         self._fired: dict[int, list[int]] = {}
         self._rotation: dict[int, int] = {}
         self._known: dict = {}
+        self._scenes: dict = {}
 
     def configure(self, vlm: str | None = None, device: str | None = None, **_: object) -> None:
         self._option, self._device = vlm, device
@@ -84,8 +87,12 @@ class CaptionStage(Stage):
         with wrapper.lock:
             wrapper.set_concepts({cid: torch.from_numpy(e.values[0].copy()) for cid, e in embs.items()})
         self._known = {cid: concepts[cid] for cid in embs}
+        from ..personalize import instant
+
+        self._scenes = instant.scenes(catalog, ids) if instant.enabled(catalog) else {}
 
     def process_batch(self, jobs: list[Job]) -> list[list[GeneratedText] | Exception]:
+        from ..personalize.instant import Scene, instant_captions
         from ..personalize.service import caption_with, shared_wrapper
 
         assert self._cache is not None
@@ -107,6 +114,13 @@ class CaptionStage(Stage):
         personal = caption_with(wrapper, [images[n] for n in personal_idx], [fired[n] for n in personal_idx],
                                 self._known) if personal_idx else []
         by_n = dict(zip(personal_idx, personal))
+        # no trained concept fired: name the recognised people and things from recognition instead
+        scenes = [self._scenes.get(jobs[i].photo_id) or Scene(jobs[i].photo_id) for i in ok]
+        rest = [n for n in range(len(ok)) if n not in by_n and scenes[n].seen]
+        if rest:
+            named = instant_captions(wrapper, [images[n] for n in rest], [scenes[n] for n in rest],
+                                     [original[n].text for n in rest])
+            by_n.update((n, g) for n, g in zip(rest, named) if g is not None)
         for n, i in enumerate(ok):
             out[i] = [original[n]] + ([by_n[n]] if n in by_n else [])
         return out
@@ -122,7 +136,8 @@ class CaptionStage(Stage):
 
         store = CaptionStore(catalog)
         for g in result:
-            store.put_caption(job.photo_id, "personalised" if g.personalised else "original", g.template,
-                              model=g.model, prompt=g.prompt or None, concept_ids=g.concepts)
-        if not any(g.personalised for g in result):   # no trained concept here (any more): no stale name either
+            store.put_caption(job.photo_id, "personalised" if g.personalised or g.instant else "original",
+                              g.template, model=g.model, prompt=g.prompt or None, concept_ids=g.concepts,
+                              instant=g.instant)
+        if not any(g.personalised or g.instant for g in result):   # nobody named here (any more): no stale name
             store.drop_generated(job.photo_id, "personalised")
