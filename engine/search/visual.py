@@ -38,6 +38,7 @@ GATHER_FRACTION = 8  # a filter keeping under 1/8 of the photos: copy just those
 COARSE_MIN = 20_000  # photos from which full scans take the coarse pass first
 COARSE_DIM = 128
 COARSE_KEEP = 4_000  # candidates of the coarse pass scored exactly
+BOUND_SLACK = 1e-4  # float32 rounding in the bound: score a photo exactly when its bound comes this close
 
 
 class TextEncoder(Protocol):
@@ -86,7 +87,9 @@ class ImageMatrix:
 
     Scoring is exact cosine similarity. Above COARSE_MIN photos a full scan first scores a 128-d projection onto
     the embeddings' principal directions (a quarter of the memory traffic, which is what a scan costs) and then
-    re-scores the best COARSE_KEEP candidates exactly; filtered scans over few photos are exact from the start.
+    re-scores the best COARSE_KEEP candidates exactly, and then every other photo whose upper bound (projected
+    score + the norm of what the projection leaves out, by Cauchy-Schwarz) still reaches the k-th best exact score:
+    the results are the exact top k whatever the data. Filtered scans over few photos are exact from the start.
     """
 
     def __init__(self, key: str, dim: int):
@@ -104,6 +107,7 @@ class ImageMatrix:
         self.n = 0  # rows in use (live or freed)
         self.basis: np.ndarray | None = None  # (dim, COARSE_DIM) principal directions
         self.proj: np.ndarray | None = None  # (capacity, COARSE_DIM)
+        self.resid: np.ndarray | None = None  # (capacity,) norm of each embedding outside the projection
         self._buffer: np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -164,6 +168,7 @@ class ImageMatrix:
             self.live[row] = True
             if self.proj is not None:
                 self.proj[row] = vec @ self.basis
+                self.resid[row] = _residual_norms(vec[None], self.proj[row][None])[0]
 
     def _append(self, pid: int) -> int:
         if self.n == len(self.ids):  # grow by a quarter
@@ -174,6 +179,7 @@ class ImageMatrix:
             self.live = np.concatenate([self.live, np.zeros(extra, bool)])
             if self.proj is not None:
                 self.proj = np.concatenate([self.proj, np.zeros((extra, self.proj.shape[1]), np.float32)])
+                self.resid = np.concatenate([self.resid, np.zeros(extra, np.float32)])
         row = self.n
         self.n += 1
         self.ids[row] = pid
@@ -187,7 +193,11 @@ class ImageMatrix:
         _, eigvecs = np.linalg.eigh(sample.T @ sample)
         self.basis = np.ascontiguousarray(eigvecs[:, ::-1][:, :COARSE_DIM], dtype=np.float32)
         self.proj = np.zeros((len(self.ids), COARSE_DIM), np.float32)
-        self.proj[: self.n] = self.vecs[: self.n] @ self.basis
+        self.resid = np.zeros(len(self.ids), np.float32)
+        for i in range(0, self.n, 65_536):  # in slices: a (1,000,000, 512) temporary would double the memory
+            part = self.vecs[i : min(self.n, i + 65_536)]
+            self.proj[i : i + len(part)] = part @ self.basis
+            self.resid[i : i + len(part)] = _residual_norms(part, self.proj[i : i + len(part)])
 
     # -- searching --------------------------------------------------------------------------------------------------
 
@@ -213,14 +223,30 @@ class ImageMatrix:
         few = len(rows) * GATHER_FRACTION < n
         if self.proj is not None and len(rows) > COARSE_KEEP:  # many: a coarse pass, then exact on the best
             small_query = self.basis.T @ query
+            query_rest = float(np.sqrt(max(0.0, float(query @ query) - float(small_query @ small_query))))
             if few:
+                allowed = rows
                 coarse = _dot(self.proj[rows], small_query)
-                rows = rows[np.argpartition(-coarse, COARSE_KEEP - 1)[:COARSE_KEEP]]
             else:
+                allowed = None
                 coarse = _dot(self.proj[:n], small_query)
                 coarse[~mask] = -np.inf
-                rows = np.argpartition(-coarse, COARSE_KEEP - 1)[:COARSE_KEEP]
+            best = np.argpartition(-coarse, COARSE_KEEP - 1)[:COARSE_KEEP]
+            rows = best if allowed is None else allowed[best]
             sims = _dot(self._take(rows), query)
+            # any other photo may still beat the k-th best: score those whose bound reaches it (none, usually)
+            above = np.sort(sims[sims >= floor])
+            reach = max(floor, float(above[-k])) if len(above) >= k else floor
+            bound = coarse + (self.resid[allowed] if allowed is not None else self.resid[:n]) * query_rest
+            bound[best] = -np.inf
+            more = np.flatnonzero(bound >= reach - BOUND_SLACK)
+            if len(more) * GATHER_FRACTION > len(bound):  # the projection says little here: score them all
+                rows = allowed if allowed is not None else np.flatnonzero(mask)
+                sims = _dot(self._take(rows), query) if allowed is not None else _dot(self.vecs[:n], query)[rows]
+            elif len(more):
+                more = more if allowed is None else allowed[more]
+                rows = np.concatenate([rows, more])
+                sims = np.concatenate([sims, _dot(self.vecs[more], query)])
         elif few:  # score just them, exactly
             sims = _dot(self._take(rows), query)
         else:
@@ -238,6 +264,13 @@ class ImageMatrix:
         out = self._buffer[: len(rows)]
         np.take(self.vecs, rows, axis=0, out=out)
         return out
+
+
+def _residual_norms(vecs: np.ndarray, proj: np.ndarray) -> np.ndarray:
+    """|v - B B^T v| for each row: what the projection leaves out (the basis is orthonormal)."""
+    rest = (np.einsum("ij,ij->i", vecs, vecs, dtype=np.float64)
+            - np.einsum("ij,ij->i", proj, proj, dtype=np.float64))
+    return np.sqrt(np.maximum(rest, 0.0)).astype(np.float32)
 
 
 def _dot(matrix: np.ndarray, vec: np.ndarray) -> np.ndarray:

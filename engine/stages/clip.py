@@ -13,7 +13,7 @@ import numpy as np
 
 from ..catalog import Catalog
 from ..clip import DEFAULT_MODEL, ClipEncoder
-from ..vectors import VectorIndex, stack_blobs, to_blob
+from ..vectors import stack_blobs, to_blob
 from ..pipeline import Job, Stage, StageUnavailable
 from .thumbnails import ImageCache
 
@@ -111,15 +111,6 @@ class ClipStage(Stage):
         catalog.conn.execute(
             "INSERT OR REPLACE INTO clip_embeddings(photo_id, model, embedding) "
             "SELECT ?, model, embedding FROM clip_embeddings WHERE photo_id = ?", [job.photo_id, source_photo_id])
-
-
-def load_clip_index(catalog: Catalog, encoder: ClipEncoder) -> VectorIndex:
-    """A faiss index of every photo's CLIP embedding in the encoder's space (ids are photo ids)."""
-    ids, vecs = load_clip_matrix(catalog, encoder.key, encoder.dim)
-    idx = VectorIndex(encoder.dim)
-    if len(ids):
-        idx.add(ids, vecs)
-    return idx
 
 
 def load_clip_matrix(catalog: Catalog, model_key: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
