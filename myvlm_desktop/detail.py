@@ -1,5 +1,6 @@
 """The detail pane: the selected photo large, its faces boxed with names, its captions (editable), and its
-questions and answers with an "Ask about this photo" box.
+questions and answers with an "Ask about this photo" box. "Where is Bella?" beside each recognised concept asks a
+VLM that answers with boxes (MiniGPT-v2) and draws its box on the photo.
 
 The pane only reads the catalog (a few quick queries per photo) and paints. Changes go through the main window,
 which runs them on engine threads: `DetailActions` is the small interface it calls.
@@ -88,6 +89,8 @@ class DetailActions(Protocol):
     def open_full_view(self) -> None: ...
     def face_menu(self, face: FaceBox, photo: Photo, global_pos: QPoint) -> None: ...
     def navigate(self, kind: str, key: Any) -> None: ...
+    def locate_concept(self, photo_id: int, concept_id: int, name: str) -> None: ...
+    def stop_locating(self) -> None: ...
 
 
 # -- loading the big picture off the GUI thread -------------------------------------------------------------------
@@ -188,6 +191,18 @@ class PhotoCanvas(QWidget):
         self.show_faces = True
         self._hover: int | None = None
         self.message = ""
+        self.found: tuple[QRectF, str] | None = None   # "Where is …?": a box in frame pixels and its name
+
+    def set_found(self, box: QRectF | None, name: str = "") -> None:
+        self.found = (box, name) if box is not None else None
+        self.update()
+
+    def found_rect(self) -> QRectF:
+        """The found box in widget coordinates (empty when there is none)."""
+        if self.found is None:
+            return QRectF()
+        box = self.found[0]
+        return self.face_rect(FaceBox(0, box.x(), box.y(), box.width(), box.height(), None, None, ""))
 
     def set_photo(self, image: QImage | None, frame: QSize, faces: list[FaceBox]) -> None:
         self._pixmap = QPixmap.fromImage(image) if image is not None and not image.isNull() else None
@@ -258,6 +273,8 @@ class PhotoCanvas(QWidget):
             return
         target = self.image_rect()
         p.drawPixmap(target, self._pixmap)
+        if self.found is not None:
+            self._paint_found(p)
         if not self.show_faces:
             p.end()
             return
@@ -299,6 +316,26 @@ class PhotoCanvas(QWidget):
             p.setPen(QColor(255, 255, 255))
             p.drawText(tag, Qt.AlignmentFlag.AlignCenter, text)
         p.end()
+
+    def _paint_found(self, p: QPainter) -> None:
+        r = self.found_rect()
+        if r.isEmpty():
+            return
+        color = QColor(255, 196, 0)
+        p.setPen(QPen(QColor(0, 0, 0, 140), 5))
+        p.drawRect(r)
+        p.setPen(QPen(color, 3))
+        p.drawRect(r)
+        fm = QFontMetrics(self.font())
+        name = self.found[1] if self.found else ""
+        tag = QRectF(r.left(), r.top() - fm.height() - 6, fm.horizontalAdvance(name) + 12, fm.height() + 4)
+        if tag.top() < self.image_rect().top():
+            tag.moveTop(r.top() + 2)
+        path = QPainterPath()
+        path.addRoundedRect(tag, 4, 4)
+        p.fillPath(path, color)
+        p.setPen(QColor(0, 0, 0))
+        p.drawText(tag, Qt.AlignmentFlag.AlignCenter, name)
 
     def sizeHint(self) -> QSize:
         return QSize(360, 270)
@@ -371,6 +408,24 @@ class DetailPane(QScrollArea):
         self.who = ChipBar()
         self.who.activated.connect(lambda kind, key: self.actions.navigate(kind, key))
         lay.addWidget(self.who)
+        # "Where is Bella?": one button per concept recognised here; the answer is a box drawn on the photo
+        self.where_bar = QWidget()
+        self.where_bar.setObjectName("whereBar")
+        where_row = QHBoxLayout(self.where_bar)
+        where_row.setContentsMargins(0, 0, 0, 0)
+        where_row.setSpacing(4)
+        self.where_buttons: list[QPushButton] = []
+        self._where_row = where_row
+        self._where_busy = False
+        self.where_stop = QPushButton("Stop")
+        self.where_stop.setToolTip("Stop looking (the model stops at its next word)")
+        self.where_stop.clicked.connect(lambda: self.actions.stop_locating())
+        self.where_stop.hide()
+        where_row.addStretch(1)
+        where_row.addWidget(self.where_stop)
+        lay.addWidget(self.where_bar)
+        self.where_status = self._small_label("whereStatus")
+        lay.addWidget(self.where_status)
 
         lay.addWidget(hline())
         lay.addWidget(heading("Caption"))
@@ -510,6 +565,11 @@ class DetailPane(QScrollArea):
             if c.get("kind") == "object" and c.get("fired"):
                 chips.append((c["name"], THING_CHIP, c["concept_id"], f"{c['name']} (score {c['score']:.2f})"))
         self.who.set_chips(chips)
+        if not same:
+            self.canvas.set_found(None)
+            self.where_status.setText("")
+        fired = {c["concept_id"]: c["name"] for c in concepts or [] if c.get("fired")}   # one per concept
+        self._set_where_buttons(list(fired.items()))
         self.set_texts(captions or [], answers or [], keep_edit=same)
 
     def set_texts(self, captions: list[dict[str, Any]], answers: list[dict[str, Any]], keep_edit: bool = False
@@ -552,6 +612,49 @@ class DetailPane(QScrollArea):
         self.ask_button.setEnabled(not busy)
         self.ask_edit.setEnabled(not busy)
         self.ask_status.setText(status)
+
+    # -- "Where is …?" -----------------------------------------------------------------------------------------------
+
+    def _set_where_buttons(self, found: list[tuple[int, str]]) -> None:
+        for b in self.where_buttons:
+            self._where_row.removeWidget(b)
+            b.deleteLater()
+        self.where_buttons = []
+        for i, (concept_id, name) in enumerate(found[:4]):
+            b = QPushButton(f"Where is {name}?")
+            b.setObjectName("whereButton")
+            b.setToolTip(f"Draw a box around {name} (needs a captioner that answers with boxes: MiniGPT-v2)")
+            b.clicked.connect(lambda _c=False, cid=concept_id, n=name: self._locate(cid, n))
+            b.setEnabled(not self._where_busy)
+            self._where_row.insertWidget(i, b)
+            self.where_buttons.append(b)
+        self.where_bar.setVisible(self.photo is not None and bool(self.where_buttons))
+
+    def _locate(self, concept_id: int, name: str) -> None:
+        if self.photo is not None:
+            self.canvas.set_found(None)
+            self.actions.locate_concept(self.photo.id, concept_id, name)
+
+    def set_locating(self, busy: bool, status: str = "") -> None:
+        self._where_busy = busy
+        for b in self.where_buttons:
+            b.setEnabled(not busy)
+        self.where_stop.setVisible(busy)
+        self.where_status.setText(status)
+
+    def show_location(self, photo_id: int, name: str, result: dict[str, Any]) -> None:
+        """Draw the box a "where is …?" found (pixels of the photo as shown), or say plainly that there is none."""
+        if self.photo is None or self.photo.id != photo_id:
+            return
+        box = result.get("box")
+        if box:
+            x1, y1, x2, y2 = box
+            self.canvas.set_found(QRectF(x1, y1, x2 - x1, y2 - y1), name)
+            self.where_status.setText(f"{name} is in the yellow box.")
+        else:
+            self.canvas.set_found(None)
+            why = result.get("reason") or "the model gave no box"
+            self.where_status.setText(f"No box for {name}: {why}.")
 
     def answer_texts(self) -> list[tuple[str, str]]:
         return [(a["question"], a["answer"]) for a in self.answers]

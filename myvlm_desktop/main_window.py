@@ -281,6 +281,7 @@ class MainWindow(QMainWindow):
         self._search: SearchOutcome | None = None
         self._recent_searches: list[str] = []
         self._asking = False
+        self._locating: Any = None   # the stop Event of a running "Where is …?"
         self._busy_things: set[str] = set()
         self._teach_dialogs: dict[int, TeachDialog] = {}
         self._indexed_once = False
@@ -1237,6 +1238,47 @@ class MainWindow(QMainWindow):
             self._failed("No Answer")(exc)
 
         self.models_thread.call(ask, done, failed, label="ask")
+
+    def locate_concept(self, photo_id: int, concept_id: int, name: str) -> None:
+        """ "Where is Bella?": MiniGPT-v2's box, asked on the models thread; Stop ends it at the next word."""
+        import threading
+
+        if self._locating is not None:
+            return
+        stop = threading.Event()
+        self._locating = stop
+        self.detail.set_locating(True, f"Looking for {name}… (the first time loads the model: this can take a "
+                                       "while)")
+
+        def find(lib: Library) -> dict[str, Any]:
+            from engine.personalize.locate import locate
+
+            return locate(lib.personalizer(), photo_id, concept_id, cancel=stop).as_dict()
+
+        def done(result: dict[str, Any]) -> None:
+            self._locating = None
+            self.detail.set_locating(False, "")
+            self.detail.show_location(photo_id, name, result)
+
+        def failed(exc: BaseException) -> None:
+            from engine.personalize.locate import CannotLocate
+            from engine.personalize.minigpt_v2 import LocateCancelled
+
+            self._locating = None
+            if isinstance(exc, LocateCancelled):
+                self.detail.set_locating(False, "Stopped.")
+            elif isinstance(exc, CannotLocate):   # not an error: this library's captioner has no boxes
+                self.detail.set_locating(False, str(exc) + ".")
+            else:
+                self.detail.set_locating(False, "")
+                self._failed("Not Found")(exc)
+
+        self.models_thread.call(find, done, failed, label=f"locate {name}")
+
+    def stop_locating(self) -> None:
+        if self._locating is not None:
+            self._locating.set()
+            self.detail.where_status.setText("Stopping…")
 
     def rotate_current(self, degrees: int) -> None:
         photo = self.current_photo()

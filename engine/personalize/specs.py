@@ -28,6 +28,15 @@ class VlmTooLarge(VlmError):
     pass
 
 
+# MiniGPT-v2 is assembled from three downloads (minigpt_v2.py says why): the gated Llama-2 chat model from the hub,
+# the ViT-g of a BLIP-2 checkpoint (the tower BLIP-2 and MiniGPT-v2 share), and the official projection + LoRA file.
+MINIGPT_V2_LLAMA = "meta-llama/Llama-2-7b-chat-hf"
+MINIGPT_V2_VISION = ("Salesforce/blip2-flan-t5-xl", "Salesforce/blip2-opt-2.7b")
+MINIGPT_V2_CHECKPOINT = "minigptv2_checkpoint.pth"
+MINIGPT_V2_FOLDER = "minigpt-v2"   # <models>/minigpt-v2/minigptv2_checkpoint.pth
+MINIGPT_V2_LICENCE = "Llama 2 Community License; BSD-3-Clause (MiniGPT-4); MIT (BLIP-2's ViT-g)"
+
+
 @dataclass(frozen=True)
 class VlmSpec:
     key: str                 # what users type: --vlm blip2
@@ -66,16 +75,21 @@ VLM_SPECS: dict[str, VlmSpec] = {s.key: s for s in [
             0.0002, "Apache-2.0", (CAPTION, VQA), tiny=True),
     VlmSpec("tiny-qwen2-vl", "qwen2-vl", "tiny-qwen2-vl", "Tiny Qwen2-VL (random weights, tests)", 0.0002,
             "Apache-2.0", (CAPTION, VQA), tiny=True),
+    # MiniGPT-v2: captions, questions and "where is …?" boxes (minigpt_v2.py), assembled from three downloads
+    VlmSpec("minigpt-v2", "minigpt-v2", "Vision-CAIR/MiniGPT-v2", "MiniGPT-v2 (Llama-2-7b-chat)", 7.8,
+            MINIGPT_V2_LICENCE, (CAPTION, VQA)),
+    VlmSpec("tiny-minigpt-v2", "minigpt-v2", "tiny-minigpt-v2", "Tiny MiniGPT-v2 (random weights, tests)", 0.0002,
+            "MIT", (CAPTION, VQA), tiny=True),
 ]}
 # config.json's model_type → family, for checkpoint folders given by path
 FAMILY_OF_MODEL_TYPE = {"blip-2": "blip2", "llava_next": "llava", "idefics3": "smolvlm",
-                        "llava_onevision": "llava-onevision", "qwen2_vl": "qwen2-vl"}
+                        "llava_onevision": "llava-onevision", "qwen2_vl": "qwen2-vl", "minigpt_v2": "minigpt-v2"}
 # The width of each VLM's concept token (what the concept layer appends), to check imported research embeddings
 CONCEPT_DIM = {"blip2": 1408, "blip2-opt": 1408, "llava": 4096, "minigpt-v2": 4096, "smolvlm-256m": 576,
                "smolvlm-500m": 960, "llava-ov-0.5b": 896, "qwen2-vl-2b": 1536, "tiny-blip2": 32, "tiny-blip2-opt": 32,
                "tiny-llava": 64, "tiny-smolvlm": 64, "tiny-llava-ov": 64, "tiny-qwen2-vl": 64}
 DEFAULT_VLM = "blip2"
-UNSUPPORTED = {"minigpt-v2": "MiniGPT-v2 has no transformers implementation; it is out of scope for now."}
+UNSUPPORTED: dict[str, str] = {}   # keys users may type that name a model this app cannot run, and why
 
 
 def resolve_spec(name: str | Path) -> tuple[VlmSpec, str]:
@@ -95,7 +109,7 @@ def resolve_spec(name: str | Path) -> tuple[VlmSpec, str]:
         family = FAMILY_OF_MODEL_TYPE.get(model_type)
         if family is None:
             raise VlmError(f"{path}: model type {model_type!r} is not supported; BLIP-2, LLaVA-1.6, SmolVLM "
-                           f"(Idefics3), LLaVA-OneVision and Qwen2-VL are")
+                           f"(Idefics3), LLaVA-OneVision, Qwen2-VL and MiniGPT-v2 are")
         tasks = (CAPTION,) if family == "blip2" else (CAPTION, VQA)
         return VlmSpec(str(path), family, str(path), path.name, 0.0, "see the checkpoint", tasks), str(path.resolve())
     for spec in VLM_SPECS.values():
@@ -110,6 +124,9 @@ def checkpoint_folder(spec: VlmSpec, checkpoint: str, models_dir: Path) -> Path:
         from .tiny import ensure_tiny_checkpoint
 
         return ensure_tiny_checkpoint(spec.checkpoint, models_dir / "tiny")
+    if spec.family == "minigpt-v2" and not Path(checkpoint).is_dir():
+        minigpt_v2_parts(models_dir)   # says which of its three parts is missing
+        return models_dir / MINIGPT_V2_FOLDER
     path = Path(checkpoint)
     if path.is_dir():
         return path
@@ -137,3 +154,46 @@ def checkpoint_folder(spec: VlmSpec, checkpoint: str, models_dir: Path) -> Path:
 def resolve_vlm_name(catalog: Catalog, option: str | None = None) -> str:
     """The VLM this run uses: the front door's option, else the library's setting, else the default."""
     return option or catalog.get_setting(SETTING_VLM) or DEFAULT_VLM
+
+
+def local_repo(repo_id: str, models_dir: Path) -> Path | None:
+    """A hub repository's folder on this machine (<models>/org--name, or the Hugging Face cache), or None."""
+    local = models_dir / repo_id.replace("/", "--")
+    if (local / "config.json").exists():
+        return local
+    try:
+        from ..hub_cache import repo_in_cache
+
+        if not repo_in_cache(repo_id):
+            return None
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not in the cache, or a cache that cannot be read: not here
+        return None
+
+
+def minigpt_v2_parts(models_dir: Path) -> dict[str, Path]:
+    """MiniGPT-v2's three parts on this machine: {"vision", "language_model", "checkpoint"}; VlmWeightsMissing
+    names each missing part and how to get it."""
+    from ..model_manager import download_size_text
+
+    llama = local_repo(MINIGPT_V2_LLAMA, models_dir)
+    vision = next((p for p in (local_repo(r, models_dir) for r in MINIGPT_V2_VISION) if p is not None), None)
+    pth = models_dir / MINIGPT_V2_FOLDER / MINIGPT_V2_CHECKPOINT
+    missing = []
+    if llama is None:
+        missing.append(f"Llama-2-7b-chat ({MINIGPT_V2_LLAMA}, {download_size_text('minigpt-v2')}; a gated model: "
+                       f"accept Meta's licence on huggingface.co, then `myvlm models get minigpt-v2` asks for your "
+                       f"Hugging Face token)")
+    if vision is None:
+        missing.append(f"the ViT-g vision tower, which comes with BLIP-2 (`myvlm models get blip2`, "
+                       f"{download_size_text('blip2')})")
+    if not pth.is_file():
+        missing.append(f"the official {MINIGPT_V2_CHECKPOINT} (projection and LoRA weights, linked from the "
+                       f"MiniGPT-4 project's README on GitHub): `myvlm models import minigpt-v2 "
+                       f"{MINIGPT_V2_CHECKPOINT}` puts it at {pth}")
+    if missing:
+        raise VlmWeightsMissing("MiniGPT-v2 needs three parts and this machine lacks " + "; ".join(missing)
+                                + ". Nothing is downloaded without your say-so.")
+    return {"vision": vision, "language_model": llama, "checkpoint": pth}

@@ -67,6 +67,7 @@ DEFAULT_LAMBDA = {("blip2", CAPTION): 0.04, ("llava", CAPTION): 0.0075, ("llava"
 # The small captioners regularise the same attention as LLaVA (the language model's rows of the concept token)
 for _family in ("smolvlm", "llava-onevision", "qwen2-vl"):
     DEFAULT_LAMBDA[(_family, CAPTION)], DEFAULT_LAMBDA[(_family, VQA)] = 0.0075, 10.0
+DEFAULT_LAMBDA[("minigpt-v2", CAPTION)] = 1.0   # the reference code's MiniGPT-v2 captioning (REC uses it too)
 
 
 @dataclass

@@ -314,6 +314,10 @@ def load_vlm(name: str | Path = DEFAULT_VLM, *, models_dir: Path, device: str | 
         from .smolvlm import SmolVlmWrapper
 
         return SmolVlmWrapper.load(folder, spec, checkpoint, dev, dt)
+    if spec.family == "minigpt-v2":
+        from .minigpt_v2 import MiniGptV2Wrapper
+
+        return MiniGptV2Wrapper.load(folder, spec, checkpoint, dev, dt)
     if spec.family == "llava-onevision":
         from .llava_onevision import LlavaOnevisionWrapper
 
