@@ -38,6 +38,23 @@ CLIP_MODELS = {
                                              "apple/DFN5B-CLIP-ViT-H-14-378", 1024, "Apple sample code licence"),
 }
 DEFAULT_MODEL = "ViT-B-32"
+FEW_TEXTS = 4  # a search's query: encoded on one thread (1,442 ms with 2 busy threads vs 94 ms with one, measured)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's math threads for one call, restored after: a single query gains nothing from more, and on a busy
+    machine OpenMP threads waiting for each other cost far more (bench/README.md, bench_search)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if before != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if before != n:
+            torch.set_num_threads(before)
 HUB_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
@@ -185,7 +202,8 @@ class ClipEncoder:
         import torch
 
         self.load()
-        with torch.no_grad():
+        few = len(texts) <= FEW_TEXTS and str(self.device).startswith("cpu")
+        with torch.no_grad(), (torch_threads(1) if few else contextlib.nullcontext()):
             tokens = self._tokenizer(list(texts)).to(self.device)
             feats = torch.nn.functional.normalize(self._model.encode_text(tokens).float(), dim=-1)
         return feats.cpu().numpy().astype(np.float32)

@@ -577,3 +577,28 @@ def test_coarse_pass_is_exact_for_queries_outside_the_principal_directions(monke
                           key=lambda t: -t[1])[:50]
             got = m.search(q, 50, 0.0, **kw)
             assert [pid for pid, _ in got] == [pid for pid, _ in want]
+
+
+def test_a_query_is_encoded_on_one_torch_thread_and_the_threads_are_restored():
+    import torch
+
+    from engine.clip import RANDOM, ClipEncoder
+
+    seen = []
+
+    class Model:  # records torch's threads during the forward; the real towers are too slow to load here
+        def encode_text(self, tokens):
+            seen.append(torch.get_num_threads())
+            return torch.ones((len(tokens), 512))
+
+    enc = ClipEncoder("ViT-B-32", weights=RANDOM, device="cpu")
+    enc._model, enc._tokenizer = Model(), lambda texts: torch.zeros((len(texts), 4), dtype=torch.long)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = enc.encode_texts(["a photo of a dog"])
+        assert seen == [1] and torch.get_num_threads() == 2 and out.shape == (1, 512)
+        enc.encode_texts([f"text {i}" for i in range(32)])  # a batch keeps the threads it has
+        assert seen == [1, 2]
+    finally:
+        torch.set_num_threads(before)
