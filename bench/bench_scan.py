@@ -140,6 +140,7 @@ def main() -> int:
               f"{t_build:.1f}s; {os.cpu_count()} CPUs; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
               flush=True)
         rows: list[tuple[str, float, ScanReport, str]] = []
+        peaks: list[float] = []  # the process's peak RSS (GB) after each row: monotonic, so the first row's is its own
         with Library(work / "library") as lib:
             def first():
                 lib.add_folder(tree.root)
@@ -148,6 +149,7 @@ def main() -> int:
             t, rep = timed(first)
             check(rep, Changes(new=args.files), "first scan", seen=args.files)
             rows.append(("first scan (add_folder + scan)", t, rep, f"{args.files} files"))
+            peaks.append(peak_rss_gb())
             print(f"  first scan {t:.1f}s", flush=True)
 
             ch = mutate(tree, rng, args.modify, args.new, args.delete, "a")
@@ -155,17 +157,20 @@ def main() -> int:
             check(rep, ch, "rescan after changes", seen=len(tree.files))
             rows.append((f"rescan, {n_changes} changes", t, rep, f"{ch.modified} edited, {ch.new} new, "
                                                                  f"{ch.deleted} deleted"))
+            peaks.append(peak_rss_gb())
 
             t, rep = timed(lib.scan)
             check(rep, Changes(), "rescan without changes", seen=len(tree.files))
             assert not rep.touched
             rows.append(("rescan, no change", t, rep, "nothing to hash or write"))
+            peaks.append(peak_rss_gb())
 
             ch = mutate(tree, rng, args.modify, args.new, args.delete, "b")
             dirs = sorted(str(d) for d in ch.dirs)
             t, rep = timed(lambda: lib.scan(dirs))
             check(rep, ch, "watcher rescan (scan_paths)")
             rows.append((f"watcher rescan of {len(dirs)} folders", t, rep, f"{n_changes} changes, scan([dirs])"))
+            peaks.append(peak_rss_gb())
 
             # The folder-limited rescan must have caught everything: a full scan finds nothing more.
             rep = lib.scan()
@@ -177,19 +182,21 @@ def main() -> int:
 
         first_s = rows[0][1]
         print()
-        print(f"{'scan':<36} {'seconds':>8} {'files/s':>10} {'first/this':>11}  report (seen/new/changed/gone/hashed)")
-        print("-" * 108)
-        for name, secs, rep, _note in rows:
+        print(f"{'scan':<36} {'seconds':>8} {'files/s':>10} {'first/this':>11} {'peak GB':>8}  "
+              f"report (seen/new/changed/gone/hashed)")
+        print("-" * 118)
+        for (name, secs, rep, _note), peak in zip(rows, peaks, strict=True):
             counts = f"{rep.seen}/{rep.new}/{rep.changed}/{rep.gone}/{rep.hashed}"
-            print(f"{name:<36} {secs:>8.2f} {rep.seen / secs:>10.0f} {first_s / secs:>10.1f}x  {counts}")
+            print(f"{name:<36} {secs:>8.2f} {rep.seen / secs:>10.0f} {first_s / secs:>10.1f}x {peak:>8.2f}  {counts}")
+        print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         print(f"\nfirst scan / rescan with {n_changes} changes = {first_s / rows[1][1]:.1f}x; "
               f"all report counts verified")
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps({
                 "files": args.files, "per_folder": args.per_folder, "cpus": os.cpu_count(),
-                "rows": [{"scan": n, "seconds": s, "ratio": first_s / s, "note": note, "report": r.to_json()}
-                         for n, s, r, note in rows],
+                "rows": [{"scan": n, "seconds": s, "ratio": first_s / s, "note": note, "report": r.to_json(),
+                          "peak_rss_gb": peak} for (n, s, r, note), peak in zip(rows, peaks, strict=True)],
             }, indent=2))
     finally:
         if args.keep:
@@ -197,6 +204,12 @@ def main() -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def peak_rss_gb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
 if __name__ == "__main__":
