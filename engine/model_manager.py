@@ -124,7 +124,7 @@ _SIZES = {
     "ViT-B-32": 605_000_000, "DFN5B-CLIP-ViT-H-14-378": 3_950_000_000,
     "blip2": 15_800_000_000, "blip2-opt": 15_000_000_000, "llava": 14_100_000_000,
     "smolvlm-256m": 513_000_000, "smolvlm-500m": 1_015_000_000, "llava-ov-0.5b": 1_790_000_000,   # bf16 / fp16
-    "qwen2-vl-2b": 4_420_000_000,                                                                     # bf16
+    "qwen2-vl-2b": 4_420_000_000, "qwen2.5-vl-3b": 7_510_000_000,                                     # bf16
 }
 def download_size_text(name: str) -> str:
     """"about 15.8 GB": the catalogue's download size of a model, for messages (one table of sizes)."""

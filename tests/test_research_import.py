@@ -349,7 +349,8 @@ def test_research_embeddings_of_every_family_import_for_their_checkpoints_and_ex
     cases = [("blip2", "blip-2", ["blip2-opt", "tiny-blip2"]), ("llava", "llava", ["tiny-llava"]),
              ("smolvlm-256m", "smolvlm", ["smolvlm-500m", "tiny-smolvlm"]),
              ("smolvlm-500m", "smolvlm", ["smolvlm-256m"]), ("llava-ov-0.5b", "llava-onevision", ["tiny-llava-ov"]),
-             ("qwen2-vl-2b", "qwen2-vl", ["tiny-qwen2-vl"]), ("tiny-qwen2-vl", "qwen2-vl", ["qwen2-vl-2b"]),
+             ("qwen2-vl-2b", "qwen2-vl", ["tiny-qwen2-vl", "qwen2.5-vl-3b"]),
+             ("qwen2.5-vl-3b", "qwen2-vl", ["qwen2-vl-2b"]), ("tiny-qwen2-vl", "qwen2-vl", ["qwen2-vl-2b"]),
              ("tiny-smolvlm", "smolvlm", ["smolvlm-256m"]), ("tiny-llava-ov", "llava-onevision", ["llava-ov-0.5b"])]
     for i, (key, family_name, others) in enumerate(cases):
         spec = VLM_SPECS[key]
@@ -374,7 +375,8 @@ def test_research_embeddings_of_another_family_or_width_are_refused_with_the_rea
             ("concept_embeddings_gpt4v_captioning.pt", 1024,
              "holds concept embeddings of a 'gpt4v' VLM, which this app does not have"),
             ("concept_embeddings_qwen2-vl_captioning.pt", 512,
-             "holds 512-d concept embeddings, but qwen2-vl's are 1536-d for qwen2-vl-2b, 64-d for tiny-qwen2-vl"),
+             "holds 512-d concept embeddings, but qwen2-vl's are 1536-d for qwen2-vl-2b, 2048-d for qwen2.5-vl-3b, "
+             "64-d for tiny-qwen2-vl, 128-d for tiny-qwen2.5-vl"),
             ("concept_embeddings_VLMType.BLIP2_PersonalizationTask.CAPTIONING.pt", 4096,
              "holds 4096-d concept embeddings, but blip2's are 1408-d for blip2: it was trained on another model"),
             ("concept_embeddings_smolvlm_dance.pt", 576, "is not named concept_embeddings_<vlm>_<task>.pt")]:

@@ -20,7 +20,7 @@ from engine.personalize.specs import CONCEPT_DIM
 from engine.personalize.training import ConceptToTrain, ConceptTrainer, TrainingConfig, TrainingExample
 from engine.personalize.vlm import VLM_SPECS, GenerationSettings, load_vlm, resolve_spec
 
-PRESETS = ["tiny-smolvlm", "tiny-llava-ov", "tiny-qwen2-vl"]
+PRESETS = ["tiny-smolvlm", "tiny-llava-ov", "tiny-qwen2-vl", "tiny-qwen2.5-vl"]
 
 
 @pytest.fixture(scope="module")
@@ -42,17 +42,17 @@ def _reference(w):
     """The same checkpoint loaded plainly by transformers (no concept layer, no hooks), and its own path from
     pixels to the language model's image tokens."""
     from transformers import (
+        AutoModelForImageTextToText,
         Idefics3ForConditionalGeneration,
         LlavaOnevisionForConditionalGeneration,
-        Qwen2VLForConditionalGeneration,
     )
 
     folder = w.model.config._name_or_path
     if w.family == "smolvlm":
         ref = Idefics3ForConditionalGeneration.from_pretrained(folder).eval()
         return ref, lambda px: torch.stack(ref.model.get_image_features(px[:, None]).pooler_output)
-    if w.family == "qwen2-vl":   # the processor's flat patches of all images and their grids
-        ref = Qwen2VLForConditionalGeneration.from_pretrained(folder).eval()
+    if w.family == "qwen2-vl":   # the processor's flat patches of all images and their grids (Qwen2-VL or 2.5)
+        ref = AutoModelForImageTextToText.from_pretrained(folder).eval()
         return ref, lambda px: torch.stack(ref.model.get_image_features(
             px.reshape(-1, px.shape[-1]), torch.tensor([w.grid] * px.shape[0])).pooler_output)
     ref = LlavaOnevisionForConditionalGeneration.from_pretrained(folder).eval()
@@ -193,26 +193,30 @@ def test_the_small_captioners_are_in_the_catalogue_and_their_folders_are_recogni
         assert 0 < e.size_bytes < 2.5e9 and "questions" in e.purpose
         assert VLM_SPECS[key].params_b < 1
     # the concept widths research imports are checked against are the real configs' (tiny.py copies them)
-    from engine.personalize.tiny import LLAVA_OV_05B, QWEN2_VL_2B, SMOLVLM_256M, SMOLVLM_500M
+    from engine.personalize.tiny import LLAVA_OV_05B, QWEN2_VL_2B, QWEN25_VL_3B, SMOLVLM_256M, SMOLVLM_500M
 
     for key, sizes in [("smolvlm-256m", SMOLVLM_256M), ("smolvlm-500m", SMOLVLM_500M),
-                       ("llava-ov-0.5b", LLAVA_OV_05B), ("qwen2-vl-2b", QWEN2_VL_2B)]:
+                       ("llava-ov-0.5b", LLAVA_OV_05B), ("qwen2-vl-2b", QWEN2_VL_2B),
+                       ("qwen2.5-vl-3b", QWEN25_VL_3B)]:
         assert CONCEPT_DIM[key] == sizes.text_hidden
     # Qwen2-VL-2B, for computers with more memory: 2.2 B parameters, 4.4 GB in bf16
     e = entries["qwen2-vl-2b"]
     assert e.feature == CAPTIONS and e.repo_id == "Qwen/Qwen2-VL-2B-Instruct" and e.licence == "Apache-2.0"
     assert 4e9 < e.size_bytes < 5e9 and "questions" in e.purpose and VLM_SPECS["qwen2-vl-2b"].family == "qwen2-vl"
+    # Qwen2.5-VL-3B: the same wrapper; 7.5 GB, and its weights are for non-commercial use only
+    e = entries["qwen2.5-vl-3b"]
+    assert e.repo_id == "Qwen/Qwen2.5-VL-3B-Instruct" and "non-commercial" in e.licence and 7e9 < e.size_bytes < 8e9
     # a checkpoint folder given by path is recognised by its config's model type
     for preset, family in [("tiny-smolvlm", "smolvlm"), ("tiny-llava-ov", "llava-onevision"),
-                           ("tiny-qwen2-vl", "qwen2-vl")]:
+                           ("tiny-qwen2-vl", "qwen2-vl"), ("tiny-qwen2.5-vl", "qwen2-vl")]:
         folder = load_vlm(preset, models_dir=models_dir).model.config._name_or_path
         spec, _ = resolve_spec(folder)
         assert spec.family == family and "vqa" in spec.tasks
 
 
-@pytest.fixture(scope="module")
-def qwen(models_dir):
-    return load_vlm("tiny-qwen2-vl", models_dir=models_dir)
+@pytest.fixture(scope="module", params=["tiny-qwen2-vl", "tiny-qwen2.5-vl"])
+def qwen(request, models_dir):
+    return load_vlm(request.param, models_dir=models_dir)
 
 
 def test_qwen2_vl_without_concepts_is_the_processors_own_layout_and_m_rope_positions(qwen):

@@ -1,4 +1,5 @@
-"""Qwen2-VL (`Qwen2VLForConditionalGeneration`) with the MyVLM concept layer.
+"""Qwen2-VL and Qwen2.5-VL (`Qwen2VLForConditionalGeneration`, `Qwen2_5_VLForConditionalGeneration`) with the
+MyVLM concept layer.
 
 Where the concept goes: after the vision merger, Qwen2-VL's vision→language projector, as for LLaVA (llava.py, whose
 loading, attention capture and regulariser this wrapper reuses), at the norm of the first image token. Each photo is
@@ -22,6 +23,10 @@ n image tokens first, then the k concept tokens. When nothing fired (k = 0) the 
 outputs are exactly the processor's own.
 
 The frozen tower's output (B, 1024, 1280), before the merger, is what the trainer may cache per augmented view.
+
+Qwen2.5-VL has the same layout and positions; its ViT attends within 112 px windows (but in every 8th block), for
+which it reorders the patches window by window, and puts the merged tokens back in raster order after the merger.
+Its cached features are in window order, and `MergePerImage` restores the order after merging, as the tower does.
 """
 
 from __future__ import annotations
@@ -50,20 +55,35 @@ def qwen2_vl_prompt(question: str) -> str:
 
 class MergePerImage(nn.Module):
     """The merger applied to (B, N, E) patch features, giving (B, N / 4, D): the module the concept layer hooks
-    (the merger itself works on the flat (B·N, E) sequence of all images)."""
+    (the merger itself works on the flat (B·N, E) sequence of all images). `order` (N / 4,): Qwen2.5-VL's raster
+    order of one image's merged tokens, which leave its merger in window order."""
 
-    def __init__(self, merger: nn.Module):
+    def __init__(self, merger: nn.Module, order: torch.Tensor | None = None):
         super().__init__()
         self.merger = merger
+        self.order = order
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         b, n, e = features.shape
-        return self.merger(features.reshape(b * n, e)).reshape(b, -1, self.merger.mlp[-1].out_features)
+        merged = self.merger(features.reshape(b * n, e)).reshape(b, -1, self.merger.mlp[-1].out_features)
+        return merged if self.order is None else merged[:, self.order]
+
+
+def raster_order(vision_config, grid: tuple[int, int, int]) -> torch.Tensor | None:
+    """Qwen2.5-VL: the permutation that puts one image's merged tokens back in raster order (the inverse of the
+    window order its ViT works in, from transformers' own `get_vision_window_index`); None for Qwen2-VL."""
+    if getattr(vision_config, "window_size", None) is None:
+        return None
+    from transformers.vision_utils import get_vision_window_index
+
+    window_index, _ = get_vision_window_index(torch.tensor([grid]), vision_config.spatial_merge_size,
+                                              vision_config.window_size, vision_config.patch_size)
+    return torch.argsort(window_index)
 
 
 class Qwen2VlWrapper(LlavaWrapper):
     family = "qwen2-vl"
-    model_class = "Qwen2VLForConditionalGeneration"
+    model_class = "AutoModelForImageTextToText"   # Qwen2-VL or Qwen2.5-VL, as the checkpoint's config says
 
     def __init__(self, model, processor, spec, checkpoint, device, dtype):
         # LLaVA's plumbing on Qwen2-VL's modules: LlavaWrapper.__init__ reads LLaVA's config, so set them up here
@@ -79,7 +99,8 @@ class Qwen2VlWrapper(LlavaWrapper):
         self.n_visual_tokens = self.grid[1] * self.grid[2] // ip.merge_size ** 2              # 256
         inner = model.model
         self.vision_tower = inner.visual
-        self.projector = MergePerImage(inner.visual.merger)
+        order = raster_order(cfg.vision_config, self.grid)
+        self.projector = MergePerImage(inner.visual.merger, None if order is None else order.to(device))
         self.language_model = inner.language_model
         self.concept_layer = ConceptLayer(cfg.text_config.hidden_size, match_first_token_norm).to(device)  # 1536
         self.concept_layer.attach(self.projector)
@@ -118,7 +139,7 @@ class Qwen2VlWrapper(LlavaWrapper):
     @torch.no_grad()
     def visual_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 1024, 1280): the ViT's last block, before the merger where the concept goes (the tower runs the
-        merger too; its output is not used here)."""
+        merger too; its output is not used here). Qwen2.5-VL's patches are in its window order."""
         b, n, p = pixels.shape
         out = self.vision_tower(pixels.reshape(b * n, p), grid_thw=self.image_grid(b))
         return out.last_hidden_state.reshape(b, n, -1)

@@ -64,6 +64,9 @@ VLM_SPECS: dict[str, VlmSpec] = {s.key: s for s in [
     # For users with more memory (a GPU, or 16 GB of RAM): the concept token after the vision merger
     VlmSpec("qwen2-vl-2b", "qwen2-vl", "Qwen/Qwen2-VL-2B-Instruct", "Qwen2-VL-2B-Instruct", 2.21, "Apache-2.0",
             (CAPTION, VQA)),
+    # the same wrapper; its weights are under Qwen's research licence (non-commercial use only)
+    VlmSpec("qwen2.5-vl-3b", "qwen2-vl", "Qwen/Qwen2.5-VL-3B-Instruct", "Qwen2.5-VL-3B-Instruct", 3.75,
+            "Qwen Research License (non-commercial)", (CAPTION, VQA)),
     VlmSpec("tiny-blip2", "blip2", "tiny-blip2", "Tiny BLIP-2 (random weights, tests)", 0.0001, "MIT", tiny=True),
     VlmSpec("tiny-blip2-opt", "blip2", "tiny-blip2-opt", "Tiny BLIP-2 OPT (random weights, tests)", 0.0001, "MIT",
             tiny=True),
@@ -75,6 +78,8 @@ VLM_SPECS: dict[str, VlmSpec] = {s.key: s for s in [
             0.0002, "Apache-2.0", (CAPTION, VQA), tiny=True),
     VlmSpec("tiny-qwen2-vl", "qwen2-vl", "tiny-qwen2-vl", "Tiny Qwen2-VL (random weights, tests)", 0.0002,
             "Apache-2.0", (CAPTION, VQA), tiny=True),
+    VlmSpec("tiny-qwen2.5-vl", "qwen2-vl", "tiny-qwen2.5-vl", "Tiny Qwen2.5-VL (random weights, tests)", 0.0004,
+            "Apache-2.0", (CAPTION, VQA), tiny=True),
     # MiniGPT-v2: captions, questions and "where is …?" boxes (minigpt_v2.py), assembled from three downloads
     VlmSpec("minigpt-v2", "minigpt-v2", "Vision-CAIR/MiniGPT-v2", "MiniGPT-v2 (Llama-2-7b-chat)", 7.8,
             MINIGPT_V2_LICENCE, (CAPTION, VQA)),
@@ -83,11 +88,13 @@ VLM_SPECS: dict[str, VlmSpec] = {s.key: s for s in [
 ]}
 # config.json's model_type → family, for checkpoint folders given by path
 FAMILY_OF_MODEL_TYPE = {"blip-2": "blip2", "llava_next": "llava", "idefics3": "smolvlm",
-                        "llava_onevision": "llava-onevision", "qwen2_vl": "qwen2-vl", "minigpt_v2": "minigpt-v2"}
+                        "llava_onevision": "llava-onevision", "qwen2_vl": "qwen2-vl", "qwen2_5_vl": "qwen2-vl",
+                        "minigpt_v2": "minigpt-v2"}
 # The width of each VLM's concept token (what the concept layer appends), to check imported research embeddings
 CONCEPT_DIM = {"blip2": 1408, "blip2-opt": 1408, "llava": 4096, "minigpt-v2": 4096, "smolvlm-256m": 576,
-               "smolvlm-500m": 960, "llava-ov-0.5b": 896, "qwen2-vl-2b": 1536, "tiny-blip2": 32, "tiny-blip2-opt": 32,
-               "tiny-llava": 64, "tiny-smolvlm": 64, "tiny-llava-ov": 64, "tiny-qwen2-vl": 64}
+               "smolvlm-500m": 960, "llava-ov-0.5b": 896, "qwen2-vl-2b": 1536, "qwen2.5-vl-3b": 2048,
+               "tiny-blip2": 32, "tiny-blip2-opt": 32, "tiny-llava": 64, "tiny-smolvlm": 64, "tiny-llava-ov": 64,
+               "tiny-qwen2-vl": 64, "tiny-qwen2.5-vl": 128}
 DEFAULT_VLM = "blip2"
 UNSUPPORTED: dict[str, str] = {}   # keys users may type that name a model this app cannot run, and why
 
@@ -109,7 +116,7 @@ def resolve_spec(name: str | Path) -> tuple[VlmSpec, str]:
         family = FAMILY_OF_MODEL_TYPE.get(model_type)
         if family is None:
             raise VlmError(f"{path}: model type {model_type!r} is not supported; BLIP-2, LLaVA-1.6, SmolVLM "
-                           f"(Idefics3), LLaVA-OneVision, Qwen2-VL and MiniGPT-v2 are")
+                           f"(Idefics3), LLaVA-OneVision, Qwen2-VL / Qwen2.5-VL and MiniGPT-v2 are")
         tasks = (CAPTION,) if family == "blip2" else (CAPTION, VQA)
         return VlmSpec(str(path), family, str(path), path.name, 0.0, "see the checkpoint", tasks), str(path.resolve())
     for spec in VLM_SPECS.values():

@@ -36,6 +36,8 @@ TINY_PRESETS = {
     "tiny-minigpt-v2": TinyPreset("tiny-minigpt-v2", "minigpt-v2", "llama",
                                   "Tiny MiniGPT-v2 (ViT, 4-token projection, Llama with LoRA; random weights)"),
     "tiny-qwen2-vl": TinyPreset("tiny-qwen2-vl", "qwen2-vl", "qwen2", "Tiny Qwen2-VL (random weights)"),
+    "tiny-qwen2.5-vl": TinyPreset("tiny-qwen2.5-vl", "qwen2-vl", "qwen2.5",
+                                  "Tiny Qwen2.5-VL (window attention, random weights)"),
 }
 
 
@@ -72,7 +74,12 @@ LLAVA_OV_05B = VlmSizes(1152, 4304, 26, 16, 384, 14, 1, 896, 4864, 24, 14, 2, 15
 QWEN2_VL_2B = VlmSizes(1280, 5120, 32, 16, 448, 14, 2, 1536, 8960, 28, 12, 2, 151936, tie_embeddings=True)
 TINY_SMOLVLM = VlmSizes()
 TINY_LLAVA_OV = VlmSizes(image_size=56, patch_size=14, scale_factor=1)
+# Qwen/Qwen2.5-VL-3B-Instruct: its ViT (32 × 1280, 16 heads, SwiGLU 3420, 112 px windows, full attention in blocks
+# 7, 15, 23, 31) at the 448 px view, Qwen2.5-3B (36 × 2048, 16/2 heads)
+QWEN25_VL_3B = VlmSizes(1280, 3420, 32, 16, 448, 14, 2, 2048, 11008, 36, 16, 2, 151936, tie_embeddings=True)
 TINY_QWEN2_VL = VlmSizes(image_size=56, patch_size=14, scale_factor=2)
+# 112 px views in 56 px windows: 4 windows of 2 × 2 image tokens, so that the window order is exercised
+TINY_QWEN25_VL = VlmSizes(image_size=112, patch_size=14, scale_factor=2, text_hidden=128, text_intermediate=256)
 
 
 def build_word_tokenizer(words: list[str], *, specials: dict[str, str], image_token: str = "<image>",
@@ -351,18 +358,14 @@ def llava_onevision_parts(sizes: VlmSizes = TINY_LLAVA_OV, seed: int = 0, dtype=
     return model, processor
 
 
-def qwen2_vl_parts(sizes: VlmSizes = TINY_QWEN2_VL, seed: int = 0, dtype=None):
+def qwen2_vl_parts(sizes: VlmSizes = TINY_QWEN2_VL, seed: int = 0, dtype=None, version: str = "2"):
     """(model, processor) of a Qwen2-VL model (its ViT with the 2 × 2 patch merger + Qwen2 with M-RoPE) with random
-    weights at `sizes`. The image processor's pixel budget is pinned to one `image_size` square, so a tiny model
-    sees 56 px views (2 × 2 image tokens) while a real checkpoint's processor keeps its own budget."""
+    weights at `sizes`; `version="2.5"`: Qwen2.5-VL (window attention in the ViT but in every 4th block, SwiGLU,
+    RMSNorm). The image processor's pixel budget is pinned to one `image_size` square, so a tiny model sees its small
+    views while a real checkpoint's processor keeps its own budget."""
     import torch
-    from transformers import (
-        Qwen2VLConfig,
-        Qwen2VLForConditionalGeneration,
-        Qwen2VLImageProcessor,
-        Qwen2VLProcessor,
-        Qwen2VLVideoProcessor,
-    )
+    import transformers
+    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
     tokenizer = build_word_tokenizer(WORDS + ["user", "assistant", "system", "you", "helpful", "\n"],
                                      specials={"pad_token": "<|endoftext|>", "eos_token": "<|im_end|>",
@@ -372,10 +375,20 @@ def qwen2_vl_parts(sizes: VlmSizes = TINY_QWEN2_VL, seed: int = 0, dtype=None):
     ids = tokenizer.convert_tokens_to_ids
     head_dim = s.text_hidden // s.text_heads
     quarter = head_dim // 16                      # M-RoPE: (t, h, w) sections of the rotary half, [16, 24, 24] at 128
-    config = Qwen2VLConfig(
-        vision_config={"depth": s.vision_layers, "embed_dim": s.vision_hidden, "num_heads": s.vision_heads,
-                       "mlp_ratio": s.vision_intermediate // s.vision_hidden, "hidden_size": s.text_hidden,
-                       "patch_size": s.patch_size, "spatial_merge_size": s.scale_factor, "temporal_patch_size": 2},
+    vision = {"depth": s.vision_layers, "num_heads": s.vision_heads, "patch_size": s.patch_size,
+              "spatial_merge_size": s.scale_factor, "temporal_patch_size": 2}
+    if version == "2.5":
+        prefix = "Qwen2_5_VL"
+        full = [i for i in range(s.vision_layers) if i % 8 == 7] or [s.vision_layers - 1]     # (7, 15, 23, 31)
+        vision |= {"hidden_size": s.vision_hidden, "intermediate_size": s.vision_intermediate,
+                   "out_hidden_size": s.text_hidden, "window_size": min(112, s.image_size // 2),
+                   "fullatt_block_indexes": full}
+    else:
+        prefix = "Qwen2VL"
+        vision |= {"embed_dim": s.vision_hidden, "mlp_ratio": s.vision_intermediate // s.vision_hidden,
+                   "hidden_size": s.text_hidden}
+    config = getattr(transformers, f"{prefix}Config")(
+        vision_config=vision,
         text_config={"vocab_size": _vocab(s, tokenizer), "hidden_size": s.text_hidden,
                      "intermediate_size": s.text_intermediate, "num_hidden_layers": s.text_layers,
                      "num_attention_heads": s.text_heads, "num_key_value_heads": s.text_kv_heads,
@@ -389,14 +402,15 @@ def qwen2_vl_parts(sizes: VlmSizes = TINY_QWEN2_VL, seed: int = 0, dtype=None):
         tie_word_embeddings=s.tie_embeddings,
     )
     _seed(seed)
-    model = Qwen2VLForConditionalGeneration._from_config(config, dtype=dtype or torch.float32).eval()
+    model_class = getattr(transformers, f"{prefix}ForConditionalGeneration")
+    model = model_class._from_config(config, dtype=dtype or torch.float32).eval()
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     pixels = s.image_size * s.image_size
     image_processor = Qwen2VLImageProcessor(size={"shortest_edge": pixels, "longest_edge": pixels},
                                             patch_size=s.patch_size, merge_size=s.scale_factor)
-    processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                 video_processor=Qwen2VLVideoProcessor())
+    processor = getattr(transformers, f"{prefix}Processor")(image_processor=image_processor, tokenizer=tokenizer,
+                                                             video_processor=Qwen2VLVideoProcessor())
     return model, processor
 
 
@@ -428,6 +442,8 @@ def ensure_tiny_checkpoint(key: str, root: Path, seed: int = 0) -> Path:
         from .minigpt_v2 import build_tiny_minigpt_v2
 
         build_tiny_minigpt_v2(tmp, seed=seed)
+    elif preset.family == "qwen2-vl" and preset.text == "qwen2.5":
+        _save_parts(tmp, *qwen2_vl_parts(TINY_QWEN25_VL, seed, version="2.5"))
     elif preset.family == "qwen2-vl":
         _save_parts(tmp, *qwen2_vl_parts(TINY_QWEN2_VL, seed))
     else:
