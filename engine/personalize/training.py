@@ -1,4 +1,4 @@
-"""Training concept embeddings (method.md §4): only the concept values learn; the VLM stays frozen.
+"""Training concept embeddings (docs/method.md §8): only the concept values learn; the VLM stays frozen.
 
 AdamW (lr 1.0, weight decay 1e-4, constant), gradient-norm clip 0.05, batches of 4 images, the VLM's own LM loss
 plus λ times the attention regulariser, augmented images (flip, brightness, rotation with black corners, as the
@@ -62,7 +62,7 @@ def _is_out_of_memory(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
 
 
-# λ per VLM family and task: the reference code's values (method.md §4)
+# λ per VLM family and task: the reference code's values (docs/method.md §7)
 DEFAULT_LAMBDA = {("blip2", CAPTION): 0.04, ("llava", CAPTION): 0.0075, ("llava", VQA): 10.0}
 # The small captioners regularise the same attention as LLaVA (the language model's rows of the concept token)
 for _family in ("smolvlm", "llava-onevision", "qwen2-vl"):
