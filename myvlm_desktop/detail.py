@@ -584,13 +584,17 @@ class DetailPane(QScrollArea):
             self.caption_edit.setPlainText(shown)
             self.caption_edit.blockSignals(False)
         kind = captions[0]["kind"] if captions else None
-        self.caption_note.setText({"user": "Your caption", "personalised": "Written by the model, with your names",
-                                   "original": "Written by the model"}.get(kind or "", ""))
+        named = kind == "personalised" and captions[0].get("instant")   # before training: engine/personalize/instant
+        self.caption_note.setText(INSTANT_NOTE if named else {
+            "user": "Your caption", "personalised": "Written by the model, with your names",
+            "original": "Written by the model"}.get(kind or "", ""))
+        self.caption_note.setToolTip(INSTANT_TIP if named else "")
         self._on_caption_edited()
         pers = by_kind.get("personalised")
         orig = by_kind.get("original")
         self.personalised_label.setVisible(pers is not None and kind != "personalised")
         self.personalised_label.setText(f"<b>Personalised:</b> {_html(pers['text'])}" if pers else "")
+        self.personalised_label.setToolTip(INSTANT_TIP if pers and pers.get("instant") else "")
         self.original_label.setVisible(orig is not None and kind != "original")
         self.original_label.setText(f"<b>Original:</b> {_html(orig['text'])}" if orig else "")
         if orig:
@@ -600,11 +604,12 @@ class DetailPane(QScrollArea):
             if item.widget() is not None:
                 item.widget().deleteLater()
         for a in answers:
-            label = QLabel(f"<b>Q:</b> {_html(a['question'])}<br><b>A:</b> {_html(a['answer'])}")
+            marker = f" <i>· {INSTANT_NOTE}</i>" if a.get("instant") else ""
+            label = QLabel(f"<b>Q:</b> {_html(a['question'])}<br><b>A:</b> {_html(a['answer'])}{marker}")
             label.setObjectName("qaItem")
             label.setWordWrap(True)
             label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-            label.setToolTip(a.get("model") or "")
+            label.setToolTip(INSTANT_TIP if a.get("instant") else a.get("model") or "")
             self.qa_box.addWidget(label)
         self.qa_empty.setVisible(self.photo is not None and not answers)
 
@@ -700,6 +705,11 @@ class DetailPane(QScrollArea):
         if self.photo is None or not q:
             return
         self.actions.ask_question(self.photo.id, q)
+
+
+INSTANT_NOTE = "Named from recognition · improves after training"
+INSTANT_TIP = ("The app recognised these faces or things and told the captioner their names. Teach the Captioner "
+               "(People or Things) for captions that know them from the picture itself; they replace this one.")
 
 
 def _html(text: str) -> str:

@@ -336,6 +336,7 @@ class MainWindow(QMainWindow):
         self.refresh_now()
         self._catalog_poll.start()
         self._update_actions()
+        self._auto_index = auto_index   # also: naming someone re-captions their photos at once
         if self.library.folders():
             self.search.warm_up()
             if auto_index:
@@ -1222,7 +1223,8 @@ class MainWindow(QMainWindow):
         def ask(lib: Library) -> dict[str, Any]:
             g = lib.personalizer().ask(photo_id, question)
             store = lib.captions()
-            store.put_answer(photo_id, question, g.template, model=g.model, concept_ids=g.concepts)
+            store.put_answer(photo_id, question, g.template, model=g.model, concept_ids=g.concepts,
+                             instant=g.instant)
             return {"answer": store.render(g.template), "model": g.model}
 
         def done(result: dict[str, Any]) -> None:
@@ -1341,6 +1343,8 @@ class MainWindow(QMainWindow):
         def after(person_id: int) -> None:
             if self._view == (PERSON, group_id) and person_id != group_id:
                 self.navigate(PERSON, person_id)  # merged into someone else: show them
+            if self._auto_index:   # their photos' captions use the name now (engine/personalize/instant.py)
+                self.start_indexing(scan=False, stages=["captions"])
 
         shown = list(face_ids) if face_ids else None
         self._people_call(lambda lib: lib.people().name(group_id, name, shown), f"Named {name}", after)

@@ -190,6 +190,20 @@ def test_rename_rerenders_and_the_users_caption_is_never_overwritten(album):
     people.rename(obama, "Alex")
 
 
+def test_the_info_pane_marks_a_caption_named_from_recognition(album, qtbot):
+    from myvlm_desktop.detail import INSTANT_NOTE, DetailPane
+
+    lib, ids = album["lib"], album["ids"]
+    _alex(lib, ids)
+    pane = DetailPane(None, lib.paths)
+    qtbot.addWidget(pane)
+    pane.set_texts(lib.captions().captions(ids["left.jpg"]), [])
+    assert pane.caption_note.text() == INSTANT_NOTE and "Teach the Captioner" in pane.caption_note.toolTip()
+    assert pane.caption_edit.toPlainText() == "Alex standing in front of a flag"
+    pane.set_texts(lib.captions().captions(ids["biden.jpg"]), [])
+    assert pane.caption_note.text() == "Written by the model" and not pane.caption_note.toolTip()
+
+
 def test_the_trained_embedding_replaces_the_instant_caption(album):
     from engine.personalize.training import TrainingConfig
 
