@@ -192,3 +192,31 @@ def test_user_word_survives_runs_of_another_connection_and_a_recluster(tmp_path:
     finally:
         app.close()
         album.lib.close()
+
+
+def test_large_libraries_search_an_inverted_file_and_group_as_the_exact_index(tmp_path: Path, monkeypatch):
+    """Above IVF_MIN faces the index is faiss IndexIVFFlat (sublinear); on well-separated people it groups the faces
+    as the exact index does, and keeps up with new and removed faces."""
+    from engine.faces import clustering
+
+    vecs, quality, _ = faces_of(11, n=400, people=12, noise=0.05)
+    grouped = []
+    for ivf_min in (10**9, 150):
+        monkeypatch.setattr(clustering, "IVF_MIN", ivf_min)
+        album = Album(tmp_path / f"lib{ivf_min}")
+        try:
+            album.add(vecs[:300], quality[:300])
+            c = FaceClusterer(album.cat, BACKEND, DIM, TH)
+            assert type(c.index.index).__name__ == ("IndexIVFFlat" if ivf_min == 150 else "IndexIDMap2")
+            c.run()
+            album.add(vecs[300:], quality[300:])
+            with album.cat.write():
+                album.cat.conn.execute("DELETE FROM faces WHERE id IN (1, 2, 3)")
+            FaceClusterer(album.cat, BACKEND, DIM, TH).run()
+            state = cluster_state(album.cat, BACKEND, DIM)
+            assert len(state.index) == 397 and 1 not in state.faces
+            assert np.allclose(state.index.vector(300), vecs[299], atol=1e-6)
+            grouped.append(album.groups())
+        finally:
+            album.lib.close()
+    assert grouped[0] == grouped[1]
