@@ -155,12 +155,13 @@ def pct(values: list[float], q: float) -> float:
 
 # -- 1. first paint, refresh, scrolling -----------------------------------------------------------------------------
 
-def bench_grid(app: QApplication, lib_root: Path) -> dict:
+def bench_grid(app: QApplication, lib_root: Path, max_frames: int = 0) -> dict:
     from myvlm_desktop.main_window import MainWindow
 
     t0 = time.perf_counter()
     window = MainWindow(lib_root, auto_index=False, watch=False)
     t_built = time.perf_counter()
+    rss_built = rss_gb()
     spy = PaintSpy()
     window.grid_view.viewport().installEventFilter(spy)
     window.resize(1280, 800)
@@ -191,6 +192,7 @@ def bench_grid(app: QApplication, lib_root: Path) -> dict:
         applied.append(window.refresh_ms[-1])
     beat.stop()
     refresh_gaps = [(b - a) * 1000 for a, b in itertools.pairwise(ticks)]
+    rss_refresh = rss_gb()
     s = time.perf_counter()
     window.refresh_now()
     sync_ms = (time.perf_counter() - s) * 1000
@@ -198,6 +200,8 @@ def bench_grid(app: QApplication, lib_root: Path) -> dict:
     view = window.grid_view
     bar = view.verticalScrollBar()
     step = max(1, bar.pageStep() // 3)
+    if max_frames:  # a million photos are 240,000 frames of a third of a page: jump further, still top to bottom
+        step = max(step, bar.maximum() // max_frames)
     frames = []
     value = 0
     while value < bar.maximum():
@@ -209,6 +213,7 @@ def bench_grid(app: QApplication, lib_root: Path) -> dict:
         app.processEvents()  # thumbnails that arrived meanwhile
     loads = window.loader.loads
     assert spin(app, lambda: all_visible_loaded(window), 60)
+    rss_open = rss_gb()
     window.close()
     return {
         "photos": rows, "cells_on_screen": on_screen,
@@ -218,8 +223,21 @@ def bench_grid(app: QApplication, lib_root: Path) -> dict:
                        "gui_apply_median": statistics.median(applied), "gui_apply_max": max(applied),
                        "longest_gui_gap": max(refresh_gaps), "all_on_gui_thread": sync_ms},
         "scroll": {"frames": len(frames), "median_ms": statistics.median(frames), "p95_ms": pct(frames, 0.95),
-                   "max_ms": max(frames), "thumbnails_read": loads},
+                   "max_ms": max(frames), "thumbnails_read": loads, "step_rows": step},
+        "rss_gb": {"built": rss_built, "after_refresh": rss_refresh, "after_scroll": rss_open, "peak": peak_rss_gb()},
     }
+
+
+def rss_gb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 1e9
+
+
+def peak_rss_gb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
 # -- 2. the longest stall while indexing ----------------------------------------------------------------------------
@@ -299,6 +317,8 @@ def main() -> int:
     p.add_argument("--no-stall", action="store_true", help="skip the indexing stall measurement")
     p.add_argument("--album", type=Path, default=ROOT / ".cache" / "test-data" / "kphotoalbum")
     p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--max-frames", type=int, default=0,
+                   help="scroll top to bottom in at most this many frames (0: a third of a page each)")
     args = p.parse_args()
     n = 2_000 if args.quick else args.photos
     app = QApplication.instance() or QApplication([])
@@ -311,7 +331,7 @@ def main() -> int:
         t = time.perf_counter()
         lib_root = make_library(work / "library", n)
         results["build_s"] = time.perf_counter() - t
-        results["grid"] = g = bench_grid(app, lib_root)
+        results["grid"] = g = bench_grid(app, lib_root, args.max_frames)
         print(f"load average at start: {results['load_average_start']}")
         print(f"\n{g['photos']:,} photos, {g['cells_on_screen']} cells on screen (1280 × 800 window)")
         print("| step | ms |\n|---|---:|")
@@ -325,6 +345,10 @@ def main() -> int:
               f"{r['gui_apply_max']:.0f} |")
         print(f"| ... longest gap of a 10 ms heartbeat meanwhile | {r['longest_gui_gap']:.0f} |")
         print(f"| (for comparison) read and applied all on the GUI thread | {r['all_on_gui_thread']:.0f} |")
+        m = g["rss_gb"]
+        print(f"\nresident memory of the process (GB): window built {m['built']:.2f}, after the refreshes "
+              f"{m['after_refresh']:.2f}, after scrolling {m['after_scroll']:.2f}; peak {m['peak']:.2f} (the library "
+              f"was written by this process first)")
         s = g["scroll"]
         print(f"\nscroll: {s['frames']} frames of a third of a page, top to bottom: median {s['median_ms']:.1f} ms, "
               f"p95 {s['p95_ms']:.1f} ms, max {s['max_ms']:.1f} ms; {s['thumbnails_read']} thumbnails read")
