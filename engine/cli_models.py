@@ -166,10 +166,20 @@ def _get(mm, args: argparse.Namespace, as_json: bool) -> int:
     e = mm.entry(args.name)
     if not as_json:
         print(f"{e.title}: about {_size(e.size_bytes)}, licence: {e.licence}", file=sys.stderr)
+    from .model_manager import TokenRequired
+
     bar = _Bar(not as_json and not args.no_progress)
     try:
-        res = mm.get(args.name, progress=bar,
-                     cancel=_interrupt(f"what arrived is kept; `myvlm models get {e.name}` again resumes"))
+        try:
+            res = mm.get(args.name, progress=bar,
+                         cancel=_interrupt(f"what arrived is kept; `myvlm models get {e.name}` again resumes"))
+        except TokenRequired as exc:
+            token = _ask_token(str(exc)) if not mm.token else None
+            if not token:
+                raise
+            mm.token = token
+            res = mm.get(args.name, progress=bar,
+                         cancel=_interrupt(f"what arrived is kept; `myvlm models get {e.name}` again resumes"))
     finally:
         bar.close()
     if as_json:
@@ -180,6 +190,20 @@ def _get(mm, args: argparse.Namespace, as_json: bool) -> int:
         extra = f", {_size(res.resumed_bytes)} resumed" if res.resumed_bytes else ""
         print(f"{res.name}: {res.state}, {_size(res.downloaded_bytes)} downloaded{extra} → {res.path}")
     return 0
+
+
+def _ask_token(why: str) -> str | None:
+    """The user's Hugging Face token for a gated model, asked on the terminal (not echoed, not stored); None when
+    nobody is at a terminal to answer."""
+    import getpass
+
+    if not sys.stdin.isatty():
+        return None
+    print(f"myvlm: {why}.", file=sys.stderr)
+    try:
+        return getpass.getpass("Hugging Face token (Enter to stop): ").strip() or None
+    except (EOFError, KeyboardInterrupt):
+        return None
 
 
 def register(sub) -> None:

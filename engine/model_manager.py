@@ -84,6 +84,21 @@ class OfflineError(ModelError):
     pass
 
 
+class TokenRequired(ModelError):
+    """The hub wants to know who is downloading (a gated model such as Llama 2): the message says why and how."""
+
+
+def gated_message(repo_id: str, had_token: bool) -> str:
+    why = (f"{repo_id} is gated: its makers let only Hugging Face accounts that accepted their licence download it, "
+           "and the hub checks that with your access token")
+    if had_token:
+        return (f"{why}; the token given was not let in. Accept the licence at https://huggingface.co/{repo_id} with "
+                "the account the token belongs to, then try again")
+    return (f"{why}. Accept the licence at https://huggingface.co/{repo_id}, make a read token at "
+            "https://huggingface.co/settings/tokens and give it when asked (or set HF_TOKEN, or run `hf auth "
+            "login`). The token goes to the hub only and the app does not keep it")
+
+
 class DownloadCancelled(ModelError):
     pass
 
@@ -126,6 +141,9 @@ _SIZES = {
     "smolvlm-256m": 513_000_000, "smolvlm-500m": 1_015_000_000, "llava-ov-0.5b": 1_790_000_000,   # bf16 / fp16
     "qwen2-vl-2b": 4_420_000_000, "qwen2.5-vl-3b": 7_510_000_000,                                     # bf16
 }
+_SIZES["minigpt-v2"] = 13_500_000_000   # its hub part: Llama-2-7b-chat-hf's safetensors (fp16)
+
+
 def download_size_text(name: str) -> str:
     """"about 15.8 GB": the catalogue's download size of a model, for messages (one table of sizes)."""
     size = _SIZES.get(name)
@@ -142,7 +160,12 @@ FACE_PACKS = {
 INSIGHTFACE_PACKS = list(FACE_PACKS)
 _VLM_FILES = ("*.json", "*.model", "*.txt", "*.tiktoken")
 _VLM_WEIGHTS = (("*.safetensors", "*.safetensors.index.json"), ("*.bin", "*.bin.index.json"))
-_VLM_REQUIRED = ("config.json", "tokenizer_config.json")  # processors save preprocessor_ or processor_config
+_VLM_REQUIRED = ("config.json", "tokenizer_config.json")
+# MiniGPT-v2's hub download is its language model, the gated Llama-2 chat; its other two parts come from BLIP-2 and
+# the MiniGPT-4 project (specs.minigpt_v2_parts)
+_HUB_REPO = {"minigpt-v2": "meta-llama/Llama-2-7b-chat-hf"}
+_PURPOSE_NOTE = {"minigpt-v2": " and 'where is …?' boxes; downloads Llama-2-7b-chat (gated: asks for your Hugging "
+                               "Face token) and also needs BLIP-2 and minigptv2_checkpoint.pth"}  # processors save preprocessor_ or processor_config
 
 _CATALOGUE: list[ModelEntry] | None = None
 _CATALOGUE_LOCK = threading.Lock()
@@ -177,9 +200,9 @@ def _build_catalogue() -> list[ModelEntry]:
         if spec.tiny:
             continue
         purpose = ("personalised captions and questions" if len(spec.tasks) > 1 else "personalised captions")
-        purpose += f" ({spec.title})"
+        purpose += f" ({spec.title})" + _PURPOSE_NOTE.get(spec.key, "")
         out.append(ModelEntry(spec.key, CAPTIONS, spec.title, purpose, spec.license, HUB,
-                              _SIZES.get(spec.key, int(spec.params_b * 4e9)), repo_id=spec.checkpoint,
+                              _SIZES.get(spec.key, int(spec.params_b * 4e9)), repo_id=_HUB_REPO.get(spec.key, spec.checkpoint),
                               files=_VLM_FILES, weights=_VLM_WEIGHTS, required=_VLM_REQUIRED,
                               default=spec.key == DEFAULT_VLM))
     return out
@@ -611,8 +634,7 @@ class ModelManager:
         try:
             info = api.model_info(e.repo_id, revision=e.revision, files_metadata=True, timeout=CHUNK_TIMEOUT_S)
         except GatedRepoError as exc:
-            raise ModelError(f"{e.repo_id} asks you to accept its licence on the Hugging Face website first "
-                             f"(then log in with `hf auth login`): {exc}") from exc
+            raise TokenRequired(gated_message(e.repo_id, bool(self.token))) from exc
         except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as exc:
             raise ModelError(f"{e.repo_id} (revision {e.revision}) is not on the hub at {self.endpoint}: "
                              f"{_first_line(exc)}") from exc
@@ -717,7 +739,9 @@ class ModelManager:
             try:
                 return get_hf_file_metadata(url, token=self.token, endpoint=self.endpoint, retry_on_errors=False,
                                             timeout=CHUNK_TIMEOUT_S)
-            except (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError, GatedRepoError) as exc:
+            except GatedRepoError as exc:
+                raise TokenRequired(gated_message(e.repo_id, bool(self.token))) from exc
+            except (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError) as exc:
                 raise ModelError(f"{f.path} of {e.repo_id} is not available at {self.endpoint}: "
                                  f"{_first_line(exc)}") from exc
             except Exception as exc:  # network trouble: a few tries, then one sentence
@@ -1085,12 +1109,41 @@ class ModelManager:
         source = Path(folder).expanduser()
         if e.kind == PACKAGE:
             raise ModelError("the dlib face models come with the app's packages; there is nothing to import")
+        if e.name == "minigpt-v2" and source.is_file():
+            return self._import_minigpt_v2_checkpoint(source)
         if not source.is_dir():
             raise ModelError(f"{source} is not a folder")
         with self._lock(e):
             if e.kind == FACE_PACK:
                 return self._import_pack(e, source, progress, cancel)
             return self._import_hub(e, source, progress, cancel)
+
+    def _import_minigpt_v2_checkpoint(self, source: Path) -> GetResult:
+        """The official minigptv2_checkpoint.pth (its projection and LoRA weights) into <models>/minigpt-v2/, after
+        checking that it loads with weights_only (a pickle with code in it is refused) and is MiniGPT-v2's."""
+        from .model_files import load_problem
+        from .personalize.specs import MINIGPT_V2_CHECKPOINT, MINIGPT_V2_FOLDER
+
+        if self.models_dir is None:
+            raise ModelError("MiniGPT-v2's checkpoint lives in a library's models folder: open a library first "
+                             "(myvlm --library PATH models import ...)")
+        problem = load_problem(source)
+        if problem is None:
+            from .personalize.minigpt_v2 import load_official_checkpoint
+
+            try:
+                if "llama_proj.weight" not in load_official_checkpoint(source):
+                    problem = "has no llama_proj weights, so it is not a MiniGPT-v2 checkpoint"
+            except ValueError as exc:
+                problem = str(exc)
+        if problem:
+            raise ModelError(f"{source.name} was not imported: it {problem.removeprefix('it ')}")
+        dest = self.models_dir / MINIGPT_V2_FOLDER / MINIGPT_V2_CHECKPOINT
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".tmp")
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, dest)
+        return GetResult("minigpt-v2", PRESENT, str(dest), files=[dest.name], downloaded_bytes=0)
 
     def _import_hub(self, e: ModelEntry, source: Path, progress, cancel) -> GetResult:
         names = {}

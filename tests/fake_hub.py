@@ -10,6 +10,8 @@ It serves what huggingface_hub 2.x asks for when it lists and downloads a model:
                                                            X-Repo-Commit
   * GET  /cdn/<sha256>                                     LFS content, on another host name (localhost instead
                                                            of 127.0.0.1, as the real CDN is another host)
+A repository in `gated` (repo id → token) answers 401 GatedRepo, as the hub does for Llama 2, to any API or resolve
+request without `Authorization: Bearer <token>` (the CDN's own links need none).
 Ranges (`bytes=N-`) are honoured with 206 and Content-Range. `drop_once[path] = n` makes the first GET of that file
 send n bytes of its body and close the connection; `delay` slows every 64 kB chunk down. Every request is logged.
 """
@@ -62,6 +64,7 @@ class FakeHub:
         self.requests: list[Request] = []
         self.drop_once: dict[str, int] = {}   # repo path of a file -> bytes sent before the connection drops
         self.delay = 0.0                      # seconds per 64 kB chunk
+        self.gated: dict[str, str] = {}       # repo id -> the token that may download it
         self._lock = threading.Lock()
         hub = self
 
@@ -122,6 +125,13 @@ class FakeHub:
         path = unquote(url.path)
         with self._lock:
             self.requests.append(Request("HEAD" if head else "GET", path, {k.lower(): v for k, v in h.headers.items()}))
+        if path.startswith("/api/models/"):
+            repo_id = "/".join(path[len("/api/models/"):].split("/")[:2])
+        else:
+            repo_id = path[1:].split("/resolve/", 1)[0] if "/resolve/" in path else ""
+        token = self.gated.get(repo_id)
+        if token is not None and h.headers.get("Authorization") != f"Bearer {token}":
+            return self._error(h, 401, "GatedRepo")
         if path.startswith("/api/models/"):
             return self._api(h, path[len("/api/models/"):])
         if path.startswith("/cdn/"):

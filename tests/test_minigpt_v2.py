@@ -9,6 +9,7 @@ embedding format.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -416,3 +417,74 @@ def test_where_is_bella_in_the_app_draws_the_box_or_says_no_box(qtbot, qapp, bel
     finally:
         w.close()
         set_error_sink(None)
+
+
+# -- getting it: the gated Llama 2, the official checkpoint ---------------------------------------------------------
+
+def test_llama_2_is_gated_the_manager_says_why_and_asks_for_a_token(tmp_path, monkeypatch, capsys):
+    import getpass
+
+    from huggingface_hub import constants
+
+    from engine.cli import main
+    from engine.model_manager import ModelManager, TokenRequired
+
+    from .fake_hub import FakeHub
+
+    repo = "meta-llama/Llama-2-7b-chat-hf"
+    from safetensors.torch import save
+
+    weights = save({"w": torch.arange(20_000, dtype=torch.float32)})
+    with FakeHub() as hub:
+        hub.add_repo(repo, {"config.json": b'{"model_type": "llama"}', "tokenizer_config.json": b"{}",
+                            "tokenizer.model": b"sp", "model.safetensors": weights})
+        hub.gated[repo] = "hf_secret"
+        for name, value in (("HOME", tmp_path / "home"), ("HF_HOME", tmp_path / "hf"), ("HF_ENDPOINT", hub.url)):
+            monkeypatch.setenv(name, str(value))
+        for name in ("HF_TOKEN", "HF_HUB_CACHE", "HF_HUB_OFFLINE"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+        monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        models = tmp_path / "library" / "models"
+        with pytest.raises(TokenRequired) as err:
+            ModelManager(models).get("minigpt-v2")
+        text = str(err.value)
+        assert "gated" in text and "accepted their licence" in text and "huggingface.co/settings/tokens" in text
+        cdn_path = "/cdn/" + hashlib.sha256(weights).hexdigest()
+        assert not hub.gets(cdn_path)
+        # the CLI asks for the token on the terminal (not echoed), and only the hub ever sees it
+        asked: list[str] = []
+        monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+        monkeypatch.setattr(getpass, "getpass", lambda prompt="": asked.append(prompt) or "hf_wrong")
+        rc = main(["--library", str(tmp_path / "library"), "models", "get", "minigpt-v2", "--no-progress"])
+        assert rc == 1 and len(asked) == 1 and "was not let in" in capsys.readouterr().err
+        monkeypatch.setattr(getpass, "getpass", lambda prompt="": "hf_secret")
+        rc = main(["--library", str(tmp_path / "library"), "models", "get", "minigpt-v2", "--no-progress"])
+        assert rc == 0 and ModelManager(models).state("minigpt-v2") == "present"
+        cdn = hub.gets(cdn_path)
+        assert cdn and all("authorization" not in r.headers for r in cdn)
+        assert any(r.headers.get("authorization") == "Bearer hf_secret" for r in hub.requests
+                   if r.path.startswith("/api/models/"))
+
+
+def test_the_official_checkpoint_is_imported_after_a_check(models_dir, tmp_path):
+    from engine.model_manager import ModelError, ModelManager
+
+    tiny = ensure_tiny_checkpoint(PRESET, models_dir / "tiny")
+    models = tmp_path / "models"
+    mm = ModelManager(models, cache_dir=tmp_path / "cache", offline=True)
+    got = mm.import_folder("minigpt-v2", tiny / OFFICIAL_CHECKPOINT)
+    dest = models / "minigpt-v2" / OFFICIAL_CHECKPOINT
+    assert got.path == str(dest) and dest.read_bytes() == (tiny / OFFICIAL_CHECKPOINT).read_bytes()
+    _Hostile.target = str(tmp_path / "pwned")
+    hostile = tmp_path / "hostile.pth"
+    with hostile.open("wb") as f:
+        pickle.dump({"model": {"llama_proj.weight": _Hostile()}}, f)
+    with pytest.raises(ModelError, match="refused, not run"):
+        mm.import_folder("minigpt-v2", hostile)
+    other = tmp_path / "other.pth"
+    torch.save({"model": {"x": torch.zeros(1)}}, other)
+    with pytest.raises(ModelError, match="not a MiniGPT-v2 checkpoint"):
+        mm.import_folder("minigpt-v2", other)
+    assert not (tmp_path / "pwned").exists() and dest.read_bytes() == (tiny / OFFICIAL_CHECKPOINT).read_bytes()

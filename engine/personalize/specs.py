@@ -199,7 +199,7 @@ def minigpt_v2_parts(models_dir: Path) -> dict[str, Path]:
     if not pth.is_file():
         missing.append(f"the official {MINIGPT_V2_CHECKPOINT} (projection and LoRA weights, linked from the "
                        f"MiniGPT-4 project's README on GitHub): `myvlm models import minigpt-v2 "
-                       f"{MINIGPT_V2_CHECKPOINT}` puts it at {pth}")
+                       f"PATH/{MINIGPT_V2_CHECKPOINT}` checks it and puts it at {pth}")
     if missing:
         raise VlmWeightsMissing("MiniGPT-v2 needs three parts and this machine lacks " + "; ".join(missing)
                                 + ". Nothing is downloaded without your say-so.")
