@@ -92,6 +92,8 @@ def scenes(catalog: Catalog, photo_ids: Sequence[int]) -> dict[int, Scene]:
     embeddings for are included too; the caller decides (a trained concept gets the MyVLM caption instead)."""
     out = {int(p): Scene(int(p)) for p in photo_ids}
     ids = list(out)
+    concept_of = {r["person_id"]: r["id"] for r in catalog.query(
+        "SELECT id, person_id FROM concepts WHERE person_id IS NOT NULL")}
     for i in range(0, len(ids), 500):
         chunk = ids[i : i + 500]
         marks = ",".join("?" * len(chunk))
@@ -102,8 +104,6 @@ def scenes(catalog: Catalog, photo_ids: Sequence[int]) -> dict[int, Scene]:
         for r in catalog.query(f"SELECT photo_id, count(*) AS n FROM faces WHERE photo_id IN ({marks}) "
                                "GROUP BY photo_id", chunk):
             out[r["photo_id"]].faces = int(r["n"])
-        concept_of = {r["person_id"]: r["id"] for r in catalog.query(
-            "SELECT id, person_id FROM concepts WHERE person_id IS NOT NULL")}
         people: dict[int, dict[int, Any]] = {}   # photo -> person -> face row (the biggest face wins)
         for r in catalog.query(
                 f"SELECT f.photo_id, f.x, f.w, f.h, f.person_id, pe.name FROM faces f JOIN people pe ON "
