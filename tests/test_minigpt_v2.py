@@ -488,3 +488,35 @@ def test_the_official_checkpoint_is_imported_after_a_check(models_dir, tmp_path)
     with pytest.raises(ModelError, match="not a MiniGPT-v2 checkpoint"):
         mm.import_folder("minigpt-v2", other)
     assert not (tmp_path / "pwned").exists() and dest.read_bytes() == (tiny / OFFICIAL_CHECKPOINT).read_bytes()
+
+
+def test_the_real_layout_loads_blip2s_vit_llama_and_the_checkpoint_from_the_models_folder(models_dir, tmp_path):
+    """The real model's parts where the model manager puts them (tiny weights): a whole BLIP-2 checkpoint (its
+    `vision_model.*` taken, at 448 px), the Llama folder, <models>/minigpt-v2/minigptv2_checkpoint.pth."""
+    from transformers import Blip2ForConditionalGeneration
+
+    from engine.personalize.minigpt_v2 import MiniGptV2Wrapper
+    from engine.personalize.specs import VLM_SPECS, checkpoint_folder
+    from engine.personalize.tiny import build_tiny_blip2
+
+    tiny = ensure_tiny_checkpoint(PRESET, models_dir / "tiny")
+    models = tmp_path / "models"
+    blip = build_tiny_blip2(models / "Salesforce--blip2-flan-t5-xl", image_size=32, patch_size=8)
+    shutil.copytree(tiny / "llama", models / "meta-llama--Llama-2-7b-chat-hf")
+    spec = VLM_SPECS["minigpt-v2"]
+    with pytest.raises(VlmWeightsMissing, match=OFFICIAL_CHECKPOINT):
+        checkpoint_folder(spec, spec.checkpoint, models)
+    (models / "minigpt-v2").mkdir()
+    shutil.copy(tiny / OFFICIAL_CHECKPOINT, models / "minigpt-v2" / OFFICIAL_CHECKPOINT)
+    folder = checkpoint_folder(spec, spec.checkpoint, models)
+    assert folder == models / "minigpt-v2"
+    w = MiniGptV2Wrapper.load(folder, spec, spec.checkpoint, torch.device("cpu"), torch.float32)
+    assert w.checkpoint == "Vision-CAIR/MiniGPT-v2" and w.vision_tower.config.image_size == 448
+    assert w.n_visual_tokens == (448 // 8) ** 2 // 4
+    ref = Blip2ForConditionalGeneration.from_pretrained(blip).vision_model
+    assert torch.equal(w.vision_tower.encoder.layers[1].self_attn.qkv.weight, ref.encoder.layers[1].self_attn.qkv.weight)
+    ln = w.vision_tower.post_layernorm          # MiniGPT-v2's frozen ln_vision, not BLIP-2's trained norm
+    assert torch.equal(ln.weight, torch.ones(32)) and torch.equal(ln.bias, torch.zeros(32)) and ln.eps == 1e-5
+    assert w.vision_tower.embeddings.position_embedding.shape == (1, 1 + 56 * 56, 32)
+    caption = w.caption(_images(1), settings=w.generation_settings().__class__(max_new_tokens=3))
+    assert len(caption) == 1 and isinstance(caption[0], str)
