@@ -320,8 +320,10 @@ class FaceClusterer:
                                       [target, now(), fid])
             face.person_id = target
             st.members[target].add(fid)
-        self.catalog.conn.execute("DELETE FROM people WHERE id = ?", [source])
+        self.catalog.conn.execute("DELETE FROM people WHERE id = ?", [source])  # its rejections go with it
         st.people.pop(source, None)
+        for rejected in st.rejected.values():  # (a later person may get its id: no stale "not them" for it)
+            rejected.discard(source)
 
     # -- the algorithm -------------------------------------------------------------------------------------------------
 
