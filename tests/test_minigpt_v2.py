@@ -181,6 +181,8 @@ def test_gradients_reach_only_the_concept_values_through_the_lm_attention_regula
     pixels = w.preprocess(_images(3))
     prompt = w.training_prompt("caption", "sks")
     assert prompt == "[caption] A short image caption of sks:"
+    assert w.chat_prompt(prompt) == "[INST] <Img><ImageHere></Img> [caption] A short image caption of sks: [/INST]"
+    assert w.chat_prompt("What is sks doing?") == "[INST] <Img><ImageHere></Img> [vqa] What is sks doing? [/INST]"
     parts = w.training_loss(pixels, [prompt] * 3, ["sks on the beach", "a dog", "sks with a ball"],
                             [[4], [], [4]], 1.0)
     parts.total.backward()
@@ -337,12 +339,15 @@ def bella_library(tmp_path_factory) -> dict:
             "elsewhere": elsewhere}
 
 
-def test_myvlm_locate_prints_the_box_or_null_as_json(bella_library):
+def test_myvlm_locate_prints_the_box_or_null_as_json(bella_library, capsys):
+    from engine.cli import main
+
     from .conftest import myvlm
 
     lib, album = bella_library["root"], bella_library["album"]
     expected = bella_library["expected"]
     assert expected["raw"] and (expected["box"] is None) == bool(expected.get("reason"))
+    # a real `myvlm` process, as a user runs it
     out = json.loads(myvlm("locate", str(album / "0.jpg"), "Bella", library=lib).stdout)
     assert out == expected            # the same greedy answer as in-process, parsed the same way
     assert out["photo"] == str(album / "0.jpg") and out["concept"] == "Bella"
@@ -352,14 +357,23 @@ def test_myvlm_locate_prints_the_box_or_null_as_json(bella_library):
     # Bella is not recognised in 2.jpg: no box, no guess (the model is not asked)
     other = bella_library["elsewhere"]
     assert other["box"] is None and other["raw"] == "" and "not recognised" in other["reason"]
-    # a captioner without boxes says which one has them
-    res = myvlm("locate", str(album / "0.jpg"), "Bella", "--vlm", "tiny-blip2", library=lib, check=False)
-    assert res.returncode == 2 and "only MiniGPT-v2 can" in res.stderr and "Traceback" not in res.stderr
-    res = myvlm("locate", str(album / "0.jpg"), "Nobody", library=lib, check=False)
-    assert res.returncode == 2 and "no concept or named person 'Nobody'" in res.stderr
+
+    def run(*args: str) -> tuple[int, str, str]:   # the same CLI in this process (cheaper than a subprocess)
+        capsys.readouterr()
+        rc = main(["--library", str(lib), *args])
+        got = capsys.readouterr()
+        return rc, got.out, got.err
+
+    # a captioner without boxes says which one has them; an unknown name says where to look
+    rc, _, err = run("locate", str(album / "0.jpg"), "Bella", "--vlm", "tiny-blip2")
+    assert rc == 2 and "only MiniGPT-v2 can" in err and "Traceback" not in err
+    rc, _, err = run("locate", str(album / "0.jpg"), "Nobody")
+    assert rc == 2 and "no concept or named person 'Nobody'" in err
     # and it captions, by name where Bella fired
-    cap = json.loads(myvlm("caption", str(album / "0.jpg"), "--json", "--no-store", library=lib).stdout)
-    assert cap["personalised"] and cap["model"] == PRESET and cap["prompt"] == "[caption] A short image caption of sks:"
+    rc, text, _ = run("caption", str(album / "0.jpg"), "--json", "--no-store")
+    cap = json.loads(text)
+    assert rc == 0 and cap["personalised"] and cap["model"] == PRESET
+    assert cap["prompt"] == "[caption] A short image caption of sks:"
 
 
 def test_where_is_bella_in_the_app_draws_the_box_or_says_no_box(qtbot, qapp, bella_library, tmp_path):

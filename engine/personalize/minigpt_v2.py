@@ -319,11 +319,11 @@ class MiniGptV2Wrapper(LlavaWrapper):
     def refer_prompt(self, identifier: str) -> str:
         return f"[refer] {identifier} in the image"
 
-    def default_question(self, identifier: str) -> str:
-        return f"[vqa] What is {identifier} doing in the image?"
 
     def chat_prompt(self, question: str) -> str:
-        return chat_prompt(question)
+        """A plain question is a [vqa] task (in training and in answers alike); tagged prompts stay as they are."""
+        tagged = re.match(r"\s*\[[a-z]+\]", question) is not None
+        return chat_prompt(question if tagged else f"[vqa] {question}")
 
     def generation_settings(self) -> GenerationSettings:
         return GenerationSettings(max_new_tokens=40)   # greedy, as the reference's validation
