@@ -202,7 +202,8 @@ def _build_catalogue() -> list[ModelEntry]:
         purpose = ("personalised captions and questions" if len(spec.tasks) > 1 else "personalised captions")
         purpose += f" ({spec.title})" + _PURPOSE_NOTE.get(spec.key, "")
         out.append(ModelEntry(spec.key, CAPTIONS, spec.title, purpose, spec.license, HUB,
-                              _SIZES.get(spec.key, int(spec.params_b * 4e9)), repo_id=_HUB_REPO.get(spec.key, spec.checkpoint),
+                              _SIZES.get(spec.key, int(spec.params_b * 4e9)),
+                              repo_id=_HUB_REPO.get(spec.key, spec.checkpoint),
                               files=_VLM_FILES, weights=_VLM_WEIGHTS, required=_VLM_REQUIRED,
                               default=spec.key == DEFAULT_VLM))
     return out

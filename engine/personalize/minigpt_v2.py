@@ -9,14 +9,16 @@ The parts and where their weights come from:
     (weight 1, bias 0), so BLIP-2's trained norm is replaced by that one (or by `ln_vision.*` when the official
     checkpoint carries it).
   * `llama_proj`: 1024 patch tokens of 1408 (the CLS token dropped) → 256 groups of 4 consecutive tokens,
-    concatenated to 5632 → one linear → 256 tokens of 4096. Its weights are in the official `minigptv2_checkpoint.pth`.
+    concatenated to 5632 → one linear → 256 tokens of 4096. Its weights are in the official
+    `minigptv2_checkpoint.pth`.
   * Llama-2-7b-chat (`LlamaForCausalLM`, the gated `meta-llama/Llama-2-7b-chat-hf`) with MiniGPT-v2's LoRA on the
     attention's q_proj and v_proj (r 64, alpha 16 in the official configs). The LoRA weights are in the official
     checkpoint; they are merged into the linear layers at load (W += alpha/r · B·A): the language model stays frozen
     here (only the concept embedding trains), so merged weights compute the same function with no adapter code,
     no extra dependency (peft) and no extra cost per token.
 
-Where the concept goes (docs/method.md §6): after `llama_proj`, rescaled to the mean norm of the image tokens: 256 → 257.
+Where the concept goes (docs/method.md §6): after `llama_proj`, rescaled to the mean norm of the image tokens:
+256 → 257.
 The frozen tower and the grouping come before it, so the trainer may cache them per augmented view, as for LLaVA,
 whose prompt, loss and regulariser plumbing (the language model's attention rows of the concept tokens) this
 wrapper reuses. REC ("[refer] sks in the image") uses the same captioning embedding, as in the paper, and answers
@@ -168,7 +170,7 @@ def apply_official_weights(model: MiniGptV2Model, state: Mapping[str, torch.Tens
         ln_vision.{weight,bias}                                         → vision_model.post_layernorm
         llama_model.base_model.model.model.layers.N.self_attn.P.lora_A[.default].weight   (r, in)
         llama_model.base_model.model.model.layers.N.self_attn.P.lora_B[.default].weight   (out, r)
-                                                                        → layers[N].self_attn.P.weight += alpha/r · B·A
+                                                     → layers[N].self_attn.P.weight += alpha/r · B·A
     Everything else in the file (Llama's own weights, optimiser state) is ignored. Returns counts, for the log."""
     if "llama_proj.weight" not in state:
         raise ValueError("it has no llama_proj weights, so it is not a MiniGPT-v2 checkpoint")
