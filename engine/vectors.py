@@ -5,9 +5,12 @@ They are caches: the catalog holds every embedding as a float32 blob, and an ind
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 
-FEW_QUERIES = 64  # searches of up to this many queries run on one thread
+FEW_QUERIES = 64  # searches (and adds, removes) of up to this many vectors run on one thread
 
 
 def to_blob(vec: np.ndarray) -> bytes:
@@ -39,11 +42,13 @@ class VectorIndex:
         return int(self.index.ntotal)
 
     def add(self, ids: np.ndarray, vecs: np.ndarray) -> None:
-        self.index.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), np.asarray(ids, dtype=np.int64))
+        with _threads(1 if len(ids) <= FEW_QUERIES else 0):
+            self.index.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), np.asarray(ids, dtype=np.int64))
 
     def remove(self, ids: list[int]) -> None:
         if ids:
-            self.index.remove_ids(np.asarray(ids, dtype=np.int64))
+            with _threads(1 if len(ids) <= FEW_QUERIES else 0):
+                self.index.remove_ids(np.asarray(ids, dtype=np.int64))
 
     def vector(self, id_: int) -> np.ndarray:
         return self.index.reconstruct(int(id_))
@@ -53,13 +58,21 @@ class VectorIndex:
         busy machine OpenMP threads waiting for each other cost more than they bring (bench/README.md)."""
         k = max(1, min(k, len(self))) if len(self) else 1
         vecs = np.ascontiguousarray(vecs, dtype=np.float32).reshape(-1, self.dim)
-        if len(vecs) > FEW_QUERIES:
+        with _threads(1 if len(vecs) <= FEW_QUERIES else 0):
             return self.index.search(vecs, k)
-        import faiss
 
-        threads = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(1)
-        try:
-            return self.index.search(vecs, k)
-        finally:
-            faiss.omp_set_num_threads(threads)
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """faiss's OpenMP threads for one call (0: leave them), restored after."""
+    if not n:
+        yield
+        return
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
