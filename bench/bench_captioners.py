@@ -166,9 +166,11 @@ def run_one(key: str, args) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
+    os.environ["MYVLM_THREADS"] = str(args.threads)   # the wrappers leave torch's threads as set here
     with tempfile.TemporaryDirectory() as d:
         t = time.perf_counter()
         w = build_wrapper(key, Path(d))
+        w.record_timings = False   # a benchmark's times are cpu_times.py's, not this computer's remembered ones
         r: dict = {"key": key, "build_s": time.perf_counter() - t,
                    "params_b": sum(p.numel() for p in w.model.parameters()) / 1e9, "dtype": str(w.dtype)}
         r |= time_captions(w, args.batches, args.captions, args.tokens)

@@ -639,7 +639,8 @@ def cmd_caption_edit(args: argparse.Namespace, lib: Library) -> int:
 SETTINGS_HELP = {"face_backend": "auto, dlib, dlib-cnn, insightface, insightface:PACK or a pack folder",
                  "clip_model": "ViT-B-32 (default) or DFN5B-CLIP-ViT-H-14-378",
                  "clip_weights": "a local open_clip weights file (default: the Hugging Face cache)",
-                 "vlm": "blip2 (default), blip2-opt, llava, or a checkpoint folder",
+                 "vlm": "a VLM key (`myvlm models list`; default: the one `myvlm doctor` recommends for this "
+                        "computer), a tiny-* preset or a checkpoint folder",
                  "watch_polling": "true/false", "preview_cache_bytes": "bytes",
                  "search_clip_floor": "CLIP similarity under which search ignores looks: a number, or {model: number}"}
 
@@ -692,6 +693,13 @@ def cmd_doctor(args: argparse.Namespace, lib: Library | None) -> int:
     for name, v in rep["packages"].items():
         print(f"  {name:<24} {v or 'MISSING'}")
     print(f"Formats: HEIC {'yes' if rep['formats']['heif'] else 'no'}, AVIF {'yes' if rep['formats']['avif'] else 'no'}")
+    cap = rep["captioners"]
+    print(f"Hardware: {cap['hardware_text']}")
+    rec = cap["recommended"]
+    print(f"Recommended captioner: {rec['vlm']} ({rec['title']}) on the {rec['device']} — {rec['reason']}")
+    print("Captioners on this computer (per photo · per concept of 100 steps):")
+    for key, e in cap["estimates"].items():
+        print(f"  {key + (' *' if key == rec['vlm'] else ''):<16} {e['text']:<28} {e['detail']}")
     m = rep["models"]
     dl = m["dlib_face"]
     print(f"Face models (dlib, CC0): {dl['state']}" + (f" — {dl['fix']}" if dl.get("fix") else f" at {dl['path']}"))
@@ -712,8 +720,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--face-backend", metavar="NAME",
                    help="face backend for this run: auto (default), dlib, dlib-cnn, insightface[:PACK] or a pack folder")
     p.add_argument("--vlm", dest="global_vlm", metavar="NAME",
-                   help="vision-language model for this run: blip2 (default), blip2-opt, llava, a tiny-* preset "
-                        "or a checkpoint folder")
+                   help="vision-language model for this run: blip2, llava, smolvlm-256m... (default: the library's "
+                        "setting, else what `myvlm doctor` recommends here), a tiny-* preset or a checkpoint folder")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("index", help="add folders and run every stage to completion")

@@ -101,9 +101,15 @@ def cmd_train(args: argparse.Namespace, lib) -> int:
     errors, cancelled = _errors()
     pers = lib.personalizer(args.vlm)
     bar = _TrainBar(args.json, "training")
+    from .personalize.estimates import TrainingClock
+
+    clock = TrainingClock()   # this computer's time per concept, for the estimates (`myvlm doctor`)
     try:
         _prepare_people(lib, args.concepts)
-        result = pers.train(args.concepts, args.task, _config(args), progress=bar, resume=not args.restart)
+        result = pers.train(args.concepts, args.task, _config(args), progress=lambda p: (clock(p), bar(p)),
+                            resume=not args.restart)
+        if getattr(pers.wrapper, "record_timings", False):
+            clock.finish(pers.vlm_name, pers.wrapper.device)
     except cancelled as exc:
         print(f"myvlm: {exc}; run the same command again to continue from the last checkpoint", file=sys.stderr)
         return 130

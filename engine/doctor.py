@@ -65,6 +65,21 @@ def _device() -> dict[str, Any]:
     return info
 
 
+def captioners(hw: Any = None, memory: Any = None) -> dict[str, Any]:
+    """The hardware, the captioner that fits it and why, and each captioner's time per photo and per concept here."""
+    from .hardware import detect, recommend_captioner
+    from .personalize.estimates import estimates
+    from .personalize.specs import VLM_SPECS
+
+    hw = hw or detect()
+    rec = recommend_captioner(hw)
+    keys = [k for k, s in VLM_SPECS.items() if not s.tiny]
+    return {"hardware": hw.as_dict(), "hardware_text": hw.describe(),
+            "recommended": {"vlm": rec.vlm, "device": rec.device, "reason": rec.reason,
+                            "title": VLM_SPECS[rec.vlm].title},
+            "estimates": {k: e.as_dict() | {"detail": e.detail()} for k, e in estimates(keys, hw, memory).items()}}
+
+
 def report(paths: LibraryPaths | None = None) -> dict[str, Any]:
     return {
         "myvlm_desktop": __version__,
@@ -72,6 +87,7 @@ def report(paths: LibraryPaths | None = None) -> dict[str, Any]:
         "sqlite": sqlite3.sqlite_version,
         "packages": {name: _version(name) for name in PACKAGES},
         "device": _device(),
+        "captioners": captioners(),
         "formats": {"heif": images.HEIF_SUPPORTED, "avif": images.AVIF_SUPPORTED},
         "library": str(paths.root) if paths else None,
         "models": model_manager.ModelManager(paths.models if paths else None).doctor_rows(),

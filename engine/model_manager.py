@@ -183,7 +183,7 @@ def catalogue() -> list[ModelEntry]:
 
 def _build_catalogue() -> list[ModelEntry]:
     from .clip import CLIP_MODELS, DEFAULT_MODEL, HUB_WEIGHT_FILES
-    from .personalize.vlm import DEFAULT_VLM, VLM_SPECS
+    from .personalize.specs import VLM_SPECS, default_vlm
 
     out = [ModelEntry("dlib", FACES, "dlib face models", "faces (default; installed with the app)", "CC0", PACKAGE,
                       31_000_000, default=True)]
@@ -205,7 +205,7 @@ def _build_catalogue() -> list[ModelEntry]:
                               _SIZES.get(spec.key, int(spec.params_b * 4e9)),
                               repo_id=_HUB_REPO.get(spec.key, spec.checkpoint),
                               files=_VLM_FILES, weights=_VLM_WEIGHTS, required=_VLM_REQUIRED,
-                              default=spec.key == DEFAULT_VLM))
+                              default=spec.key == default_vlm()))
     return out
 
 

@@ -55,8 +55,28 @@ def _message(exc: BaseException) -> str:
     return user_message(exc)
 
 
-def row_texts(row: dict[str, Any]) -> list[str]:
-    """The table's cells for one model: Model, For, State, Size, Licence."""
+HEADERS = ["Model", "For", "State", "Size", "Time here", "Licence"]
+TIME_COLUMN = 4
+TIME_TIP = ("Seconds per photo and time to teach a concept (100 steps) on this computer: measured here once the "
+            "model has run (marked 'here'), the benchmark's 2-core CPU until then")
+
+
+def time_text(estimate: dict[str, Any] | None) -> str:
+    """'2.0 s · 2 min' (per photo · per concept), 'here: …' once measured on this computer."""
+    if not estimate:
+        return ""
+    photo, concept = estimate.get("photo_s"), estimate.get("concept_s")
+    if photo is None and concept is None:
+        return "first use"
+    from engine.personalize.estimates import HERE_LABEL, minutes_text, seconds_text
+
+    text = " · ".join([seconds_text(photo) if photo is not None else "?",
+                       minutes_text(concept) if concept is not None else "?"])
+    return f"here: {text}" if HERE_LABEL in (estimate.get("photo_source"), estimate.get("concept_source")) else text
+
+
+def row_texts(row: dict[str, Any], estimate: dict[str, Any] | None = None) -> list[str]:
+    """The table's cells for one model: Model, For, State, Size, Time here (captioners), Licence."""
     if row["kind"] == "hub":
         label = row["repo_id"]
     elif row["kind"] == "face_pack":
@@ -70,7 +90,8 @@ def row_texts(row: dict[str, Any]) -> list[str]:
     else:
         size = f"~{_human(row['approx_bytes'])}"
     use = str(row.get("feature") or row["purpose"]).capitalize() + (", default" if row.get("default") else "")
-    return [label, use, row["state"], size, row["licence"]]  # the purpose in full: the For cell's tooltip
+    # the purpose in full: the For cell's tooltip
+    return [label, use, row["state"], size, time_text(estimate), row["licence"]]
 
 
 # -- the worker ------------------------------------------------------------------------------------------------------
@@ -186,6 +207,7 @@ class ModelsPanel(QWidget):
         self.models_dir: Path | None = None
         self.manager_options: dict[str, Any] = {}
         self.rows: dict[str, dict[str, Any]] = {}
+        self.estimates: dict[str, dict[str, Any]] = {}   # captioner → its time here (doctor's "captioners")
         self.last: JobOutcome | None = None
         # what the user is asked and shown: replaceable (tests answer for the user)
         self.confirm: Callable[[QWidget, str, str], bool] = _ask
@@ -199,11 +221,17 @@ class ModelsPanel(QWidget):
         lay.setContentsMargins(0, 0, 0, 0)
         self.tree = QTreeWidget()
         self.tree.setObjectName("modelsTree")
-        self.tree.setHeaderLabels(["Model", "For", "State", "Size", "Licence"])
+        self.tree.setHeaderLabels(HEADERS)
+        self.tree.headerItem().setToolTip(TIME_COLUMN, TIME_TIP)
         self.tree.setRootIsDecorated(False)
         header = self.tree.header()
-        for col in range(4):  # every cell in full; the licence takes the rest (its tooltip has it all)
+        for col in range(len(HEADERS) - 1):  # every cell in full; the licence takes the rest (its tooltip has it all)
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
+        # On a narrow screen the licence gives way first: a stretched last section shrinks no further than its
+        # size when the stretch began (100 px by default), so it begins small.
+        header.setMinimumSectionSize(24)
+        header.setStretchLastSection(False)
+        header.resizeSection(len(HEADERS) - 1, 24)
         header.setStretchLastSection(True)
         self.tree.currentItemChanged.connect(self._on_current)
         lay.addWidget(self.tree, 1)
@@ -249,13 +277,24 @@ class ModelsPanel(QWidget):
 
         self.models_dir = LibraryPaths(Path(root)).models if root else None
 
+    def set_estimates(self, estimates: dict[str, dict[str, Any]]) -> None:
+        """Each captioner's time per photo and per concept here (engine.doctor.captioners()["estimates"])."""
+        self.estimates = dict(estimates or {})
+        if self.rows:
+            self.set_rows(list(self.rows.values()))
+
     def set_rows(self, rows: list[dict[str, Any]]) -> None:
         current = self.current_name()
         self.rows = {r["name"]: r for r in rows}
         self.tree.clear()
         for row in rows:
-            item = QTreeWidgetItem(row_texts(row))
-            item.setData(0, Qt.ItemDataRole.UserRole, self._what_to_do(row))
+            estimate = self.estimates.get(row["name"])
+            item = QTreeWidgetItem(row_texts(row, estimate))
+            what = self._what_to_do(row)
+            if estimate and estimate.get("detail"):
+                what += f"\nOn this computer: {estimate['detail']}."
+                item.setToolTip(TIME_COLUMN, estimate["detail"])
+            item.setData(0, Qt.ItemDataRole.UserRole, what)
             item.setData(0, KeyRole, row["name"])
             colour = {"present": Qt.GlobalColor.darkGreen, "partial": Qt.GlobalColor.darkYellow}.get(
                 row["state"], Qt.GlobalColor.darkRed)
@@ -263,7 +302,7 @@ class ModelsPanel(QWidget):
             item.setToolTip(0, row.get("where") or "")
             item.setToolTip(1, f"{row['title']}: {row['purpose']}" + ("; used out of the box" if row.get("default")
                                                                       else ""))
-            item.setToolTip(4, row["licence"])
+            item.setToolTip(len(HEADERS) - 1, row["licence"])
             self.tree.addTopLevelItem(item)
             if row["name"] == current:
                 self.tree.setCurrentItem(item)

@@ -54,13 +54,14 @@ THEMES = [("system", "Like the system"), ("light", "Light"), ("dark", "Dark")]
 def load_settings(lib: Library) -> dict[str, Any]:
     """What the dialog shows (engine thread: the doctor looks at the model caches and the GPU)."""
     from engine.doctor import report
+    from engine.personalize.specs import resolve_vlm_name
     from engine.personalize.vlm import VLM_SPECS
 
     cat = lib.catalog
     return {
         "folders": [{"id": f.id, "path": f.path, "status": f.status} for f in lib.folders()],
         "face_backend": cat.get_setting("face_backend") or "auto",
-        "vlm": cat.get_setting("vlm") or "blip2",
+        "vlm": resolve_vlm_name(cat),   # with no setting: the captioner that fits this computer
         "clip_model": cat.get_setting("clip_model") or "ViT-B-32",
         "watch_polling": bool(cat.get_setting("watch_polling", False)),
         "preview_cache_bytes": int(cat.get_setting("preview_cache_bytes") or 2 * 1024**3),
@@ -225,13 +226,14 @@ class SettingsDialog(QDialog):
             self.folder_list.addItem(item)
         self.polling.setChecked(data["watch_polling"])
         self.library_label.setText(data["library"])
-        dev = data["doctor"].get("device", {})
-        self.device_info.setText(f"This computer: {dev.get('kind', '?').upper()} — {dev.get('name', '')}"
-                                 + (f", {dev['memory_gb']} GB" if dev.get("memory_gb") else "")
-                                 + (f"; {dev['ram_gb']} GB RAM" if dev.get("ram_gb") else ""))
+        cap = data["doctor"].get("captioners") or {}
+        rec = cap.get("recommended") or {}
+        self.device_info.setText(f"This computer: {cap.get('hardware_text', '?')}"
+                                 + (f"\nRecommended captioner here: {rec['title']} ({rec['reason']})" if rec else ""))
+        self.device_info.setObjectName("deviceInfo")
         self.face_backend.setCurrentIndex(max(0, self.face_backend.findData(data["face_backend"])))
         for key, title, licence, tiny in data["vlms"]:
-            self.vlm.addItem(f"{title} — {licence}", key)
+            self.vlm.addItem(f"{title} — {licence}" + (" (recommended here)" if key == rec.get("vlm") else ""), key)
         i = self.vlm.findData(data["vlm"])
         if i < 0:
             self.vlm.addItem(data["vlm"], data["vlm"])
@@ -240,6 +242,7 @@ class SettingsDialog(QDialog):
         self.clip.setCurrentIndex(max(0, self.clip.findData(data["clip_model"])))
         self.preview_cache.setValue(int(data["preview_cache_bytes"] / 1024**2))
         self.model_panel.set_library(data["library"])
+        self.model_panel.set_estimates(cap.get("estimates") or {})
         self.model_panel.set_rows(model_rows(data["doctor"]))
         self._fit_models_table()
 

@@ -76,18 +76,27 @@ class Prepared:
     embedding_state: str
 
 
-def device_text(device: Any) -> str:
+def device_text(device: Any, vlm: str | None = None) -> str:
+    """"CPU (about 2 min a concept, measured here)": the device, and how long teaching takes on it (the same
+    estimate as Settings ▸ Models)."""
     kind = getattr(device, "type", str(device))
     if kind == "cuda":
         try:
             import torch
 
-            return f"GPU ({torch.cuda.get_device_name(device)})"
+            text = f"GPU ({torch.cuda.get_device_name(device)})"
         except Exception:  # noqa: BLE001
-            return "GPU"
-    if kind == "mps":
-        return "Apple GPU"
-    return "CPU (slow: a GPU makes this minutes instead of hours with the full-size models)"
+            text = "GPU"
+    else:
+        text = "Apple GPU" if kind == "mps" else "CPU"
+    if vlm:
+        from engine.personalize.estimates import HERE_LABEL, device_key, estimate, minutes_text
+
+        e = estimate(vlm, kind, device_key(device))
+        if e.concept_s is not None:
+            where = "on this computer" if e.concept_source == HERE_LABEL else "on the benchmark's 2-core CPU"
+            text += f" (about {minutes_text(e.concept_s)} a concept {where})"
+    return text
 
 
 def prepare_teaching(lib: Library, concept_id: int | None = None, person_id: int | None = None,
@@ -106,8 +115,8 @@ def prepare_teaching(lib: Library, concept_id: int | None = None, person_id: int
         ex = examples.get(t.example_id) or {}
         photo = lib.catalog.photo(ex["photo_id"]) if ex.get("photo_id") else None
         rows.append(TargetRow(t.example_id, Path(t.label).name or t.label, list(t.captions), t.needs_review, photo))
-    return Prepared(concept_id, concept.name, concept.identifier, rows, pers.vlm_name, device_text(pers.wrapper.device),
-                    pers.embedding_state(concept))
+    return Prepared(concept_id, concept.name, concept.identifier, rows, pers.vlm_name,
+                    device_text(pers.wrapper.device, pers.vlm_name), pers.embedding_state(concept))
 
 
 # -- training (QThread + worker object) ----------------------------------------------------------------------------
@@ -144,6 +153,7 @@ class TrainingJob(QObject):
     @Slot()
     def run(self) -> None:
         from engine.concepts.object_head import TrainingCancelled
+        from engine.personalize.estimates import TrainingClock
         from engine.personalize.training import TrainingConfig
 
         out = TrainingOutcome(self.concept_id)
@@ -155,9 +165,17 @@ class TrainingJob(QObject):
             pers = lib.personalizer()
             for example_id, captions in self.edits.items():
                 pers.set_targets(example_id, captions)
-            self.started.emit(device_text(pers.wrapper.device))
+            self.started.emit(device_text(pers.wrapper.device, pers.vlm_name))
+            clock = TrainingClock()
+
+            def progress(p: Any) -> None:
+                clock(p)
+                self.progress.emit(p)
+
             result = pers.train([self.concept_id], self.task, TrainingConfig(steps=self.steps),
-                                progress=self.progress.emit, cancel=self.flag)
+                                progress=progress, cancel=self.flag)
+            if getattr(pers.wrapper, "record_timings", False):   # this computer's time per concept, for the next estimate
+                clock.finish(pers.vlm_name, pers.wrapper.device)
             out.ok = True
             out.steps = result[self.concept_id].step if self.concept_id in result else self.steps
             out.photos_to_recaption = int(lib.catalog.scalar(

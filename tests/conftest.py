@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,9 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 # 20 training steps of tiny-blip2 took 47 s with 2 threads, 3.1 s with 1.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+# The times the app remembers after real use (engine/personalize/estimates.py) go to this run's own file, not the
+# user's data folder, so the estimates a test sees do not depend on what ran on this machine before.
+os.environ.setdefault("MYVLM_TIMINGS", os.path.join(tempfile.mkdtemp(prefix="myvlm-timings-"), "timings.json"))
 
 # Hypothesis' default 200 ms deadline per example is a wall-clock limit a busy machine trips (reported as Flaky);
 # tests assert behaviour, and pytest's timeout (pyproject.toml) catches hangs.

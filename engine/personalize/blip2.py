@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ..hardware import Placement
 from .concept_layer import ConceptLayer, keep_unit_norm
 from .vlm import GenerationSettings, VlmSpec, VlmWrapper, seeded
 
@@ -50,16 +51,17 @@ class Blip2Wrapper(VlmWrapper):
             cross.attention.register_forward_hook(self._capture_probs)
 
     @classmethod
-    def load(cls, folder: Path, spec: VlmSpec, checkpoint: str, device: torch.device, dtype: torch.dtype
-             ) -> Blip2Wrapper:
+    def load(cls, folder: Path, spec: VlmSpec, checkpoint: str, device: torch.device, dtype: torch.dtype,
+             placement: Placement | None = None) -> Blip2Wrapper:
         from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
         from ..model_files import checked_load, vlm_terms
 
         what, name = vlm_terms(spec)
         with checked_load(what, folder, name):
-            model = Blip2ForConditionalGeneration.from_pretrained(folder, dtype=dtype, device_map={"": str(device)},
-                                                                  local_files_only=True)
+            where = placement.from_pretrained_kwargs() if placement else {"device_map": {"": str(device)}}
+            model = Blip2ForConditionalGeneration.from_pretrained(folder, dtype=dtype, local_files_only=True,
+                                                                  **where)
             processor = Blip2Processor.from_pretrained(folder, local_files_only=True)
         return cls(model, processor, spec, checkpoint, device, dtype)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ..hardware import Placement
 from .concept_layer import ConceptLayer, match_first_token_norm
 from .vlm import GenerationSettings, VlmSpec, VlmWrapper, seeded
 
@@ -56,12 +57,14 @@ class LlavaWrapper(VlmWrapper):
 
     @classmethod
     def load(cls, folder: Path, spec: VlmSpec, checkpoint: str, device: torch.device, dtype: torch.dtype,
-             quantized_4bit: bool = False) -> LlavaWrapper:
+             quantized_4bit: bool = False, placement: Placement | None = None) -> LlavaWrapper:
         import transformers
         from transformers import AutoProcessor
 
         model_class = getattr(transformers, cls.model_class)
         kwargs: dict = {"dtype": dtype, "device_map": {"": str(device)}, "local_files_only": True}
+        if placement is not None:   # a GPU too small for the model: accelerate puts the rest in RAM
+            kwargs.update(placement.from_pretrained_kwargs())
         if quantized_4bit:
             from transformers import BitsAndBytesConfig
 

@@ -158,9 +158,17 @@ def checkpoint_folder(spec: VlmSpec, checkpoint: str, models_dir: Path) -> Path:
             f"a checkpoint folder at {local}. Nothing is downloaded without your say-so.") from exc
 
 
+def default_vlm() -> str:
+    """The captioner a library with no VLM setting uses: the one that fits this computer (`myvlm doctor` says
+    why; engine/hardware.py). A GPU with room gets BLIP-2 or LLaVA, a CPU SmolVLM."""
+    from ..hardware import recommended_vlm
+
+    return recommended_vlm()
+
+
 def resolve_vlm_name(catalog: Catalog, option: str | None = None) -> str:
-    """The VLM this run uses: the front door's option, else the library's setting, else the default."""
-    return option or catalog.get_setting(SETTING_VLM) or DEFAULT_VLM
+    """The VLM this run uses: the front door's option, else the library's setting, else what fits this computer."""
+    return option or catalog.get_setting(SETTING_VLM) or default_vlm()
 
 
 def local_repo(repo_id: str, models_dir: Path) -> Path | None:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -81,9 +83,11 @@ def pick_dtype(device: torch.device, preferred: str | torch.dtype | None = None)
     return torch.float32
 
 
-def check_memory(spec: VlmSpec, device: torch.device, dtype: torch.dtype, quantized_4bit: bool = False) -> None:
-    """Refuse clearly, before loading, when the weights cannot fit (rather than swapping the machine to death)."""
-    if spec.params_b <= 0:
+def check_memory(spec: VlmSpec, device: torch.device, dtype: torch.dtype, quantized_4bit: bool = False,
+                 offload: bool = False) -> None:
+    """Refuse clearly, before loading, when the weights cannot fit (rather than swapping the machine to death).
+    A model split between the GPU and RAM (`offload`, planned by hardware.plan_placement) was checked there."""
+    if spec.params_b <= 0 or offload:
         return
     bytes_per = 0.55 if quantized_4bit else torch.finfo(dtype).bits / 8
     need = spec.params_b * 1e9 * bytes_per * 1.15  # weights plus activations and allocator slack
@@ -132,6 +136,8 @@ class VlmWrapper(ABC):
             p.requires_grad_(False)
         self._capture = False
         self._attentions: list[torch.Tensor] = []
+        # remember how long captions take on this computer (estimates.py); not for the tiny test presets
+        self.record_timings = not spec.tiny
         # the concept layer holds per-call state: one caller at a time (GUI request vs. captions stage)
         self.lock = threading.RLock()
 
@@ -223,13 +229,18 @@ class VlmWrapper(ABC):
             raise ValueError(f"{n} images but {len(prompts)} prompts")
         settings = settings or self.generation_settings()
         out: list[str] = [""] * n
-        with self.lock:
+        with self.lock, cpu_threads(self.device, batch=n > 1):
+            started = time.perf_counter()
             concepts = self._known(concepts, n)
             for _k, idx in sorted(self.group_by_count(concepts).items()):
                 with self._active([concepts[i] for i in idx]):
                     texts = self._generate(pixels[idx], [prompts[i] for i in idx], settings)
                 for i, t in zip(idx, texts):
                     out[i] = t.strip()
+            if self.record_timings:
+                from .estimates import record_captions
+
+                record_captions(self.spec.key, self.device, time.perf_counter() - started, n)
         return out
 
     def caption(self, images, concepts=None, prompt: str | None = None,
@@ -286,6 +297,30 @@ class VlmWrapper(ABC):
         self.concept_layer.to(self.device)
 
 
+# families whose load takes accelerate's device map for a model split between a small GPU and RAM
+SPLIT_FAMILIES = ("blip2", "llava", "smolvlm", "llava-onevision")
+THREAD_ENV = ("MYVLM_THREADS", "OMP_NUM_THREADS")   # set by the user (or the tests): torch's threads are left alone
+
+
+@contextlib.contextmanager
+def cpu_threads(device: torch.device, batch: bool) -> Iterator[None]:
+    """torch's math threads for one query (every physical core) or a batch in the background (one core left for
+    the window), on the CPU; unchanged where the user set them (hardware.torch_threads)."""
+    if device.type != "cpu" or any(os.environ.get(k) for k in THREAD_ENV):
+        yield
+        return
+    from ..hardware import detect, torch_threads
+
+    before, want = torch.get_num_threads(), torch_threads(detect(), batch)
+    if want != before:
+        torch.set_num_threads(want)
+    try:
+        yield
+    finally:
+        if want != before:
+            torch.set_num_threads(before)
+
+
 def load_vlm(name: str | Path = DEFAULT_VLM, *, models_dir: Path, device: str | None = None,
              dtype: str | torch.dtype | None = None, quantize: str = "auto") -> VlmWrapper:
     """Load a VLM by key, repo id or folder, on the best device, with a concept layer attached."""
@@ -294,7 +329,6 @@ def load_vlm(name: str | Path = DEFAULT_VLM, *, models_dir: Path, device: str | 
     hf_logging.disable_progress_bar()   # our own progress reporting; no stray bars on stderr
     spec, checkpoint = resolve_spec(name)
     dev = pick_device(device)
-    dt = pick_dtype(dev, dtype)
     folder = checkpoint_folder(spec, checkpoint, models_dir)
     quant_4bit = False
     if spec.family == "llava" and quantize in ("auto", "4bit") and dev.type == "cuda":
@@ -305,15 +339,23 @@ def load_vlm(name: str | Path = DEFAULT_VLM, *, models_dir: Path, device: str | 
         except ImportError:
             if quantize == "4bit":
                 raise VlmError("4-bit loading needs the bitsandbytes package") from None
-    check_memory(spec, dev, dt, quant_4bit)
+    from ..hardware import detect, plan_placement
+
+    plan = plan_placement(spec.params_b, detect(), dev.type, tiny=spec.tiny, quantized_4bit=quant_4bit)
+    dt = pick_dtype(dev, dtype or plan.dtype)
+    offload = plan.device_map is not None and dtype is None and spec.family in SPLIT_FAMILIES
+    if offload:
+        log.info("loading %s split between the GPU and RAM: %s", spec.key, plan.reason)
+    check_memory(spec, dev, dt, quant_4bit, offload=offload)
+    split = {"placement": plan} if offload else {}   # only then: every family's load takes the whole-device path
     if spec.family == "blip2":
         from .blip2 import Blip2Wrapper
 
-        return Blip2Wrapper.load(folder, spec, checkpoint, dev, dt)
+        return Blip2Wrapper.load(folder, spec, checkpoint, dev, dt, **split)
     if spec.family == "smolvlm":
         from .smolvlm import SmolVlmWrapper
 
-        return SmolVlmWrapper.load(folder, spec, checkpoint, dev, dt)
+        return SmolVlmWrapper.load(folder, spec, checkpoint, dev, dt, **split)
     if spec.family == "minigpt-v2":
         from .minigpt_v2 import MiniGptV2Wrapper
 
@@ -321,7 +363,7 @@ def load_vlm(name: str | Path = DEFAULT_VLM, *, models_dir: Path, device: str | 
     if spec.family == "llava-onevision":
         from .llava_onevision import LlavaOnevisionWrapper
 
-        return LlavaOnevisionWrapper.load(folder, spec, checkpoint, dev, dt)
+        return LlavaOnevisionWrapper.load(folder, spec, checkpoint, dev, dt, **split)
     if spec.family == "qwen2-vl":
         from .qwen2_vl import Qwen2VlWrapper
 
@@ -332,4 +374,4 @@ def load_vlm(name: str | Path = DEFAULT_VLM, *, models_dir: Path, device: str | 
         return Qwen2VlWrapper.load(folder, spec, checkpoint, dev, dt)
     from .llava import LlavaWrapper
 
-    return LlavaWrapper.load(folder, spec, checkpoint, dev, dt, quant_4bit)
+    return LlavaWrapper.load(folder, spec, checkpoint, dev, dt, quant_4bit, **split)
