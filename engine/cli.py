@@ -642,6 +642,8 @@ SETTINGS_HELP = {"face_backend": "auto, dlib, dlib-cnn, insightface, insightface
                  "vlm": "a VLM key (`myvlm models list`; default: the one `myvlm doctor` recommends for this "
                         "computer), a tiny-* preset or a checkpoint folder",
                  "watch_polling": "true/false", "preview_cache_bytes": "bytes",
+                 "instant_names": "true (default): captions use a name as soon as a face or thing is recognised, "
+                                  "before training; false: only trained concepts are named",
                  "search_clip_floor": "CLIP similarity under which search ignores looks: a number, or {model: number}"}
 
 

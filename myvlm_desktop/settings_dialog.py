@@ -64,6 +64,7 @@ def load_settings(lib: Library) -> dict[str, Any]:
         "vlm": resolve_vlm_name(cat),   # with no setting: the captioner that fits this computer
         "clip_model": cat.get_setting("clip_model") or "ViT-B-32",
         "watch_polling": bool(cat.get_setting("watch_polling", False)),
+        "instant_names": bool(cat.get_setting("instant_names", True)),
         "preview_cache_bytes": int(cat.get_setting("preview_cache_bytes") or 2 * 1024**3),
         "vlms": [(s.key, s.title, s.license, s.tiny) for s in VLM_SPECS.values()],
         "doctor": report(lib.paths),
@@ -170,6 +171,10 @@ class SettingsDialog(QDialog):
         self.vlm = QComboBox()
         self.vlm.setObjectName("vlmCombo")
         form.addRow("Captions and questions", self.vlm)
+        self.instant_names = QCheckBox("Use names as soon as people and things are recognised, before teaching")
+        self.instant_names.setToolTip("Captions and answers name the people and things the app recognised, marked "
+                                      "\"named from recognition\"; teaching the captioner replaces them.")
+        form.addRow("", self.instant_names)
         self.clip = QComboBox()
         for key, text in CLIP_MODELS:
             self.clip.addItem(text, key)
@@ -225,6 +230,7 @@ class SettingsDialog(QDialog):
             item.setData(Qt.ItemDataRole.UserRole, f["id"])
             self.folder_list.addItem(item)
         self.polling.setChecked(data["watch_polling"])
+        self.instant_names.setChecked(data["instant_names"])
         self.library_label.setText(data["library"])
         cap = data["doctor"].get("captioners") or {}
         rec = cap.get("recommended") or {}
@@ -296,6 +302,8 @@ class SettingsDialog(QDialog):
                 out[key] = value
         if self.polling.isChecked() != self.data["watch_polling"]:
             out["watch_polling"] = self.polling.isChecked()
+        if self.instant_names.isChecked() != self.data["instant_names"]:
+            out["instant_names"] = self.instant_names.isChecked()
         cache = self.preview_cache.value() * 1024**2
         if abs(cache - self.data["preview_cache_bytes"]) >= 1024**2:
             out["preview_cache_bytes"] = cache

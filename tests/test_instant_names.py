@@ -52,12 +52,15 @@ def test_blip2_replaces_the_class_word_only_where_it_can_be_right(caption, seen,
     assert _render(replace_class_word(caption, Scene(1, seen, faces))) == expected
 
 
-def scripted(wrapper, text: str, prompts: list[str], named: str | None = None) -> None:
+def scripted(wrapper, text: str, prompts: list[str], named: str | None = None, run_model: bool = False) -> None:
     """The test seam: the wrapper's decoding step records its prompts and returns `text` for every image (`named`
-    where the prompt names Alex, as an instruction-following model would)."""
+    where the prompt names Alex, as an instruction-following model would). `run_model`: the real tiny model
+    decodes the same prompts first (its random words are then replaced)."""
     def generate(pixels, batch_prompts, settings):
         assert pixels.shape[0] == len(batch_prompts)   # the real preprocessing made one view per photo
         prompts.extend(batch_prompts)
+        if run_model:
+            assert len(type(wrapper)._generate(wrapper, pixels, list(batch_prompts), settings)) == len(batch_prompts)
         return [named if named and "is Alex." in p else text for p in batch_prompts]
 
     wrapper._generate = generate
@@ -143,7 +146,7 @@ def test_chat_captioners_are_told_who_is_where(album):
     _alex(lib, ids)
     pers = lib.personalizer("tiny-smolvlm")
     prompts: list[str] = []
-    scripted(pers.wrapper, SAID, prompts, named="Alex is giving a speech")
+    scripted(pers.wrapper, SAID, prompts, named="Alex is giving a speech", run_model=True)
     try:
         left = pers.caption(ids["left.jpg"])
         right = pers.caption(ids["right.jpg"])
@@ -238,3 +241,38 @@ def test_the_setting_turns_instant_names_off(album):
         real(pers.wrapper)
     assert not g.instant and json.loads(json.dumps(g.to_json()))["instant"] is False
     assert not any("is Alex" in p for p in prompts[2:])
+
+
+def test_settings_dialog_turns_instant_names_off(album, qtbot):
+    from myvlm_desktop.settings_dialog import SettingsDialog, save_settings
+    from myvlm_desktop.tasks import EngineThread
+
+    lib = album["lib"]
+    engine = EngineThread(lib.paths.root)
+    try:
+        dlg = SettingsDialog(engine, None)
+        qtbot.addWidget(dlg)
+        qtbot.waitUntil(lambda: dlg.data is not None, timeout=60_000)
+        assert dlg.instant_names.isChecked() and dlg.changes() == {}
+        dlg.instant_names.setChecked(False)
+        assert dlg.changes() == {"instant_names": False}
+        save_settings(lib, dlg.changes(), [])
+        assert not instant.enabled(lib.catalog)
+    finally:
+        lib.catalog.set_setting(instant.SETTING_INSTANT, True)
+        assert engine.shutdown()
+
+
+def test_forgetting_a_person_leaves_someone_in_their_instant_texts(album):
+    """Last: it forgets Alex. A forgotten person's name must not survive in any caption or answer."""
+    from engine.captions import person_placeholder
+
+    lib, ids = album["lib"], album["ids"]
+    obama = _alex(lib, ids)
+    store = lib.captions()
+    store.put_answer(ids["left.jpg"], "Who is this?", f"{person_placeholder(obama)} at a press conference",
+                     model="tiny-smolvlm", instant=True)
+    assert store.answers(ids["left.jpg"])[-1]["answer"] == "Alex at a press conference"
+    lib.people().forget(obama)
+    assert store.answers(ids["left.jpg"])[-1]["answer"] == "someone at a press conference"
+    assert not lib.catalog.scalar("SELECT count(*) FROM qa WHERE answer LIKE '%{{person:%'")
