@@ -20,8 +20,8 @@ GIB = 1024**3
 SLACK = 1.15            # weights plus activations and the allocator's slack (the memory check's factor)
 GPU_RESERVE_GB = 1.0    # GPU memory left for activations and the CUDA context when a model is split
 BYTES = {"bf16": 2, "fp16": 2, "fp32": 4, "4bit": 0.55}
-# Fast bf16 matrix maths on x86: AMX tiles or AVX512-BF16 (Linux /proc/cpuinfo flags)
-BF16_FLAGS = {"amx_bf16", "avx512_bf16"}
+# Fast bf16 matrix maths: AMX tiles or AVX512-BF16 on x86, the BF16 extension on ARM (Linux /proc/cpuinfo flags)
+BF16_FLAGS = {"amx_bf16", "avx512_bf16", "bf16"}
 
 # The captioner each kind of machine gets when the library has no VLM setting
 GPU_LARGE, GPU_PAPER, SMALL_GPU, CPU_DEFAULT = "llava", "blip2", "smolvlm-500m", "smolvlm-256m"
@@ -47,7 +47,7 @@ class Hardware:
     logical_cores: int = 2
     ram_gb: float = 8.0
     available_gb: float = 6.0
-    cpu_bf16: bool = False           # the CPU does bf16 matrix maths fast (AMX / AVX512-BF16, Apple silicon)
+    cpu_bf16: bool = False           # the CPU does bf16 matrix maths fast (AMX / AVX512-BF16, ARM BF16: Apple M2 on)
     gpus: tuple[Gpu, ...] = ()       # CUDA (or ROCm) devices torch can use
     mps: bool = False                # Apple's GPU through Metal
     notes: tuple[str, ...] = field(default=())
@@ -95,23 +95,35 @@ class Hardware:
 
 # -- detection --------------------------------------------------------------------------------------------------------
 
-def _cpuinfo() -> tuple[str, set[str]]:
+def cpuinfo(path: str = "/proc/cpuinfo") -> tuple[str, set[str]]:
     """(model name, flags) from /proc/cpuinfo (Linux); empty elsewhere."""
     name, flags = "", set()
     try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+        with open(path, encoding="utf-8", errors="replace") as f:
             for line in f:
                 key, _, value = line.partition(":")
                 key = key.strip()
                 if key == "model name" and not name:
                     name = value.strip()
-                elif key == "flags" and not flags:
+                elif key in ("flags", "Features") and not flags:   # x86, ARM
                     flags = set(value.split())
                 if name and flags:
                     break
     except OSError:
         pass
     return name, flags
+
+
+def _apple_bf16() -> bool:
+    """Apple silicon from the M2 on has the ARM BF16 extension (the M1 does not)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["sysctl", "-n", "hw.optional.arm.FEAT_BF16"], capture_output=True, text=True,
+                             timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.strip() == "1"
 
 
 def _gpu_driver_present() -> bool:
@@ -151,10 +163,11 @@ def detect() -> Hardware:
 
 @functools.lru_cache(maxsize=1)
 def _detect_cached() -> Hardware:
+    """(detect's work, once)"""
     import psutil
 
     system, machine = platform.system(), platform.machine()
-    name, flags = _cpuinfo()
+    name, flags = cpuinfo()
     if not name:
         name = platform.processor() or machine
     logical = psutil.cpu_count(logical=True) or os.cpu_count() or 1
@@ -164,7 +177,8 @@ def _detect_cached() -> Hardware:
     gpus, notes = _cuda_gpus()
     return Hardware(system=system, machine=machine, cpu_name=name, physical_cores=int(physical),
                     logical_cores=int(logical), ram_gb=round(vm.total / GIB, 1),
-                    available_gb=round(vm.available / GIB, 1), cpu_bf16=apple or bool(flags & BF16_FLAGS),
+                    available_gb=round(vm.available / GIB, 1),
+                    cpu_bf16=_apple_bf16() if apple else bool(flags & BF16_FLAGS),
                     gpus=gpus, mps=apple, notes=notes)
 
 

@@ -108,6 +108,20 @@ def test_placement_for_several_machines():
     assert plan_placement(blip, RTX4090, "cpu").device == "cpu"
 
 
+def test_fast_bf16_is_read_from_the_cpu_flags(tmp_path):
+    x86 = tmp_path / "x86"
+    x86.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t\t: fpu sse avx2 "
+                   "avx512f amx_bf16 amx_tile\n\nprocessor\t: 1\n")
+    old = tmp_path / "old"
+    old.write_text("model name\t: Intel(R) Core(TM) i5-8250U\nflags\t\t: fpu sse avx2 fma\n")
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\nCPU implementer\t: 0x41\n")
+    assert hardware.cpuinfo(str(x86)) == ("Intel(R) Xeon(R) Platinum 8480+",
+                                          {"fpu", "sse", "avx2", "avx512f", "amx_bf16", "amx_tile"})
+    assert [bool(hardware.cpuinfo(str(p))[1] & hardware.BF16_FLAGS) for p in (x86, old, arm)] == [True, False, True]
+    assert hardware.cpuinfo(str(tmp_path / "absent")) == ("", set())
+
+
 def test_threads_for_one_query_and_a_batch():
     assert torch_threads(LAPTOP, batch=False) == 4 and torch_threads(LAPTOP, batch=True) == 3
     assert torch_threads(OLD_LAPTOP, batch=True) == 2   # two cores: a batch keeps both
