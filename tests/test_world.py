@@ -200,7 +200,7 @@ def test_llava_world_checkpoint_answers_through_the_project_wrapper(tmp_path):
 
     assert (P.LLAVA_DIR / "model.safetensors").exists(), "run: .venv/bin/python bench/world/pretrain.py llava"
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    w = load_vlm(str(P.LLAVA_DIR), models_dir=tmp_path)
+    w = load_vlm(str(P.LLAVA_DIR), models_dir=tmp_path, dtype="float32")
     assert w.family == "llava"
     scenes = World(0).heldout_scenes(20, seed=5)
     answers = w.generate([sc.image for sc in scenes], ["Where was this photo taken?"] * len(scenes), None,
@@ -318,3 +318,27 @@ def test_world2_personalised_captions_replace_the_concept_and_naming_tells_bindi
     assert right["correct"]
     assert extra["also_generic"] and not extra["correct"]
     assert swapped["on_distractor"] and not swapped["correct"]
+
+
+def test_blip2_world2_checkpoint_speaks_v2_and_the_concept_layer_is_a_no_op(tmp_path):
+    """The committed world v2 model (bench/world/pretrain_v2.py) captions held-out v2 scenes in v2's language,
+    and the project's wrapper with concepts known but none fired gives exactly the plain transformers model's
+    captions (issue 18, decision 1a: the layer's own no-op is exact)."""
+    from bench.world import world2 as V
+    from engine.personalize.vlm import GenerationSettings, load_vlm
+
+    folder = P.MODELS / "blip2-world2"
+    assert (folder / "model.safetensors").exists(), "run: .venv/bin/python bench/world/pretrain_v2.py"
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    scenes = V.World2(0).heldout_scenes(24, seed=3)
+    images = [sc.image for sc in scenes]
+    model, processor = P.load_blip2(folder)
+    plain = P.blip2_caption(model, processor, images, max_new_tokens=30, fast=False)
+    w = load_vlm(str(folder), models_dir=tmp_path, dtype="float32")
+    w.set_concepts({0: torch.randn(w.concept_dim), 1: torch.randn(w.concept_dim)})
+    ours = w.generate(images, [""] * len(images), [[]] * len(images), GenerationSettings(max_new_tokens=30))
+    assert ours == plain
+    scores = [V.score_caption(c, sc.meta) for c, sc in zip(plain, scenes)]
+    assert np.mean([s.scene_ok for s in scores]) >= 0.95, list(zip(plain, [sc.caption for sc in scenes]))
+    report = json.loads((folder / "pretrain_report.json").read_text())
+    assert report["heldout"]["scene_accuracy"] >= 0.95
