@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 ENV_TIMINGS = "MYVLM_TIMINGS"   # another file for the remembered timings (tests, portable installs)
 CONCEPT_STEPS = 100             # a concept's training steps (TrainingConfig's default), for "minutes per concept"
-WEIGHT = 4                      # the running average: a new measurement counts 1/(WEIGHT+1)... 1/2 at first
+WEIGHT = 4                      # running average: the remembered value weighs as at most 4 measurements
 BENCH_LABEL = "measured on the benchmark's 2-core CPU"
 HERE_LABEL = "measured here"
 
