@@ -2,10 +2,9 @@
 and peak RAM, with BLIP-2 FlanT5-XL (the paper's) as the baseline in the same run.
 
 No hub is reachable, so each family is built from its published config values (engine/personalize/tiny.py:
-SMOLVLM_256M, SMOLVLM_500M, LLAVA_OV_05B, QWEN2_VL_2B, blip2_flan_t5_xl_parts) with random weights, in bf16, and
-wrapped by the
-same wrapper classes the app loads real checkpoints with. Random weights cost what trained ones cost: every caption
-is forced to the same number of new tokens (`--tokens`, default 20).
+SMOLVLM_256M, SMOLVLM_500M, LLAVA_OV_05B, QWEN2_VL_2B, QWEN25_VL_3B, blip2_flan_t5_xl_parts) with random weights, in
+bf16, and wrapped by the same wrapper classes the app loads real checkpoints with. Random weights cost what trained
+ones cost: every caption is forced to the same number of new tokens (`--tokens`, default 20).
 
 Each family runs in its own child process, one after the other (never two at once), so that its peak RSS is its
 own. Per family:
@@ -44,7 +43,8 @@ REAL = ["smolvlm-256m", "smolvlm-500m", "llava-ov-0.5b", "qwen2-vl-2b", "blip2"]
 QUICK = ["tiny-smolvlm", "tiny-llava-ov", "tiny-qwen2-vl", "tiny-blip2"]
 PHOTOS = ["spiff.jpg", "spiff_2.jpg", "snow.jpg", "sunset.jpg"]
 # bf16 weights, activations and the allocator's slack: what must be free before a family is built
-NEED_GB = {"blip2": 18.0, "llava-ov-0.5b": 6.0, "smolvlm-500m": 4.0, "smolvlm-256m": 3.0, "qwen2-vl-2b": 8.0}
+NEED_GB = {"blip2": 18.0, "llava-ov-0.5b": 6.0, "smolvlm-500m": 4.0, "smolvlm-256m": 3.0, "qwen2-vl-2b": 8.0,
+           "qwen2.5-vl-3b": 11.0}
 
 
 # -- the child: one family -------------------------------------------------------------------------------------------
@@ -70,10 +70,12 @@ def build_wrapper(key: str, models_dir: Path):
 
         return LlavaOnevisionWrapper(*tiny.llava_onevision_parts(tiny.LLAVA_OV_05B, dtype=dtype), spec,
                                      spec.checkpoint, cpu, dtype)
-    if key == "qwen2-vl-2b":
+    if spec.family == "qwen2-vl":
         from engine.personalize.qwen2_vl import Qwen2VlWrapper
 
-        return Qwen2VlWrapper(*tiny.qwen2_vl_parts(tiny.QWEN2_VL_2B, dtype=dtype), spec, spec.checkpoint, cpu, dtype)
+        sizes, version = (tiny.QWEN2_VL_2B, "2") if key == "qwen2-vl-2b" else (tiny.QWEN25_VL_3B, "2.5")
+        return Qwen2VlWrapper(*tiny.qwen2_vl_parts(sizes, dtype=dtype, version=version), spec, spec.checkpoint, cpu,
+                              dtype)
     if key == "blip2":
         from engine.personalize.blip2 import Blip2Wrapper
 
@@ -242,8 +244,9 @@ def write_estimates(results: list[dict], path: Path, threads: int, merge: bool =
         table_text, _, stamps = tail.partition("\n}\n")
         measured = json.loads(table_text + "\n}") | measured
         # an earlier merge's stamp of exactly these families is stale now
+        keys = {r["key"] for r in results}
         stamps = "".join(f"{line}\n" for line in stamps.splitlines()
-                         if not (": " in line and set(line.rsplit(": ", 1)[1].split(", ")) <= {r["key"] for r in results}))
+                         if not (": " in line and set(line.rsplit(": ", 1)[1].split(", ")) <= keys))
     stamp = (f"# {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, {threads} threads, bf16, load "
              f"{max(r['load'][0] for r in results):.1f}{': ' + ', '.join(r['key'] for r in results) if merge else ''}"
              f"\n")

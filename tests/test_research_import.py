@@ -325,6 +325,7 @@ def test_research_embedding_names_in_every_spelling_the_reference_writes():
                         ("concept_embeddings_smolvlm_captioning.pt", ("smolvlm", "caption")),
                         ("concept_embeddings_llava-onevision_vqa.pt", ("llava-onevision", "vqa")),
                         ("concept_embeddings_qwen2-vl_captioning.pt", ("qwen2-vl", "caption")),
+                        ("concept_embeddings_qwen2.5-vl_captioning.pt", ("qwen2-vl", "caption")),
                         ("concept_embeddings_gpt4v_captioning.pt", ("gpt4v", "caption")),
                         ("concept_embeddings_llava.pt", None), ("concept_embeddings_llava_dance.pt", None),
                         ("head.pt", None)]:
@@ -378,7 +379,8 @@ def test_research_embeddings_of_another_family_or_width_are_refused_with_the_rea
              "holds 512-d concept embeddings, but qwen2-vl's are 1536-d for qwen2-vl-2b, 2048-d for qwen2.5-vl-3b, "
              "64-d for tiny-qwen2-vl, 128-d for tiny-qwen2.5-vl"),
             ("concept_embeddings_VLMType.BLIP2_PersonalizationTask.CAPTIONING.pt", 4096,
-             "holds 4096-d concept embeddings, but blip2's are 1408-d for blip2: it was trained on another model"),
+             "holds 4096-d concept embeddings, but blip2's are 1408-d for blip2: it was trained on another "
+             "model"),
             ("concept_embeddings_smolvlm_dance.pt", 576, "is not named concept_embeddings_<vlm>_<task>.pt")]:
         folder, _ = _embeddings_folder(tmp_path / file, "thing", file, dim)
         with pytest.raises(ConceptError, match=re.escape(message)):

@@ -236,10 +236,11 @@ def research_embeddings_filename(vlm: str, task: str) -> str:
 
 # The VLM part of a concept-embeddings file name, lower-cased without "VLMType." and punctuation → our family. The
 # reference writes f"{vlm_type}_{task}" of str enums: "blip-2_captioning" under Python ≤ 3.10, and
-# "VLMType.BLIP2_PersonalizationTask.CAPTIONING" from 3.11 on (Enum.__format__ changed); others write "BLIP2_CAPTIONING".
-# The families the paper has no name for go by ours (this app's export writes "<family>_<task>").
-RESEARCH_FAMILIES = {"blip2": "blip2", "blip": "blip2", "llava": "llava", "minigptv2": "minigpt-v2", "smolvlm": "smolvlm",
-                     "idefics3": "smolvlm", "llavaonevision": "llava-onevision", "qwen2vl": "qwen2-vl"}
+# "VLMType.BLIP2_PersonalizationTask.CAPTIONING" from 3.11 on (Enum.__format__ changed); others write
+# "BLIP2_CAPTIONING". The families the paper has no name for go by ours (this app's export writes "<family>_<task>").
+RESEARCH_FAMILIES = {"blip2": "blip2", "blip": "blip2", "llava": "llava", "minigptv2": "minigpt-v2",
+                     "smolvlm": "smolvlm", "idefics3": "smolvlm", "llavaonevision": "llava-onevision",
+                     "qwen2vl": "qwen2-vl", "qwen25vl": "qwen2-vl"}
 RESEARCH_TASKS = {"captioning": "caption", "caption": "caption", "vqa": "vqa", "rec": "rec"}
 # The research files of the paper's families are the paper's checkpoint's (a BLIP-2 FlanT5 embedding means nothing to
 # BLIP-2 OPT, whose vision encoder has the same width); the other families' go with every checkpoint of that width.
