@@ -103,6 +103,7 @@ class JobOutcome:
     ok: bool = False
     cancelled: bool = False
     error: str | None = None
+    needs_token: bool = False  # the hub wants the user's access token for this repo (a gated model: Llama 2)
     result: dict[str, Any] = field(default_factory=dict)
     rows: list[dict[str, Any]] | None = None  # the states after the job
     seconds: float = 0.0
@@ -115,11 +116,13 @@ class ModelJob(QObject):
     finished = Signal(object)  # JobOutcome
 
     def __init__(self, action: str, name: str, models_dir: Path | None, folder: str | None = None,
-                 manager_options: dict[str, Any] | None = None):
+                 manager_options: dict[str, Any] | None = None, token: str | None = None):
         super().__init__()
         self.action, self.name, self.folder = action, name, folder
         self.models_dir = models_dir
         self.options = dict(manager_options or {})
+        if token:  # this job's only: the token is neither kept by the panel nor written anywhere
+            self.options["token"] = token
         self.flag = CancelFlag()
 
     def cancel(self) -> None:
@@ -147,8 +150,9 @@ class ModelJob(QObject):
         except DownloadCancelled:
             out.cancelled = True
         except Exception as exc:
-            from engine.model_manager import ModelError
+            from engine.model_manager import ModelError, TokenRequired
 
+            out.needs_token = isinstance(exc, TokenRequired)
             if not isinstance(exc, ModelError):
                 log.exception("model %s of %s failed", self.action, self.name)
             out.error = _message(exc)
@@ -191,6 +195,14 @@ def _choose_folder(parent: QWidget, title: str) -> str:
     return QFileDialog.getExistingDirectory(parent, title, str(Path.home()))
 
 
+def _ask_token(parent: QWidget, title: str, why: str) -> str | None:
+    """The user's Hugging Face access token, typed into a password field; None when they cancel."""
+    from PySide6.QtWidgets import QInputDialog, QLineEdit
+
+    token, ok = QInputDialog.getText(parent, title, f"{why}.\n\nAccess token:", QLineEdit.EchoMode.Password)
+    return token.strip() if ok and token.strip() else None
+
+
 def _tell(parent: QWidget, title: str, text: str) -> None:
     from .widgets import show_error
 
@@ -209,10 +221,12 @@ class ModelsPanel(QWidget):
         self.rows: dict[str, dict[str, Any]] = {}
         self.estimates: dict[str, dict[str, Any]] = {}   # captioner → its time here (doctor's "captioners")
         self.last: JobOutcome | None = None
+        self._token_given = False  # this download already asked for the user's token (a wrong one is not re-asked)
         # what the user is asked and shown: replaceable (tests answer for the user)
         self.confirm: Callable[[QWidget, str, str], bool] = _ask
         self.choose_folder: Callable[[QWidget, str], str] = _choose_folder
         self.tell: Callable[[QWidget, str, str], None] = _tell
+        self.ask_token: Callable[[QWidget, str, str], str | None] = _ask_token
         self.runner = ModelJobRunner(self)
         self.runner.progress.connect(self._on_progress)
         self.runner.finished.connect(self._on_finished)
@@ -345,6 +359,7 @@ class ModelsPanel(QWidget):
                 f"Licence: {row['licence']}.\nIt goes to {row.get('where') or 'its folder'}.")
         if not self.confirm(self, "Download a Model", text):
             return
+        self._token_given = False
         self._start(GET, row["name"])
 
     def cancel(self) -> None:
@@ -381,8 +396,8 @@ class ModelsPanel(QWidget):
         name = self.current_name()
         return self.rows.get(name) if name else None
 
-    def _start(self, action: str, name: str, folder: str | None = None) -> None:
-        job = ModelJob(action, name, self.models_dir, folder, self.manager_options)
+    def _start(self, action: str, name: str, folder: str | None = None, token: str | None = None) -> None:
+        job = ModelJob(action, name, self.models_dir, folder, self.manager_options, token)
         if not self.runner.start(job):
             return
         words = {GET: "Connecting to the model hub…", REMOVE: "Removing…", IMPORT: "Copying…",
@@ -424,6 +439,14 @@ class ModelsPanel(QWidget):
         if out.cancelled:
             self.status.setText(f"{title}: stopped. What arrived is kept; Download resumes it." if out.action == GET
                                 else f"{title}: stopped.")
+        elif out.needs_token and out.action == GET and not self._token_given:
+            # a gated model (Llama 2): say why the hub wants a token, ask for it once, and download with it
+            token = self.ask_token(self, f"{title}: Access Token Needed", out.error or "")
+            if token:
+                self._token_given = True
+                self._start(GET, out.name, token=token)
+                return
+            self.status.setText(f"{title}: not downloaded (the hub needs your access token).")
         elif out.error:
             self.status.setText(f"{title}: {out.error}")
             self.tell(self, "Model Not Changed" if out.action != VERIFY else "Model Not Checked", out.error)

@@ -604,3 +604,45 @@ def _drive_the_models_section(qtbot, dlg, hub: FakeHub) -> None:
     panel.remove_button.click()
     qtbot.waitUntil(lambda: not panel.busy, timeout=30_000)
     assert panel.state_of("ViT-B-32") == "missing" and find_cached_weights(CLIP_MODELS["ViT-B-32"]) is None
+
+
+def test_settings_asks_for_the_token_of_a_gated_model_once_and_never_keeps_it(qtbot, env: Path, hub: FakeHub) -> None:
+    """Llama 2 (MiniGPT-v2's language model) is gated: Download says why the hub wants a token, asks for it in a
+    password field, and downloads with it; a wrong token is told, not asked again in a loop; the token is not kept."""
+    from myvlm_desktop.models_page import ModelsPanel
+
+    repo = "meta-llama/Llama-2-7b-chat-hf"
+    weights = _bytes(40_000, 9)
+    hub.add_repo(repo, {"config.json": b'{"model_type": "llama"}', "tokenizer_config.json": b"{}",
+                        "tokenizer.model": b"sp", "model.safetensors": weights})
+    hub.gated[repo] = "hf_secret"
+    panel = ModelsPanel()
+    qtbot.addWidget(panel)
+    panel.set_library(env / "library")
+    panel.set_rows([s.as_dict() for s in ModelManager(panel.models_dir).status()])
+    panel.confirm = lambda parent, title, text: True
+    told, asked, answers = [], [], [None, "hf_wrong", "hf_secret"]
+    panel.tell = lambda parent, title, text: told.append(text)
+    panel.ask_token = lambda parent, title, why: asked.append(why) or answers.pop(0)
+    panel.select("minigpt-v2")
+
+    panel.get_button.click()   # the user cancels the question: a plain status, no error box, nothing fetched
+    qtbot.waitUntil(lambda: not panel.busy and len(asked) == 1, timeout=60_000)
+    assert "gated" in asked[0] and "huggingface.co/settings/tokens" in asked[0]
+    assert not told and "access token" in panel.status.text() and panel.state_of("minigpt-v2") != "present"
+
+    panel.get_button.click()   # a wrong token is refused and told, not asked again in a loop
+    qtbot.waitUntil(lambda: not panel.busy and bool(told), timeout=60_000)
+    assert len(asked) == 2 and "was not let in" in told[0] and panel.state_of("minigpt-v2") != "present"
+    assert not hub.gets("/cdn/" + _sha(weights))
+
+    panel.get_button.click()   # the right token downloads Llama 2, and only the hub saw it
+    qtbot.waitUntil(lambda: not panel.busy and len(asked) == 3 and len(told) == 2, timeout=60_000)
+    # MiniGPT-v2 also needs BLIP-2's ViT-g and the official checkpoint, which this hub does not have: the download
+    # ends with what is still missing, not with the token again
+    assert "gated" not in told[1] and "incomplete" in told[1]
+    assert any(r.headers.get("authorization") == "Bearer hf_secret" for r in hub.requests
+               if r.path.startswith("/api/models/"))
+    cdn = hub.gets("/cdn/" + _sha(weights))
+    assert cdn and all("authorization" not in r.headers for r in cdn)
+    assert "token" not in panel.manager_options   # the token was that job's only
