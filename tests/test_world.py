@@ -236,8 +236,11 @@ def test_blip2_personalised_captions_name_the_concept_on_new_photos():
     from bench.bench_myvlm_world import BenchConfig, run
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    r = run(BenchConfig(ablation=False, no_rescale_variant=False, paper_gain_variant=False, caption_others=False),
-            log=None)
+    # the recipe these numbers were measured with: rotated views with mirrored edges. The trainer now fills them
+    # black as the reference does (issue 18); this world model never saw black corners, and they cost it recall
+    # (concept given 0.87 -> 0.58 on 60 photos; bench/README.md), so world v1's test keeps its own fill
+    r = run(BenchConfig(ablation=False, no_rescale_variant=False, paper_gain_variant=False, caption_others=False,
+                        rotation_fill="mirror"), log=None)
     m = r["myvlm"]
     assert r["images"]["heldout_positive"] >= 100 and len(r["concepts"]) >= 5
     assert m["recall_concept_given"] >= 0.8, m["recall_per_concept"]
