@@ -95,13 +95,23 @@ def _album(tmp_path: Path, test_data: Path, n: int = 3) -> Path:
     return album
 
 
-def test_index_goes_on_when_the_captioner_does_not_load(checkpoints, tmp_path, test_data):
-    album = _album(tmp_path, test_data)
-    lib = tmp_path / "lib"
+@pytest.fixture(scope="module")
+def indexed(checkpoints, tmp_path_factory, test_data) -> dict:
+    """`myvlm index` of the album with the pickled captioner set (random CLIP), once for the tests below: each
+    works on a copy of the library."""
+    root = tmp_path_factory.mktemp("indexed")
+    album = _album(root, test_data)
+    lib = root / "lib"
     myvlm("settings", "clip_weights", "random", library=lib)
     myvlm("settings", "vlm", str(checkpoints["pickle"]), library=lib)
     res = myvlm("index", str(album), "--json", "--no-progress", library=lib, check=False)
+    return {"album": album, "lib": lib, "index": res}
+
+
+def test_index_goes_on_when_the_captioner_does_not_load(checkpoints, indexed, tmp_path):
+    res = indexed["index"]
     assert res.returncode == 0, res.stderr
+    lib = shutil.copytree(indexed["lib"], tmp_path / "lib")
     _one_sentence_in = json.loads(res.stdout)["pipeline"]["stages"]
     reason = _one_sentence_in["captions"]["unavailable"]
     assert "pytorch_model.bin" in reason and "refused, not run" in reason
@@ -115,12 +125,10 @@ def test_index_goes_on_when_the_captioner_does_not_load(checkpoints, tmp_path, t
     assert "model.safetensors is cut short" in status["stages"]["captions"]["unavailable"]
 
 
-def test_commands_that_need_the_captioner_say_one_sentence(checkpoints, tmp_path, test_data):
-    album = _album(tmp_path, test_data)
-    lib = tmp_path / "lib"
-    myvlm("settings", "clip_weights", "random", library=lib)
-    myvlm("settings", "vlm", str(checkpoints["pickle"]), library=lib)
-    myvlm("index", str(album), "--no-progress", library=lib)
+def test_commands_that_need_the_captioner_say_one_sentence(checkpoints, indexed, tmp_path):
+    album = indexed["album"]
+    assert indexed["index"].returncode == 0, indexed["index"].stderr
+    lib = shutil.copytree(indexed["lib"], tmp_path / "lib")
     myvlm("concept", "add-object", "Spiff", str(album / "spiff.jpg"), library=lib)
     photo = str(album / "spiff.jpg")
     for command in (["caption", photo], ["ask", photo, "What is this?"], ["targets", "Spiff", "--generate"],
