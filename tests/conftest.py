@@ -74,32 +74,30 @@ def myvlm(*args: str, library: Path | None = None, check: bool = True, **kw) -> 
 # `--dist loadfile` hands out one test file at a time, in xdist's order (most tests first), so the suite's wall time
 # was the last long file to start, not half the work: at the last CI, 7 min 51 s on two workers for 13 min 47 s on
 # one. Here a long test that shares no module fixture is a unit of its own, and the units start heaviest first (a
-# long one started last keeps one worker busy while the other idles). Heaviest first, as measured on the full run
-# at load 12 (seconds; only the order matters): a new slow test belongs in this list, a file with its own costly
-# module fixture as a whole. Anything not listed follows in the order collected. xdist gives each worker two units
-# to start (the 1st and 3rd to one, the 2nd and 4th to the other), then the next one as a worker's queue runs low:
-# the first four are ordered so that the two starts are about even.
+# long one started last keeps one worker busy while the other idles). Heaviest first, in seconds on the full run at
+# load 12 (and on the idle machine where known; only the order matters): a new slow test belongs in this list, a
+# file with its own costly module fixture as a whole. Anything not listed follows in the order collected. xdist
+# gives each worker two units to start (the 1st and 3rd to one, the 2nd and 4th to the other), then the next one as
+# a worker's queue runs low: the first four are ordered so that the two starts are about even.
 HEAVIEST_FIRST = [
-    "tests/test_world.py::test_blip2_personalised_captions_name_the_concept_on_new_photos",   # 685
-    "tests/test_world.py::test_llava_personalised_answers_beat_asking_about_the_class_word", # 402
-    "tests/test_world.py::test_one_appended_token_can_steer_the_blip2_world_model",          # 212
-    "tests/test_bad_models.py",                                                              # 486
-    "tests/test_concurrent_index.py",                                                        # 377
-    "tests/test_pipeline.py::test_kill_during_indexing_resumes_without_loss",                # 205
-    "tests/test_gui_flows.py::test_folders_are_watched",                                     # 181
-    "tests/test_faults.py",                                                                  # 164
-    "tests/test_faces_stage.py",                                                             # 162
-    "tests/test_personalize.py::test_personalised_caption_and_answer_end_to_end_through_the_cli",  # 150
-    "tests/test_pipeline.py",                                                                # 142
-    "tests/test_concepts.py",                                                                # 142
-    "tests/test_concept_cli.py",                                                             # 140
-    "tests/test_privacy.py",                                                                 # 138
-    "tests/test_cli.py",                                                                     # 134
-    "tests/test_scanner.py",                                                                 # 114
-    "tests/test_faces_real.py",                                                              # 107
-    "tests/test_face_head.py",                                                               # 97
-    "tests/test_gui_flows.py",                                                               # 80
-    "tests/test_object_head.py",                                                             # 77
+    "tests/test_personalize.py::test_personalised_caption_and_answer_end_to_end_through_the_cli",  # 98 idle, 150
+    "tests/test_world.py::test_blip2_personalised_captions_name_the_concept_on_new_photos",        # 84 idle, 685
+    "tests/test_world.py::test_one_appended_token_can_steer_the_blip2_world_model",                # 212
+    "tests/test_world.py::test_llava_personalised_answers_beat_asking_about_the_class_word",       # 54 idle, 402
+    "tests/test_concurrent_index.py",                                                              # 377
+    "tests/test_bad_models.py",                                                                    # 486 (now 165)
+    "tests/test_faults.py",                                                                        # 164
+    "tests/test_faces_stage.py",                                                                   # 162
+    "tests/test_concepts.py",                                                                      # 142
+    "tests/test_concept_cli.py",                                                                   # 140
+    "tests/test_privacy.py",                                                                       # 138
+    "tests/test_cli.py",                                                                           # 134
+    "tests/test_pipeline.py",                                                                      # 142 + 205 (now 31)
+    "tests/test_scanner.py",                                                                       # 114
+    "tests/test_faces_real.py",                                                                    # 107
+    "tests/test_face_head.py",                                                                     # 97
+    "tests/test_gui_flows.py",                                                                     # 80
+    "tests/test_object_head.py",                                                                   # 77
 ]
 _OWN_UNIT = frozenset(n for n in HEAVIEST_FIRST if "::" in n)
 
