@@ -107,14 +107,15 @@ class WorldKit:
     identifiers: dict[str, str]
     names: tuple[str, ...]
     score: object
+    personalised: object              # the canonical personalised caption of a scene (for the examples)
 
 
 def world_kit(cfg: BenchConfig) -> WorldKit:
     if cfg.world == "v2":
         return WorldKit(V.World2(cfg.world_seed), V.caption_variants, V.identifiers(list(W.CONCEPTS)), V.ALL_NAMES,
-                        V.score_caption)
+                        V.score_caption, V.personalised_caption)
     return WorldKit(W.World(cfg.world_seed), W.caption_variants, _identifiers(list(W.CONCEPTS)), W.IDENTIFIERS,
-                    W.score_caption)
+                    W.score_caption, W.personalised_caption)
 
 
 def _identifiers(concepts: list[str], taken: set[str] | None = None) -> dict[str, str]:
@@ -329,7 +330,7 @@ def run(cfg: BenchConfig, log=print) -> dict:
             "correct_naming_on_training_photos": float(np.mean([n["correct"] for n in named_train])),
             "personalised_caption_accuracy": acc.as_dict(),
             "recall_per_concept": per_concept,
-            "examples": [{"truth": W.personalised_caption(s.meta, {c: idents[c]}), "generated": cap}
+            "examples": [{"truth": kit.personalised(s.meta, {c: idents[c]}), "generated": cap}
                          for (_, c, s), cap in list(zip(all_pos, e2e))[:: max(1, len(all_pos) // 6)]],
         }
         if cfg.caption_others:
