@@ -38,6 +38,7 @@ GATHER_FRACTION = 8  # a filter keeping under 1/8 of the photos: copy just those
 COARSE_MIN = 20_000  # photos from which full scans take the coarse pass first
 COARSE_DIM = 128
 COARSE_KEEP = 4_000  # candidates of the coarse pass scored exactly
+EXACT_EXTRA = 4_000  # photos the bound may add to the coarse pass's best; beyond, its best stand
 BOUND_SLACK = 1e-4  # float32 rounding in the bound: score a photo exactly when its bound comes this close
 
 
@@ -88,8 +89,10 @@ class ImageMatrix:
     Scoring is exact cosine similarity. Above COARSE_MIN photos a full scan first scores a 128-d projection onto
     the embeddings' principal directions (a quarter of the memory traffic, which is what a scan costs) and then
     re-scores the best COARSE_KEEP candidates exactly, and then every other photo whose upper bound (projected
-    score + the norm of what the projection leaves out, by Cauchy-Schwarz) still reaches the k-th best exact score:
-    the results are the exact top k whatever the data. Filtered scans over few photos are exact from the start.
+    score + the norm of what the projection leaves out, by Cauchy-Schwarz) still reaches the k-th best exact score,
+    when those are at most EXACT_EXTRA: then the results are the exact top k. When the query lies far outside the
+    projection's directions the bound prunes nothing, and the coarse pass's best stand: approximate, at the speed of
+    a quarter of the memory traffic. Filtered scans over few photos are exact from the start.
     """
 
     def __init__(self, key: str, dim: int):
@@ -240,9 +243,10 @@ class ImageMatrix:
             bound = coarse + (self.resid[allowed] if allowed is not None else self.resid[:n]) * query_rest
             bound[best] = -np.inf
             more = np.flatnonzero(bound >= reach - BOUND_SLACK)
-            if len(more) * GATHER_FRACTION > len(bound):  # the projection says little here: score them all
-                rows = allowed if allowed is not None else np.flatnonzero(mask)
-                sims = _dot(self._take(rows), query) if allowed is not None else _dot(self.vecs[:n], query)[rows]
+            if len(more) > EXACT_EXTRA:
+                # the projection says little about this query: scoring them all would cost a full scan (2 GB at a
+                # million photos), so the coarse pass's best stand (approximate; bench/README.md, bench_search)
+                pass
             elif len(more):
                 more = more if allowed is None else allowed[more]
                 rows = np.concatenate([rows, more])
