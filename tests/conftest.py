@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -59,15 +61,130 @@ def library(library_dir: Path):
 
 
 def myvlm(*args: str, library: Path | None = None, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    """Run the real `myvlm` CLI in a subprocess (as a user would)."""
-    cmd = [sys.executable, "-m", "engine.cli"]
-    if library is not None:
-        cmd += ["--library", str(library)]
-    cmd += list(args)
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, **kw)
+    """Run the real `myvlm` CLI in a subprocess (as a user would): forked from the fork server below where it can
+    be, else started afresh."""
+    argv = (["--library", str(library)] if library is not None else []) + list(args)
+    res = None if kw else _fork_server().run(argv)
+    if res is None:
+        res = subprocess.run([sys.executable, "-m", "engine.cli", *argv], capture_output=True, text=True, cwd=ROOT,
+                             **kw)
     if check and res.returncode != 0:
         raise AssertionError(f"myvlm {' '.join(args)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
     return res
+
+
+# -- the fork server: `myvlm` commands without paying for torch's import each time ---------------------------------
+# A CLI test runs many commands, and each fresh interpreter spent 1-3 s importing torch and transformers before doing
+# anything. The server is an interpreter that has imported them (and nothing else has run in it); each command is a
+# child forked from it, so it is still a process of its own, with its own state, exit status and output (its stdout
+# and stderr are files), started as the `myvlm` console script starts: `sys.exit(engine.cli.main(argv))`, and ended
+# as an interpreter ends (other threads awaited, atexit run, output flushed) but for unloading its modules. It is
+# used only with the environment it was started in (a test that changed os.environ, or passes subprocess options,
+# gets a fresh interpreter), and MYVLM_TEST_FORK=0 turns it off.
+_SERVER = r"""
+import atexit, json, os, sys, threading
+import engine.cli
+import torch, transformers  # noqa: F401 - the slow imports, done once
+replies = os.fdopen(os.dup(1), "w")
+def serve():
+    for line in sys.stdin.buffer:
+        request = json.loads(line)
+        sys.stdout.flush(); sys.stderr.flush(); replies.flush()
+        pid = os.fork()
+        if pid == 0:
+            return request
+        replies.write(json.dumps(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])) + "\n")
+        replies.flush()
+    return None
+request = serve()
+if request is not None:   # the forked child: one command
+    replies.close()
+    fd = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(fd, 0)
+    os.close(fd)
+    sys.stdin = open(os.devnull)
+    for target, path in ((1, request["out"]), (2, request["err"])):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(fd, target)
+        os.close(fd)
+    os.environ.clear()
+    os.environ.update(request["env"])
+    sys.argv = [engine.cli.__file__, *request["argv"]]
+    try:
+        code = engine.cli.main(request["argv"])
+    except SystemExit as exc:
+        code = exc.code
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+        code = 1
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    # the interpreter's exit, less tearing down its modules (1.8 s with torch loaded, and nothing a command sees)
+    threading._shutdown()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
+"""
+
+
+class _ForkServer:
+    def __init__(self) -> None:
+        import threading
+
+        self.env = dict(os.environ)
+        self.lock = threading.Lock()
+        self.tmp = Path(tempfile.mkdtemp(prefix="myvlm-fork-"))
+        self.proc = None
+        if os.environ.get("MYVLM_TEST_FORK", "1") != "0" and hasattr(os, "fork"):
+            self.proc = subprocess.Popen([sys.executable, "-c", _SERVER], cwd=ROOT, stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+    def run(self, argv: list[str]) -> subprocess.CompletedProcess | None:
+        """The command's result, or None where the server cannot run it (then the caller starts a process)."""
+        env = dict(os.environ)
+        if self.proc is None or self.proc.poll() is not None or _comparable(env) != _comparable(self.env):
+            return None
+        with self.lock:
+            out, err = self.tmp / "stdout", self.tmp / "stderr"
+            try:
+                request = {"argv": argv, "env": env, "out": str(out), "err": str(err)}
+                self.proc.stdin.write((json.dumps(request) + "\n").encode())
+                self.proc.stdin.flush()
+                reply = self.proc.stdout.readline()
+            except OSError:
+                return None
+            if not reply:
+                return None
+            return subprocess.CompletedProcess([sys.executable, "-m", "engine.cli", *argv], json.loads(reply),
+                                               out.read_text(), err.read_text())
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _comparable(env: dict[str, str]) -> dict[str, str]:
+    """The environment but pytest's note of the running test, which changes with every test."""
+    return {k: v for k, v in env.items() if k != "PYTEST_CURRENT_TEST"}
+
+
+_server: _ForkServer | None = None
+
+
+def _fork_server() -> _ForkServer:
+    global _server
+    if _server is None:
+        _server = _ForkServer()
+    return _server
+
+
+def pytest_sessionfinish(session):
+    if _server is not None:
+        _server.close()
 
 
 # -- scheduling `make test` on two workers ------------------------------------------------------------------------
