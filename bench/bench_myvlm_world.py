@@ -91,6 +91,9 @@ class BenchConfig:
     world: str = "v1"                 # "v1": world.py's left-to-right captions; "v2": world2.py's
     rotation_fill: str = "black"      # the trainer's (TrainingConfig.rotation_fill); "mirror" was the old fill
     max_rotation: float = 45.0        # the trainer's (the paper's ±45°)
+    # world v2's identifiers: "fresh" (words bound to no look, the issue's design) or "known" (as in v1: the name
+    # of a pre-training figure of the same class, which the decoder has learnt to read off a picture)
+    v2_identifiers: str = "fresh"
 
     def __post_init__(self):
         if self.world == "v2" and self.checkpoint == CHECKPOINT:
@@ -112,8 +115,11 @@ class WorldKit:
 
 def world_kit(cfg: BenchConfig) -> WorldKit:
     if cfg.world == "v2":
-        return WorldKit(V.World2(cfg.world_seed), V.caption_variants, V.identifiers(list(W.CONCEPTS)), V.ALL_NAMES,
-                        V.score_caption, V.personalised_caption)
+        idents = (V.identifiers(list(W.CONCEPTS)) if cfg.v2_identifiers == "fresh"
+                  else _identifiers(list(W.CONCEPTS)[:6]) | _identifiers(list(W.CONCEPTS)[6:],
+                                                                         set(_identifiers(list(W.CONCEPTS)[:6]).values())))
+        return WorldKit(V.World2(cfg.world_seed), V.caption_variants, idents, V.ALL_NAMES, V.score_caption,
+                        V.personalised_caption)
     return WorldKit(W.World(cfg.world_seed), W.caption_variants, _identifiers(list(W.CONCEPTS)), W.IDENTIFIERS,
                     W.score_caption, W.personalised_caption)
 
@@ -615,6 +621,8 @@ def main() -> None:
     ap.add_argument("--rotation-fill", choices=["black", "mirror"], default="black",
                     help="the trainer's rotation fill (black: the reference's; mirror: the old one)")
     ap.add_argument("--max-rotation", type=float, default=45.0, help="the trainer's rotation range (degrees)")
+    ap.add_argument("--v2-identifiers", choices=["fresh", "known"], default="fresh",
+                    help="world v2: fresh words (bound to no look) or, as in v1, names of same-class figures")
     ap.add_argument("--no-variants", action="store_true",
                     help="MyVLM, its ablation and the class-word baseline only (no rescale / gain variants)")
     args = ap.parse_args()
@@ -623,7 +631,8 @@ def main() -> None:
         print(json.dumps(res, indent=2))
         return
     cfg = BenchConfig(checkpoint=args.checkpoint, steps=args.steps, lr=args.lr, augment=not args.no_augment,
-                      world=args.world, rotation_fill=args.rotation_fill, max_rotation=args.max_rotation)
+                      world=args.world, rotation_fill=args.rotation_fill, max_rotation=args.max_rotation,
+                      v2_identifiers=args.v2_identifiers)
     if args.quick:
         cfg.heldout_positive, cfg.heldout_negative, cfg.ablation = 10, 30, False
     if args.quick or args.no_variants:
