@@ -133,13 +133,13 @@ class _ForkServer:
     def __init__(self) -> None:
         import threading
 
-        self.env = dict(os.environ)
+        self.env = _STARTING_ENV   # not the environment of the test that happens to start it
         self.lock = threading.Lock()
         self.tmp = Path(tempfile.mkdtemp(prefix="myvlm-fork-"))
         self.proc = None
-        if os.environ.get("MYVLM_TEST_FORK", "1") != "0" and hasattr(os, "fork"):
-            self.proc = subprocess.Popen([sys.executable, "-c", _SERVER], cwd=ROOT, stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        if self.env.get("MYVLM_TEST_FORK", "1") != "0" and hasattr(os, "fork"):
+            self.proc = subprocess.Popen([sys.executable, "-c", _SERVER], cwd=ROOT, env=self.env,
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
 
     def run(self, argv: list[str]) -> subprocess.CompletedProcess | None:
         """The command's result, or None where the server cannot run it (then the caller starts a process)."""
@@ -165,6 +165,9 @@ class _ForkServer:
             self.proc.stdin.close()
             self.proc.wait()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+_STARTING_ENV = dict(os.environ)   # the session's, with the thread settings above
 
 
 def _comparable(env: dict[str, str]) -> dict[str, str]:
