@@ -33,7 +33,9 @@ gui: $(STAMP)
 	QT_QPA_PLATFORM= $(VENV)/bin/myvlm-desktop
 
 ## make test: the whole test suite (fetches the real test photos into .cache/ first), on two workers, a test file
-## per worker: 7 min 56 s on an idle 2-core machine against 13 min 47 s on one (many tests wait on subprocesses)
+## per worker: 7 min 56 s on an idle 2-core machine against 13 min 47 s on one (many tests wait on subprocesses),
+## measured before tests/conftest.py started the heaviest first, long independent tests on their own, and forked
+## `myvlm` commands from a process that has imported torch (MYVLM_TEST_FORK=0: a fresh interpreter each)
 test: $(STAMP)
 	$(PY) scripts/fetch_test_data.py
 	$(PY) -m pytest -q -ra --durations=15 -n 2 --dist loadfile
