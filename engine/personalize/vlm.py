@@ -368,10 +368,6 @@ def load_vlm(name: str | Path = DEFAULT_VLM, *, models_dir: Path, device: str | 
         from .qwen2_vl import Qwen2VlWrapper
 
         return Qwen2VlWrapper.load(folder, spec, checkpoint, dev, dt)
-    if spec.family == "qwen2-vl":
-        from .qwen2_vl import Qwen2VlWrapper
-
-        return Qwen2VlWrapper.load(folder, spec, checkpoint, dev, dt)
     from .llava import LlavaWrapper
 
     return LlavaWrapper.load(folder, spec, checkpoint, dev, dt, quant_4bit, **split)
