@@ -174,14 +174,19 @@ class LlavaWrapper(VlmWrapper):
             positions.append(image_pos[n_vis - k:] if k else image_pos[:0])
         input_ids, mask, labels = input_ids.to(self.device), mask.to(self.device), labels.to(self.device)
         self._concept_positions = torch.stack(positions) if k else None
+        embeds = self._embed_with_image_tokens(input_ids, feats)
+        return embeds, mask, (labels if answers is not None else None)
+
+    def _embed_with_image_tokens(self, input_ids: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """The text embeddings with the visual tokens (and appended concept tokens) in the image placeholders.
+        input_ids (B, L) with B*n_vis placeholders; feats (B, n_vis, D) → (B, L, D)."""
         embeds = self.model.get_input_embeddings()(input_ids)
         flat = feats.reshape(-1, feats.shape[-1]).to(embeds.device, embeds.dtype)
         placeholder = (input_ids == self.image_token_id).unsqueeze(-1).expand_as(embeds)
         if int(placeholder.sum()) != flat.numel():
             raise RuntimeError(f"{int(placeholder.sum()) // embeds.shape[-1]} image placeholders for "
                                f"{flat.shape[0]} image tokens")
-        embeds = embeds.masked_scatter(placeholder, flat)
-        return embeds, mask, (labels if answers is not None else None)
+        return embeds.masked_scatter(placeholder, flat)
 
     def _generate(self, pixels: torch.Tensor, prompts: list[str], settings: GenerationSettings) -> list[str]:
         texts = [self.chat_prompt(p) for p in prompts]

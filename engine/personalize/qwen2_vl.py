@@ -186,13 +186,7 @@ class Qwen2VlWrapper(LlavaWrapper):
         mask, labels = mask.to(self.device), labels.to(self.device)
         self._concept_positions = torch.stack(positions).to(self.device) if k else None
         self._rope_inputs = (input_ids, types)
-        embeds = self.model.get_input_embeddings()(input_ids)
-        flat = feats.reshape(-1, feats.shape[-1]).to(embeds.device, embeds.dtype)
-        placeholder = (input_ids == self.image_token_id).unsqueeze(-1).expand_as(embeds)
-        if int(placeholder.sum()) != flat.numel():
-            raise RuntimeError(f"{int(placeholder.sum()) // embeds.shape[-1]} image placeholders for "
-                               f"{flat.shape[0]} image tokens")
-        embeds = embeds.masked_scatter(placeholder, flat)
+        embeds = self._embed_with_image_tokens(input_ids, feats)
         return embeds, mask, (labels if answers is not None else None)
 
     def rope_positions(self, mask: torch.Tensor) -> torch.Tensor:
