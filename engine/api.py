@@ -183,6 +183,15 @@ class Library:
 
         return Personalizer(self.catalog, vlm or self.options.get("vlm"), device=self.options.get("device"))
 
+    def can_locate(self) -> bool:
+        """Whether the library's captioner answers "where is …?" with a box (MiniGPT-v2), without loading it."""
+        from .personalize.specs import VlmError, resolve_spec, resolve_vlm_name
+
+        try:
+            return resolve_spec(resolve_vlm_name(self.catalog, self.options.get("vlm")))[0].family == "minigpt-v2"
+        except VlmError:
+            return False
+
     def face_backend(self):
         """The face backend this library uses now (see engine.stages.faces.resolve_backend)."""
         from .stages.faces import resolve_backend

@@ -516,8 +516,10 @@ class DetailPane(QScrollArea):
 
     def show_photo(self, photo: Photo | None, selected: int = 1, *, faces: list[dict[str, Any]] | None = None,
                    captions: list[dict[str, Any]] | None = None, answers: list[dict[str, Any]] | None = None,
-                   concepts: list[dict[str, Any]] | None = None, reload_image: bool = True) -> None:
-        """Show a photo and what the catalog knows about it (the caller read it: quick queries)."""
+                   concepts: list[dict[str, Any]] | None = None, can_locate: bool = False,
+                   reload_image: bool = True) -> None:
+        """Show a photo and what the catalog knows about it (the caller read it: quick queries). "Where is …?"
+        buttons show only where the library's captioner can answer with a box (`can_locate`)."""
         same = photo is not None and self.photo is not None and photo.id == self.photo.id
         self.photo = photo
         has = photo is not None
@@ -569,7 +571,7 @@ class DetailPane(QScrollArea):
             self.canvas.set_found(None)
             self.where_status.setText("")
         fired = {c["concept_id"]: c["name"] for c in concepts or [] if c.get("fired")}   # one per concept
-        self._set_where_buttons(list(fired.items()))
+        self._set_where_buttons(list(fired.items()) if can_locate else [])
         self.set_texts(captions or [], answers or [], keep_edit=same)
 
     def set_texts(self, captions: list[dict[str, Any]], answers: list[dict[str, Any]], keep_edit: bool = False

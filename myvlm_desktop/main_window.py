@@ -1110,7 +1110,8 @@ class MainWindow(QMainWindow):
         lib = self.library
         self.detail.show_photo(photo, faces=lib.people().faces_in_photo(photo.id),
                                captions=lib.captions().captions(photo.id), answers=lib.captions().answers(photo.id),
-                               concepts=lib.concepts().signals(photo.id), reload_image=reload_image)
+                               concepts=lib.concepts().signals(photo.id), can_locate=lib.can_locate(),
+                               reload_image=reload_image)
 
     def _reload_detail(self) -> None:
         photo = self.detail.photo
