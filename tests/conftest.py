@@ -78,9 +78,10 @@ def myvlm(*args: str, library: Path | None = None, check: bool = True, **kw) -> 
 # anything. The server is an interpreter that has imported them (and nothing else has run in it); each command is a
 # child forked from it, so it is still a process of its own, with its own state, exit status and output (its stdout
 # and stderr are files), started as the `myvlm` console script starts: `sys.exit(engine.cli.main(argv))`, and ended
-# as an interpreter ends (other threads awaited, atexit run, output flushed) but for unloading its modules. It is
-# used only with the environment it was started in (a test that changed os.environ, or passes subprocess options,
-# gets a fresh interpreter), and MYVLM_TEST_FORK=0 turns it off.
+# as an interpreter ends (other threads awaited, atexit run, output flushed) but for unloading its modules. A child
+# gets the test's environment; the variables read while importing (the hub's, torch's, HOME, ...) must be those the
+# server started with, else (or with subprocess options) the command gets a fresh interpreter. MYVLM_TEST_FORK=0
+# turns the server off.
 _SERVER = r"""
 import atexit, json, os, sys, threading
 import engine.cli
@@ -170,9 +171,15 @@ class _ForkServer:
 _STARTING_ENV = dict(os.environ)   # the session's, with the thread settings above
 
 
+# what torch, transformers, the hub and engine.cli may read as they are imported (PySide6, imported later by
+# pytest-qt, sets a variable of its own: the whole environment would never match)
+_READ_AT_IMPORT = ("HF_", "HUGGINGFACE", "TRANSFORMERS", "TOKENIZERS", "TORCH", "PYTORCH", "OMP_", "MKL_", "CUDA",
+                   "HOME", "XDG_", "PYTHON", "LD_", "MYVLM_", "TMP", "TEMP")
+
+
 def _comparable(env: dict[str, str]) -> dict[str, str]:
-    """The environment but pytest's note of the running test, which changes with every test."""
-    return {k: v for k, v in env.items() if k != "PYTEST_CURRENT_TEST"}
+    """The part of an environment a forked command could see stale."""
+    return {k: v for k, v in env.items() if k.startswith(_READ_AT_IMPORT)}
 
 
 _server: _ForkServer | None = None
