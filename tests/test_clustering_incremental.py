@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from engine.api import Library
@@ -131,7 +131,12 @@ def test_kept_state_decides_as_a_clusterer_that_reads_everything(seed: int, batc
 def test_faces_arriving_in_any_order_and_batches_end_as_a_full_recluster(seed: int, order, sizes: list[int]):
     """Well-separated people and only good faces: however the faces arrive, incremental runs end with the groups
     a re-cluster of everything makes."""
-    vecs, _, _ = faces_of(seed, n=40, people=4, noise=0.05, small=0.0)
+    vecs, _, who = faces_of(seed, n=40, people=4, noise=0.05, small=0.0)
+    # the premise: people well apart. Random centres in 16-d can land close (seed 307 put two people's nearest faces
+    # 0.296 apart, under the 0.3 threshold: then whether they join depends on the order, in any greedy clusterer)
+    present = sorted(set(who.tolist()))
+    assume(min(float((1 - vecs[who == a] @ vecs[who == b].T).min()) for i, a in enumerate(present)
+               for b in present[i + 1:]) > 1.5 * TH.cluster_distance)
     quality = np.ones(len(vecs), bool)
     perm = list(range(len(vecs)))
     order.shuffle(perm)
