@@ -125,6 +125,11 @@ def resolve_spec(name: str | Path) -> tuple[VlmSpec, str]:
     raise VlmError(f"unknown VLM {key!r}; choose one of {', '.join(VLM_SPECS)} or give a checkpoint folder")
 
 
+def check_vlm_setting(value: str) -> None:
+    """The `vlm` setting's validation (engine.settings): an unknown model is refused with the list of known ones."""
+    resolve_spec(str(value))
+
+
 def checkpoint_folder(spec: VlmSpec, checkpoint: str, models_dir: Path) -> Path:
     """Where the weights are on disk; tiny presets are built on first use, hub checkpoints must be downloaded."""
     if spec.tiny:
