@@ -57,10 +57,12 @@ def child_env(pycache: Path) -> dict[str, str]:
 
 
 def run_cli(code_dir: Path, library: Path, args: list[str], env: dict[str, str]) -> tuple[float, float, str]:
-    """(wall seconds, CPU seconds, stdout) of `python -m engine.cli --library LIB ARGS` run with code_dir's engine."""
+    """(wall seconds, CPU seconds, stdout) of `python -m myvlm_cli --library LIB ARGS` run with code_dir's engine
+    (`-m engine.cli` for a revision from before the command line left the engine)."""
+    cli = "myvlm_cli" if (code_dir / "myvlm_cli").is_dir() else "engine.cli"
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "engine.cli", "--library", str(library), *args], cwd=code_dir,
+    res = subprocess.run([sys.executable, "-m", cli, "--library", str(library), *args], cwd=code_dir,
                          env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)

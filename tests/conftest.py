@@ -66,7 +66,7 @@ def myvlm(*args: str, library: Path | None = None, check: bool = True, **kw) -> 
     argv = (["--library", str(library)] if library is not None else []) + list(args)
     res = None if kw else _fork_server().run(argv)
     if res is None:
-        res = subprocess.run([sys.executable, "-m", "engine.cli", *argv], capture_output=True, text=True, cwd=ROOT,
+        res = subprocess.run([sys.executable, "-m", "myvlm_cli", *argv], capture_output=True, text=True, cwd=ROOT,
                              **kw)
     if check and res.returncode != 0:
         raise AssertionError(f"myvlm {' '.join(args)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
@@ -77,14 +77,14 @@ def myvlm(*args: str, library: Path | None = None, check: bool = True, **kw) -> 
 # A CLI test runs many commands, and each fresh interpreter spent 1-3 s importing torch and transformers before doing
 # anything. The server is an interpreter that has imported them (and nothing else has run in it); each command is a
 # child forked from it, so it is still a process of its own, with its own state, exit status and output (its stdout
-# and stderr are files), started as the `myvlm` console script starts: `sys.exit(engine.cli.main(argv))`, and ended
-# as an interpreter ends (other threads awaited, atexit run, output flushed) but for unloading its modules. A child
+# and stderr are files), started as the `myvlm` console script starts: `sys.exit(myvlm_cli.main.main(argv))`, and
+# ended as an interpreter ends (other threads awaited, atexit run, output flushed) but for unloading its modules. A child
 # gets the test's environment; the variables read while importing (the hub's, torch's, HOME, ...) must be those the
 # server started with, else (or with subprocess options) the command gets a fresh interpreter. MYVLM_TEST_FORK=0
 # turns the server off.
 _SERVER = r"""
 import atexit, json, os, sys, threading
-import engine.cli
+import myvlm_cli.main
 import torch, transformers  # noqa: F401 - the slow imports, done once
 replies = os.fdopen(os.dup(1), "w")
 def serve():
@@ -110,9 +110,9 @@ if request is not None:   # the forked child: one command
         os.close(fd)
     os.environ.clear()
     os.environ.update(request["env"])
-    sys.argv = [engine.cli.__file__, *request["argv"]]
+    sys.argv = [myvlm_cli.main.__file__, *request["argv"]]
     try:
-        code = engine.cli.main(request["argv"])
+        code = myvlm_cli.main.main(request["argv"])
     except SystemExit as exc:
         code = exc.code
     except BaseException:
@@ -158,7 +158,7 @@ class _ForkServer:
                 return None
             if not reply:
                 return None
-            return subprocess.CompletedProcess([sys.executable, "-m", "engine.cli", *argv], json.loads(reply),
+            return subprocess.CompletedProcess([sys.executable, "-m", "myvlm_cli", *argv], json.loads(reply),
                                                out.read_text(), err.read_text())
 
     def close(self) -> None:
@@ -171,7 +171,7 @@ class _ForkServer:
 _STARTING_ENV = dict(os.environ)   # the session's, with the thread settings above
 
 
-# what torch, transformers, the hub and engine.cli may read as they are imported (PySide6, imported later by
+# what torch, transformers, the hub and myvlm_cli may read as they are imported (PySide6, imported later by
 # pytest-qt, sets a variable of its own: the whole environment would never match)
 _READ_AT_IMPORT = ("HF_", "HUGGINGFACE", "TRANSFORMERS", "TOKENIZERS", "TORCH", "PYTORCH", "OMP_", "MKL_", "CUDA",
                    "HOME", "XDG_", "PYTHON", "LD_", "MYVLM_", "TMP", "TEMP")

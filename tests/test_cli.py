@@ -11,7 +11,7 @@ import pytest
 
 from engine import __version__
 from engine.catalog import SCHEMA_VERSION, Catalog, SchemaTooNew
-from engine.cli import IndexProgress, status_verdict
+from myvlm_cli.indexing import IndexProgress, status_verdict
 from engine.library import LibraryPaths
 
 from .conftest import myvlm

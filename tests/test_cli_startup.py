@@ -21,7 +21,7 @@ from .conftest import ROOT, myvlm
 MODEL_LIBRARIES = ("torch", "transformers", "open_clip", "insightface", "onnxruntime", "dlib", "cv2")
 PROBE = """
 import json, sys
-from engine.cli import main
+from myvlm_cli.main import main
 rc = main(sys.argv[1:])
 print("\\nMODULES " + json.dumps({"rc": rc, "loaded": [m for m in %r if m in sys.modules]}))
 """ % (MODEL_LIBRARIES,)
@@ -60,7 +60,7 @@ def test_light_commands_load_no_model_library(faces_library: Path):
 
 
 def test_version_loads_no_model_library(tmp_path: Path):
-    res = subprocess.run([sys.executable, "-c", "import sys\nfrom engine.cli import main\ntry:\n    main(['--version'])\n"
+    res = subprocess.run([sys.executable, "-c", "import sys\nfrom myvlm_cli.main import main\ntry:\n    main(['--version'])\n"
                           "except SystemExit:\n    pass\nprint([m for m in %r if m in sys.modules])" % (MODEL_LIBRARIES,)],
                          capture_output=True, text=True, cwd=ROOT, check=True)
     assert res.stdout.strip().splitlines()[-1] == "[]"

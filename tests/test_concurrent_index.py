@@ -40,7 +40,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def index_cmd(library: Path, album: Path) -> list[str]:
-    return [sys.executable, "-m", "engine.cli", "--library", str(library), "--face-backend", "dlib", "--vlm", VLM,
+    return [sys.executable, "-m", "myvlm_cli", "--library", str(library), "--face-backend", "dlib", "--vlm", VLM,
             "index", str(album), "--no-progress", "--json"]
 
 

@@ -38,7 +38,7 @@ from PIL import Image
 
 from engine.api import Library
 from engine.catalog import DiskFull
-from engine.cli import main as cli_main
+from myvlm_cli.main import main as cli_main
 from engine.integrity import check_library
 from engine.personalize.embeddings import EmbeddingStore
 from engine.personalize.training import TrainingConfig, TrainingOutOfMemory
@@ -68,7 +68,7 @@ def process_batch(self, jobs):
         time.sleep(3600)
     return original(self, jobs)
 CaptionStage.process_batch = process_batch
-from engine.cli import main
+from myvlm_cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -87,7 +87,7 @@ def one_thread():
 
 
 def cli(*args: str) -> int:
-    """`myvlm ARGS` in this process (engine.cli.main), leaving this process's signal handlers as they were."""
+    """`myvlm ARGS` in this process (myvlm_cli.main.main), leaving this process's signal handlers as they were."""
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         return cli_main(list(args))
@@ -195,7 +195,7 @@ def test_kill_while_finding_faces_and_during_a_caption_batch_loses_nothing(base:
     with Library(library) as lib:
         lib.catalog.set_setting("face_backend", "dlib")
     db = library / "library.db"
-    cmd = [sys.executable, "-m", "engine.cli", "--library", str(library), "--vlm", VLM, "index", str(album),
+    cmd = [sys.executable, "-m", "myvlm_cli", "--library", str(library), "--vlm", VLM, "index", str(album),
            "--no-progress"]
 
     # 1. killed while finding faces
@@ -260,7 +260,7 @@ def test_kill_during_training_resumes_from_its_checkpoint_exactly(base: dict, li
         reference = lib.personalizer().train([cid], config=TrainingConfig(steps=STEPS))[cid].values.copy()
     ckpt = embedding_path(lib_copy, cid)
     store = EmbeddingStore(lib_copy / "concepts")
-    cmd = [sys.executable, "-m", "engine.cli", "--library", str(lib_copy), "train", "Barack", "--vlm", VLM,
+    cmd = [sys.executable, "-m", "myvlm_cli", "--library", str(lib_copy), "train", "Barack", "--vlm", VLM,
            "--steps", str(STEPS), "--json"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wait_for(proc, ckpt.exists, "the first checkpoint was written")
@@ -389,20 +389,20 @@ TMPFS_SCRIPT = """\
 set -u
 mount -t tmpfs -o size=2200k tmpfs "$LIB" || exit 90
 mount -t tmpfs -o size=64k tmpfs "$CKPT" || exit 91
-"$PY" -m engine.cli --library "$LIB" index "$ALBUM" --stage thumbnail --no-progress \
+"$PY" -m myvlm_cli --library "$LIB" index "$ALBUM" --stage thumbnail --no-progress \
     >"$OUT/index1.out" 2>"$OUT/index1.err"
 echo $? >"$OUT/index1.rc"
 mount -o remount,size=64m "$LIB" || exit 92
 "$PY" -c "$AFTER" "$LIB" "$CKPT" >"$OUT/after.out" 2>"$OUT/after.err"
 """
 
-# after "freeing space": `myvlm check`, `myvlm index`, `myvlm check` (engine.cli.main, in one interpreter), then a
+# after "freeing space": `myvlm check`, `myvlm index`, `myvlm check` (myvlm_cli.main.main, in one interpreter), then a
 # checkpoint saved on the other, still tiny disk
 AFTER = """\
 import json, os, sys
 import numpy as np
 from engine.catalog import DiskFull
-from engine.cli import main
+from myvlm_cli.main import main
 from engine.personalize.embeddings import ConceptEmbedding, EmbeddingStore
 library, ckpt = sys.argv[1], sys.argv[2]
 for argv in (["check", "--json"], ["index", "--stage", "thumbnail", "--no-progress"], ["check", "--json"]):
@@ -468,7 +468,7 @@ def test_a_really_full_disk_while_indexing_and_checkpointing(tmp_path: Path):
 
 CLI_WRITER = """\
 import json, os, sys, time, io, contextlib
-from engine.cli import main
+from myvlm_cli.main import main
 library, stop, photos, person, concept = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4], sys.argv[5]
 progress = stop + ".progress"
 codes, errors, i = [], [], 0

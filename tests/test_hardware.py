@@ -211,7 +211,7 @@ def test_real_use_is_measured(models_dir, memory):
 
 
 def test_doctor_shows_the_hardware_and_the_recommendation(tmp_path, memory, this_computer):
-    from engine.cli import main
+    from myvlm_cli.main import main
 
     this_computer(RTX3060)
     out = io.StringIO()

@@ -340,7 +340,7 @@ def bella_library(tmp_path_factory) -> dict:
 
 
 def test_myvlm_locate_prints_the_box_or_null_as_json(bella_library, capsys):
-    from engine.cli import main
+    from myvlm_cli.main import main
 
     from .conftest import myvlm
 
@@ -444,7 +444,7 @@ def test_llama_2_is_gated_the_manager_says_why_and_asks_for_a_token(tmp_path, mo
 
     from huggingface_hub import constants
 
-    from engine.cli import main
+    from myvlm_cli.main import main
     from engine.model_manager import ModelManager, TokenRequired
 
     from .fake_hub import FakeHub

@@ -440,7 +440,7 @@ def test_import_a_face_pack_from_an_unpacked_zip(mm: ModelManager, pack_files, t
 # -- the CLI ---------------------------------------------------------------------------------------------------------
 
 def _cli(*args: str, env_dir: Path, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "engine.cli", "--library", str(env_dir / "library"), "models", *args]
+    cmd = [sys.executable, "-m", "myvlm_cli", "--library", str(env_dir / "library"), "models", *args]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=os.environ.copy(), timeout=120,
                          check=False, **kw)
     if check and res.returncode != 0:
@@ -450,7 +450,7 @@ def _cli(*args: str, env_dir: Path, check: bool = True, **kw) -> subprocess.Comp
 
 def _main(capsys, env_dir: Path, *args: str) -> tuple[int, str, str]:
     """The CLI in this process (cheaper than a subprocess; the subprocess tests cover the environment)."""
-    from engine.cli import main
+    from myvlm_cli.main import main
 
     capsys.readouterr()
     rc = main(["--library", str(env_dir / "library"), "models", *args])
@@ -487,7 +487,7 @@ def test_cli_ctrl_c_keeps_a_partial_download_that_get_resumes(env: Path, hub: Fa
     hub.delay = 0.05  # ~2 s for the weights: time to press Ctrl-C
     blobs = env / "hf" / "hub" / "models--laion--CLIP-ViT-B-32-laion2B-s34B-b79K" / "blobs"
     partial = blobs / (_sha(CLIP_WEIGHTS) + ".incomplete")
-    cmd = [sys.executable, "-m", "engine.cli", "--library", str(env / "library"), "models", "get", "ViT-B-32"]
+    cmd = [sys.executable, "-m", "myvlm_cli", "--library", str(env / "library"), "models", "get", "ViT-B-32"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:

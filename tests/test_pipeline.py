@@ -176,7 +176,7 @@ def test_kill_during_indexing_resumes_without_loss(tmp_path: Path):
     before = album_snapshot(album)
     library = tmp_path / "library"
     # the thumbnail stage alone: the resume machinery is the same for every stage, and faces would only add minutes
-    cmd = [sys.executable, "-m", "engine.cli", "--library", str(library), "index", str(album), "--no-progress",
+    cmd = [sys.executable, "-m", "myvlm_cli", "--library", str(library), "index", str(album), "--no-progress",
            "--stage", "thumbnail"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -254,7 +254,7 @@ def test_concurrent_processes_never_see_database_locked(tmp_path: Path, album: P
     library = tmp_path / "library"
     Library(library).close()
     index = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "--library", str(library), "index", str(album), "--no-progress"],
+        [sys.executable, "-m", "myvlm_cli", "--library", str(library), "index", str(album), "--no-progress"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(library), f"w{i}"], cwd=ROOT,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(3)]

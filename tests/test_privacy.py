@@ -164,11 +164,11 @@ from tests.netguard import install_from_env
 install_from_env()
 """
 
-# several commands of the real command line in one interpreter: each is `myvlm ARGS` exactly (engine.cli.main),
+# several commands of the real command line in one interpreter: each is `myvlm ARGS` exactly (myvlm_cli.main.main),
 # without paying for a Python start-up per command. "{group}" stands for the face group `myvlm people` lists.
 DRIVER = """\
 import contextlib, io, json, sys
-from engine.cli import main
+from myvlm_cli.main import main
 library, commands = sys.argv[1], json.loads(sys.argv[2])
 results, group = [], None
 for argv in commands:
@@ -218,7 +218,7 @@ def test_command_line_in_subprocesses_makes_no_connection(album: Path, tmp_path:
         assert res.returncode == 0, f"{args[3:]} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
         return res
 
-    cli = [sys.executable, "-m", "engine.cli", "--library", str(library)]
+    cli = [sys.executable, "-m", "myvlm_cli", "--library", str(library)]
     out = json.loads(run([*cli, "--vlm", "tiny-blip2", "index", str(album), "--json", "--no-progress"]).stdout)
     for name, st in out["pipeline"]["stages"].items():
         assert st["unavailable"] is None and st["errors"] == 0 and st["processed"] == len(ALBUM), (name, st)
@@ -267,7 +267,7 @@ def test_listing_models_makes_no_connection_and_only_getting_one_does(tmp_path: 
     entries = netguard.read_log(log)
     assert [e["event"] for e in entries] == ["installed"], json.dumps(entries, indent=1)
 
-    got = subprocess.run([sys.executable, "-m", "engine.cli", "--library", str(library), "models", "get", "ViT-B-32",
+    got = subprocess.run([sys.executable, "-m", "myvlm_cli", "--library", str(library), "models", "get", "ViT-B-32",
                           "--no-progress"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
                          check=False)
     assert got.returncode != 0 and "Traceback" not in got.stderr, got.stderr[-3000:]

@@ -6,7 +6,7 @@
     myvlm models remove NAME            delete the model's files (only this model's)
     myvlm models import NAME FOLDER     copy a model from a folder (e.g. one `hf download --local-dir` made)
 
-Kept apart from cli.py; `register(sub)` adds the command.
+`register(sub)` adds the command (myvlm_cli/main.py builds the parser).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def _print_json(data: Any) -> None:
 
 
 def _size(n: int | None) -> str:
-    from .model_manager import _human
+    from engine.model_manager import _human
 
     return _human(n)
 
@@ -80,14 +80,14 @@ def _interrupt(after: str) -> threading.Event:
 
 
 def _manager(args: argparse.Namespace, lib):
-    from .model_manager import ModelManager
+    from engine.model_manager import ModelManager
 
     return ModelManager(lib.paths.models if lib is not None else None,
                         face_pack_repo=getattr(args, "repo", None))
 
 
 def cmd_models(args: argparse.Namespace, lib) -> int:
-    from .model_manager import DownloadCancelled, ModelError
+    from engine.model_manager import DownloadCancelled, ModelError
 
     action = getattr(args, "models_action", None)
     as_json = bool(getattr(args, "json", False) or getattr(args, "list_json", False))
@@ -166,7 +166,7 @@ def _get(mm, args: argparse.Namespace, as_json: bool) -> int:
     e = mm.entry(args.name)
     if not as_json:
         print(f"{e.title}: about {_size(e.size_bytes)}, licence: {e.licence}", file=sys.stderr)
-    from .model_manager import TokenRequired
+    from engine.model_manager import TokenRequired
 
     bar = _Bar(not as_json and not args.no_progress)
     try:

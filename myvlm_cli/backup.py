@@ -1,6 +1,6 @@
 """`myvlm backup`, `restore` and `move-library`: keeping a library safe (engine/backup.py does the work).
 
-Kept apart from cli.py like cli_personalize.py; `register(sub)` adds the subcommands. The photos themselves are
+`register(sub)` adds the subcommands (myvlm_cli/main.py builds the parser). The photos themselves are
 never copied, moved or changed by any of them: the catalog keeps their paths.
 """
 
@@ -56,14 +56,14 @@ class _Bar:
 def _release(lib) -> None:
     """The command line opened the library before the command ran; a restore or move works on the folder itself,
     so the catalog connection and the log file are let go first (closing again later is harmless)."""
-    from .library import close_logging
+    from engine.library import close_logging
 
     lib.close()
     close_logging(lib.paths)
 
 
 def _run(args: argparse.Namespace, fn) -> tuple[int, Any]:
-    from .backup import BackupError
+    from engine.backup import BackupError
 
     bar = _Bar(args.json or args.no_progress or not sys.stderr.isatty())   # bars only where they can be drawn
     try:
@@ -83,7 +83,7 @@ def _run(args: argparse.Namespace, fn) -> tuple[int, Any]:
 
 
 def cmd_backup(args: argparse.Namespace, lib) -> int:
-    from .backup import backup_library
+    from engine.backup import backup_library
 
     rc, r = _run(args, lambda bar: backup_library(lib.paths.root, args.dest, with_thumbnails=args.with_thumbnails,
                                                progress=bar))
@@ -101,7 +101,7 @@ def cmd_backup(args: argparse.Namespace, lib) -> int:
 
 
 def cmd_restore(args: argparse.Namespace, lib) -> int:
-    from .backup import restore_library
+    from engine.backup import restore_library
 
     target = lib.paths.root
     _release(lib)
@@ -121,8 +121,8 @@ def cmd_restore(args: argparse.Namespace, lib) -> int:
 
 
 def cmd_move_library(args: argparse.Namespace, lib) -> int:
-    from .backup import move_library
-    from .library import ENV_LIBRARY
+    from engine.backup import move_library
+    from engine.library import ENV_LIBRARY
 
     source = lib.paths.root
     _release(lib)

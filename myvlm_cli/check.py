@@ -8,7 +8,7 @@ import sys
 
 
 def cmd_check(args: argparse.Namespace, lib) -> int:
-    from .integrity import check_library
+    from engine.integrity import check_library
 
     rep = check_library(lib.catalog, files=not args.no_files, clean=args.clean)
     if args.json:

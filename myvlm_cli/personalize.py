@@ -1,6 +1,6 @@
 """`myvlm train`, `targets`, `caption`, `ask`, `locate` and `research-train`: the personalisation front door.
 
-Kept apart from cli.py so that the command table there stays readable; `register(sub)` adds the subcommands.
+`register(sub)` adds the subcommands (myvlm_cli/main.py builds the parser).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ def _print_json(data: Any) -> None:
 
 
 def _errors():
-    from .concepts.object_head import TrainingCancelled
-    from .concepts.registry import ConceptError
-    from .model_manager import ModelError
-    from .personalize.vlm import VlmError
+    from engine.concepts.object_head import TrainingCancelled
+    from engine.concepts.registry import ConceptError
+    from engine.model_manager import ModelError
+    from engine.personalize.vlm import VlmError
 
     # ModelError covers model_files.ModelLoadError: damaged weights or a refused pickle, said in one sentence
     return (ConceptError, VlmError, ModelError, ValueError, FileNotFoundError), TrainingCancelled
@@ -29,14 +29,14 @@ def _errors():
 
 def _resource_errors():
     """Out of memory, a full disk: the job failed for a reason the message explains (exit status 1)."""
-    from .catalog import DiskFull
-    from .personalize.training import TrainingOutOfMemory
+    from engine.catalog import DiskFull
+    from engine.personalize.training import TrainingOutOfMemory
 
     return (DiskFull, TrainingOutOfMemory)
 
 
 def _config(args: argparse.Namespace):
-    from .personalize.training import TrainingConfig
+    from engine.personalize.training import TrainingConfig
 
     cfg = TrainingConfig()
     if args.steps is not None:
@@ -73,7 +73,7 @@ def _prepare_people(lib, names) -> None:
     """Make each name teachable, as the app's "Teach the captioner" does (`Library.person_concept`): a named person
     without a concept gets one (their confirmed faces), a person concept without training photos gets their faces'
     photos. A name that is neither a concept nor a person is refused with where to look."""
-    from .concepts.registry import ConceptError
+    from engine.concepts.registry import ConceptError
 
     reg = lib.concepts()
     for name in names:
@@ -101,7 +101,7 @@ def cmd_train(args: argparse.Namespace, lib) -> int:
     errors, cancelled = _errors()
     pers = lib.personalizer(args.vlm)
     bar = _TrainBar(args.json, "training")
-    from .personalize.estimates import TrainingClock
+    from engine.personalize.estimates import TrainingClock
 
     clock = TrainingClock()   # this computer's time per concept, for the estimates (`myvlm doctor`)
     try:
@@ -172,7 +172,7 @@ def _photo(lib, text: str):
 
 
 def _show_text(args, lib, photo, g, kind: str, store: bool) -> int:
-    from .captions import CaptionStore
+    from engine.captions import CaptionStore
 
     captions = CaptionStore(lib.catalog)
     if store:
@@ -215,7 +215,7 @@ def cmd_ask(args: argparse.Namespace, lib) -> int:
 
 def cmd_locate(args: argparse.Namespace, lib) -> int:
     """JSON: {"photo", "concept", "box": [x1, y1, x2, y2] in pixels or null, "raw": the model's text}."""
-    from .personalize.locate import locate
+    from engine.personalize.locate import locate
 
     errors, _ = _errors()
     try:
@@ -233,7 +233,7 @@ def cmd_locate(args: argparse.Namespace, lib) -> int:
 
 
 def cmd_research_train(args: argparse.Namespace, lib) -> int:
-    from .personalize.research_run import run_research_training
+    from engine.personalize.research_run import run_research_training
 
     errors, cancelled = _errors()
     bar = _TrainBar(args.json, "training")
@@ -257,7 +257,7 @@ def cmd_research_train(args: argparse.Namespace, lib) -> int:
 
 
 def cmd_export_embedding(args: argparse.Namespace, lib) -> int:
-    from .personalize.vlm import resolve_spec
+    from engine.personalize.vlm import resolve_spec
 
     errors, _ = _errors()
     pers = lib.personalizer(args.vlm)
