@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from . import paths as P
-from .catalog import Catalog, Folder, Photo
-from .library import LibraryPaths, default_library_path, setup_logging
+from .catalog import OK, Catalog, Folder, Photo
+from .library import APP_NAME, LibraryPaths, default_library_path, default_pictures_path, setup_logging
 from .people import People
 from .pipeline import MISSING, Pipeline, PipelineReport, ProgressCallback, ProgressEvent
 from .scanner import Scanner, ScanReport
@@ -288,5 +288,64 @@ class Library:
             concept = self.train_concept_head(concept.id)
         return registry.get(concept.id)
 
+    # -- main window (verbs) -----------------------------------------------------------------------------------
 
-__all__ = ["Library", "FolderNotFound", "ProgressEvent", "ScanReport", "PipelineReport"]
+    def reject_faces(self, face_ids: Iterable[int], person_id: int) -> int:
+        """"Not them" for some faces: each is "not this person" for `person_id`, forever, in one transaction.
+        Returns the number of faces."""
+        people, face_ids = self.people(), list(face_ids)
+        with self.catalog.write():
+            for fid in face_ids:
+                people.reject(fid, person_id)
+        return len(face_ids)
+
+    def teach_thing(self, name: str, photo_ids: Iterable[int]) -> int:
+        """Name a thing from photos that show it. A name already used for a thing (any case) ADDS these photos to
+        its examples and retrains it; a new thing is made together with its trained head, or not at all (no
+        half-made thing in the list). Returns the thing's concept id."""
+        reg, ids = self.concepts(), list(photo_ids)
+        existing = next((c for c in reg.list("object") if c.name.casefold() == name.casefold()), None)
+        if existing is None:
+            return reg.add_object_trained(name, ids, self.train_concept_head).id
+        reg.add_examples(existing.id, ids)
+        self.train_concept_head(existing.id)
+        return existing.id
+
+    def save_caption(self, photo_id: int, text: str) -> None:
+        """The user's own caption for a photo (it wins over the model's)."""
+        self.captions().put_user_caption(photo_id, text)
+
+    def ask(self, photo_id: int, question: str) -> dict[str, Any]:
+        """Ask the captioner a question about a photo, by the names it knows; the answer is stored with the photo.
+        Returns {"answer" (rendered with today's names), "model"}."""
+        g = self.personalizer().ask(photo_id, question)
+        store = self.captions()
+        store.put_answer(photo_id, question, g.template, model=g.model, concept_ids=g.concepts, instant=g.instant)
+        return {"answer": store.render(g.template), "model": g.model}
+
+    def locate(self, photo_id: int, concept_id: int, cancel: threading.Event | None = None) -> dict[str, Any]:
+        """ "Where is Bella?": the captioner's box (Location.as_dict()). A captioner that cannot point answers
+        {"cannot": why} (not an error: the user asked something this model does not do); `cancel` set stops the
+        model at its next token and raises engine.errors.Cancelled."""
+        from .errors import Cancelled
+        from .personalize.locate import CannotLocate, locate
+        from .personalize.minigpt_v2 import LocateCancelled
+
+        try:
+            return locate(self.personalizer(), photo_id, concept_id, cancel=cancel).as_dict()
+        except CannotLocate as exc:
+            return {"cannot": str(exc)}
+        except LocateCancelled as exc:
+            raise Cancelled(str(exc)) from exc
+
+    def watch_folders(self, on_update: Callable[[Any], None]) -> Any:
+        """Start watching the library's folders (engine.watch.FolderWatcher, without running the pipeline: the
+        caller decides when to index); `on_update(WatchUpdate)` comes from the watcher's threads. Stop it with
+        `.stop(timeout)`."""
+        from .watch import FolderWatcher
+
+        return FolderWatcher(self.paths.root, run_pipeline=False, on_update=on_update).start(wait_ready=False)
+
+
+__all__ = ["Library", "FolderNotFound", "ProgressEvent", "ScanReport", "PipelineReport",
+           "OK", "Photo", "APP_NAME", "default_library_path", "default_pictures_path"]
