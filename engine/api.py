@@ -222,6 +222,27 @@ class Library:
         unchanged."""
         return int(self.catalog.scalar("PRAGMA data_version"))
 
+    # -- settings (verbs) ---------------------------------------------------------------------------------------
+
+    def settings(self) -> dict[str, Any]:
+        """Every library setting's value: the stored one, else its declared default (engine.settings)."""
+        from . import settings
+
+        return {key: settings.read(self.catalog, key) for key in settings.SETTINGS}
+
+    def set_setting(self, key: str, value: Any) -> dict[str, Any]:
+        """Check and store one setting, and apply what changing it implies, once for both front doors: concept
+        embeddings belong to one VLM, so switching the `vlm` makes those trained on another stale.
+        Returns {"key", "value" (as stored), "stale_concepts" (concepts to retrain; 0 unless the vlm changed)}."""
+        from . import settings
+
+        value = settings.write(self.catalog, key, value)
+        stale = 0
+        if key == "vlm":
+            states = self.personalizer(value).refresh_states()   # the library's new VLM, whatever this run's option
+            stale = sum(state == "stale" for state in states.values())
+        return {"key": key, "value": value, "stale_concepts": stale}
+
     # -- captions and search (issue 7) --------------------------------------------------------------------------
 
     def captions(self):

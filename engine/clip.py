@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .settings import SETTINGS
+
 log = logging.getLogger(__name__)
 
 RANDOM = "random"  # random weights: tests and benchmarks only, never mixed with real embeddings (own key)
@@ -37,7 +39,7 @@ CLIP_MODELS = {
     "DFN5B-CLIP-ViT-H-14-378": ClipModelSpec("DFN5B-CLIP-ViT-H-14-378", "ViT-H-14-378-quickgelu", "dfn5b",
                                              "apple/DFN5B-CLIP-ViT-H-14-378", 1024, "Apple sample code licence"),
 }
-DEFAULT_MODEL = "ViT-B-32"
+DEFAULT_MODEL = SETTINGS["clip_model"].default  # the `clip_model` setting's default, declared once
 FEW_TEXTS = 4  # a search's query: encoded on one thread (1,442 ms with 2 busy threads vs 94 ms with one, measured)
 
 

@@ -25,13 +25,13 @@ from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
 from . import paths as P
+from . import settings
 from .catalog import FOLDER_OFFLINE, Folder
 from .pipeline import PipelineReport, ProgressCallback
 from .scanner import Scanner, ScanReport
 
 log = logging.getLogger(__name__)
 
-SETTING_POLLING = "watch_polling"
 
 # Event types that say nothing about content: reading a photo (as our own scanner and pipeline do) opens it.
 _IGNORED_EVENTS = frozenset({"opened", "closed_no_write"})
@@ -74,6 +74,12 @@ class _Watch:
             if emitter.watch == self.watch:
                 return emitter.is_alive() and not emitter.stopped_event.is_set()
         return False
+
+
+def polling_wanted(catalog) -> bool:
+    """The `watch_polling` setting: poll instead of native events (network shares, whose changes made by other
+    machines raise no event here)."""
+    return bool(settings.read(catalog, "watch_polling"))
 
 
 def _dir_key(path: bytes) -> tuple[int, int] | None:
@@ -263,7 +269,7 @@ class FolderWatcher:
         try:
             self._library = lib = Library(self.library_root)
             self._polling_mode = (self.polling if self.polling is not None
-                                  else bool(lib.catalog.get_setting(SETTING_POLLING, False)))
+                                  else polling_wanted(lib.catalog))
             self._sync_watches(lib.folders())  # watch first: what changes during the reconcile is seen too
             self._round(lib, None, startup=True)  # reconcile everything at start-up
             self._sync_watches(lib.folders())

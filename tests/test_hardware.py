@@ -238,7 +238,7 @@ def test_doctor_shows_the_hardware_and_the_recommendation(tmp_path, memory, this
 def test_a_new_library_uses_the_recommendation_and_an_explicit_choice_wins(tmp_path, this_computer):
     from engine.api import Library
     from engine.model_manager import catalogue
-    from engine.personalize.specs import SETTING_VLM, resolve_vlm_name
+    from engine.personalize.specs import resolve_vlm_name
 
     lib = Library(tmp_path / "lib")
     try:
@@ -247,7 +247,7 @@ def test_a_new_library_uses_the_recommendation_and_an_explicit_choice_wins(tmp_p
         assert [e.name for e in catalogue() if e.default and e.feature == "captions and questions"] == ["smolvlm-256m"]
         this_computer(RTX4090)
         assert resolve_vlm_name(lib.catalog) == "llava"
-        lib.catalog.set_setting(SETTING_VLM, "blip2")   # the user's word: kept on any machine
+        lib.catalog.set_setting("vlm", "blip2")   # the user's word: kept on any machine
         assert resolve_vlm_name(lib.catalog) == "blip2"
         this_computer(LAPTOP)
         assert resolve_vlm_name(lib.catalog) == "blip2"

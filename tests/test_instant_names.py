@@ -234,10 +234,10 @@ def test_the_setting_turns_instant_names_off(album):
     scripted(pers.wrapper, SAID, prompts, named="Alex is giving a speech")
     try:
         assert pers.caption(ids["left.jpg"]).instant
-        lib.catalog.set_setting(instant.SETTING_INSTANT, False)
+        lib.catalog.set_setting("instant_names", False)
         g = pers.caption(ids["left.jpg"])
     finally:
-        lib.catalog.set_setting(instant.SETTING_INSTANT, True)
+        lib.catalog.set_setting("instant_names", True)
         real(pers.wrapper)
     assert not g.instant and json.loads(json.dumps(g.to_json()))["instant"] is False
     assert not any("is Alex" in p for p in prompts[2:])
@@ -259,7 +259,7 @@ def test_settings_dialog_turns_instant_names_off(album, qtbot):
         save_settings(lib, dlg.changes(), [])
         assert not instant.enabled(lib.catalog)
     finally:
-        lib.catalog.set_setting(instant.SETTING_INSTANT, True)
+        lib.catalog.set_setting("instant_names", True)
         assert engine.shutdown()
 
 

@@ -21,7 +21,7 @@ from PIL import Image
 from engine.catalog import FOLDER_OFFLINE, FOLDER_ONLINE, GONE, OK, OFFLINE
 from engine.scanner import content_hash
 from engine.stages.thumbnails import ImageCache
-from engine.watch import SETTING_POLLING, FolderWatcher, WatchUpdate
+from engine.watch import FolderWatcher, WatchUpdate
 
 TIMEOUT = 30.0
 
@@ -379,7 +379,7 @@ def test_startup_reconciles_changes_made_while_not_watching(album, library, watc
 def test_polling_observer_sees_changes(album, library, watch, via):
     make_jpeg(album / "before.jpg", 1)
     if via == "setting":
-        library.catalog.set_setting(SETTING_POLLING, True)
+        library.catalog.set_setting("watch_polling", True)
         w = watch(poll_interval=0.2)
     else:
         w = watch(polling=True, poll_interval=0.2)

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .. import settings
 from ..captions import person_placeholder, placeholder, to_template
 from .targets import PET_AND_THING_WORDS, PERSON_WORDS
 
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
     from ..catalog import Catalog
     from .service import GeneratedText
 
-SETTING_INSTANT = "instant_names"   # library setting: true (default) / false
 BLIP2 = "blip2"                     # the one family that does not follow instructions
 
 SINGULAR_PEOPLE = tuple(w for w in PERSON_WORDS if w not in ("men", "women", "people"))
@@ -43,7 +43,7 @@ MODIFIER_STOP = {"is", "are", "was", "with", "in", "on", "at", "of", "and", "or"
 
 
 def enabled(catalog: Catalog) -> bool:
-    return bool(catalog.get_setting(SETTING_INSTANT, True))
+    return bool(settings.read(catalog, "instant_names"))
 
 
 def follows_instructions(family: str) -> bool:

@@ -36,7 +36,7 @@ from .targets import (
     pick_class_word,
     questions_for,
 )
-from .specs import SETTING_VLM, resolve_vlm_name  # noqa: F401 - re-exported
+from .specs import resolve_vlm_name  # noqa: F401 - re-exported
 from .training import ConceptToTrain, ConceptTrainer, TrainingConfig, TrainingExample
 from .vlm import CAPTION, DEFAULT_VLM, VQA, GenerationSettings, VlmWrapper, load_vlm
 

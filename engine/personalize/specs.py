@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .. import settings
+from ..errors import InvalidInput
+
 if TYPE_CHECKING:
     from ..catalog import Catalog
-
-SETTING_VLM = "vlm"
 
 CAPTION, VQA = "caption", "vqa"
 
@@ -127,7 +128,10 @@ def resolve_spec(name: str | Path) -> tuple[VlmSpec, str]:
 
 def check_vlm_setting(value: str) -> None:
     """The `vlm` setting's validation (engine.settings): an unknown model is refused with the list of known ones."""
-    resolve_spec(str(value))
+    try:
+        resolve_spec(str(value))
+    except VlmError as exc:
+        raise InvalidInput(str(exc)) from None
 
 
 def checkpoint_folder(spec: VlmSpec, checkpoint: str, models_dir: Path) -> Path:
@@ -173,7 +177,7 @@ def default_vlm() -> str:
 
 def resolve_vlm_name(catalog: Catalog, option: str | None = None) -> str:
     """The VLM this run uses: the front door's option, else the library's setting, else what fits this computer."""
-    return option or catalog.get_setting(SETTING_VLM) or default_vlm()
+    return option or settings.read(catalog, "vlm") or default_vlm()
 
 
 def local_repo(repo_id: str, models_dir: Path) -> Path | None:

@@ -21,10 +21,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .. import settings
 from ..catalog import Catalog
 from ..vectors import stack_blobs
 
-SETTING_FLOOR = "search_clip_floor"
 
 # Provisional: typical cosine ranges of these models between a short phrase and a photo it describes vs. one it
 # does not (matching pairs ~0.28-0.35, unrelated ~0.10-0.20). To be measured with choose_floor on labelled photos
@@ -52,7 +52,7 @@ class TextEncoder(Protocol):
 
 
 def floor_for(catalog: Catalog, key: str) -> float | None:
-    setting = catalog.get_setting(SETTING_FLOOR)
+    setting = settings.read(catalog, "search_clip_floor")
     if isinstance(setting, (int, float)) and not isinstance(setting, bool):
         return float(setting)
     if isinstance(setting, dict) and isinstance(setting.get(key), (int, float)):

@@ -12,15 +12,14 @@ import zlib
 import numpy as np
 
 from ..catalog import Catalog
-from ..clip import DEFAULT_MODEL, ClipEncoder
+from .. import settings
+from ..clip import ClipEncoder
 from ..vectors import stack_blobs, to_blob
 from ..pipeline import Job, Stage, StageUnavailable
 from .thumbnails import ImageCache
 
 log = logging.getLogger(__name__)
 
-SETTING_MODEL = "clip_model"
-SETTING_WEIGHTS = "clip_weights"  # a local weights file, or "random" (tests)
 CODE_VERSION = 1
 
 _encoders: dict[tuple[str, str | None], ClipEncoder] = {}
@@ -28,8 +27,8 @@ _encoders: dict[tuple[str, str | None], ClipEncoder] = {}
 
 def resolve_encoder(catalog: Catalog, model: str | None = None, weights: str | None = None) -> ClipEncoder:
     """The library's CLIP encoder, shared per process (a model loads once, however many stages ask)."""
-    model = model or catalog.get_setting(SETTING_MODEL) or DEFAULT_MODEL
-    weights = weights or catalog.get_setting(SETTING_WEIGHTS)
+    model = model or settings.read(catalog, "clip_model")
+    weights = weights or settings.read(catalog, "clip_weights")  # a local weights file, or "random" (tests)
     key = (model, weights)
     if key not in _encoders:
         _encoders[key] = ClipEncoder(model, weights)

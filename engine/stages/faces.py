@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from .. import settings
 from ..catalog import Catalog, now
 from ..faces.backends import DetectedFace, FaceBackend, create_backend
 from ..faces.clustering import FaceClusterer
@@ -25,7 +26,6 @@ from .thumbnails import ImageCache
 
 log = logging.getLogger(__name__)
 
-SETTING_BACKEND = "face_backend"
 CROP_SIZE = 160
 CROP_MARGIN = 1.6  # crop side = box side × margin, for a little context around the face
 IOU_SAME_FACE = 0.5
@@ -257,7 +257,7 @@ def turn_faces(catalog: Catalog, photo, degrees: int) -> None:
 
 def resolve_backend(catalog: Catalog, override: str | None = None) -> FaceBackend:
     """The backend a run uses: `--face-backend`, else the library's setting, else automatic (models load lazily)."""
-    return create_backend(override or catalog.get_setting(SETTING_BACKEND) or "auto", catalog.paths.models)
+    return create_backend(override or settings.read(catalog, "face_backend"), catalog.paths.models)
 
 
 def _crop(img: Image.Image, bbox: tuple[float, float, float, float]) -> bytes:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from .. import settings
 from ..catalog import Catalog
 from ..images import PhotoReadError, apply_user_rotation, decode, probe
 from ..library import LibraryPaths
@@ -25,8 +26,6 @@ THUMB_SIZE = 256
 PREVIEW_SIZE = 1440
 THUMB_QUALITY = 85
 PREVIEW_QUALITY = 90
-DEFAULT_PREVIEW_CACHE_BYTES = 2 * 1024**3
-SETTING_PREVIEW_CACHE = "preview_cache_bytes"
 
 
 def _shard(root: Path, content_hash: str) -> Path:
@@ -186,7 +185,7 @@ class ThumbnailStage(Stage):
 
     def finish(self, catalog: Catalog) -> None:
         assert self.cache is not None
-        cap = catalog.get_setting(SETTING_PREVIEW_CACHE, DEFAULT_PREVIEW_CACHE_BYTES)
+        cap = settings.read(catalog, "preview_cache_bytes")
         self.cache.enforce_preview_cap(int(cap))
 
 
