@@ -49,7 +49,7 @@ from PySide6.QtWidgets import QApplication
 
 from engine.api import Library
 from engine.catalog import now
-from engine.stages.thumbnails import ImageCache
+from engine.image_cache import ImageCache
 
 TARGET_STALL_MS = 100.0
 

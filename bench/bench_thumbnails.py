@@ -36,14 +36,8 @@ sys.path.insert(0, str(ROOT))
 
 from engine.api import Library  # noqa: E402
 from engine.library import LibraryPaths  # noqa: E402
-from engine.stages.thumbnails import (  # noqa: E402
-    PREVIEW_QUALITY,
-    PREVIEW_SIZE,
-    THUMB_QUALITY,
-    THUMB_SIZE,
-    ImageCache,
-    ThumbnailStage,
-)
+from engine.image_cache import PREVIEW_QUALITY, PREVIEW_SIZE, THUMB_QUALITY, THUMB_SIZE, ImageCache  # noqa: E402
+from engine.stages.thumbnails import ThumbnailStage  # noqa: E402
 
 GEN_VERSION = 1  # bump when make_photo changes, so cached photos are regenerated
 CACHE = ROOT / ".cache" / "bench"

@@ -371,9 +371,63 @@ def _m7_instant_names(db: sqlite_utils.Database) -> None:
         + bake.format(table="qa", col="answer") + " END;")
 
 
+# The change feed (Catalog.changes_since): every write that changes what a view shows of a photo (its row, faces,
+# captions, answers, concept signals, stage state, place, the names it shows) appends the photo's id here, by
+# trigger, so the writes of every connection and process are seen. photo_id NULL: "everything" (a folder went
+# offline or came back). Old rows are trimmed by a trigger: the newest CHANGES_KEPT stay, so a reader that fell
+# further behind is told to read everything again.
+CHANGES_KEPT = 200_000
+CHANGES_TRIM_EVERY = 10_000   # trimming in steps: one DELETE of a step's rows per CHANGES_TRIM_EVERY changes
+
+
+def _m8_change_feed(db: sqlite_utils.Database) -> None:
+    """The photo change feed. sqlite-utils makes the table (a plain rowid key: rows are only ever trimmed from the
+    old end, so seq never goes back); triggers are hand-written SQL, which sqlite-utils has no API for."""
+    db.create_table("photo_changes", {"seq": int, "photo_id": int}, pk="seq")
+    log_new = "INSERT INTO photo_changes(photo_id) VALUES (NEW.{c});"
+    log_old = "INSERT INTO photo_changes(photo_id) VALUES (OLD.{c});"
+    triggers = {
+        "photos_changes_ai": "AFTER INSERT ON photos BEGIN " + log_new.format(c="id") + " END",
+        # the columns a view shows (not size, mtime_ns or updated_at alone)
+        "photos_changes_au": "AFTER UPDATE OF folder_id, path, name, kind, content_hash, width, height, orientation, "
+                             "format, date_taken, user_rotation, status, last_error, gone_at ON photos BEGIN "
+                             + log_new.format(c="id") + " END",
+        "photos_changes_ad": "AFTER DELETE ON photos BEGIN " + log_old.format(c="id") + " END",
+        "folders_changes_au": "AFTER UPDATE OF status ON folders WHEN OLD.status != NEW.status BEGIN "
+                              "INSERT INTO photo_changes(photo_id) VALUES (NULL); END",
+        # a name shows on the photos of the person's faces, in captions and answers naming them or their concept
+        "people_changes_au": "AFTER UPDATE OF name, hidden ON people BEGIN "
+                             "INSERT INTO photo_changes(photo_id) SELECT DISTINCT photo_id FROM faces "
+                             "WHERE person_id = NEW.id; "
+                             + "".join(f"INSERT INTO photo_changes(photo_id) SELECT photo_id FROM {t} WHERE "
+                                       f"instr({col}, '{{{{person:' || NEW.id || '}}}}') > 0; "
+                                       for t, col in (("captions", "template"), ("qa", "answer")))
+                             + "END",
+        "concepts_changes_au": "AFTER UPDATE OF name, identifier ON concepts BEGIN "
+                               "INSERT INTO photo_changes(photo_id) SELECT photo_id FROM concept_signals "
+                               "WHERE concept_id = NEW.id AND fired; "
+                               "INSERT INTO photo_changes(photo_id) SELECT photo_id FROM concept_examples "
+                               "WHERE concept_id = NEW.id AND photo_id IS NOT NULL; "
+                               + "".join(f"INSERT INTO photo_changes(photo_id) SELECT photo_id FROM {t} WHERE "
+                                         f"instr({col}, '{{{{concept:' || NEW.id || '}}}}') > 0; "
+                                         for t, col in (("captions", "template"), ("qa", "answer")))
+                               + "END",
+        "photo_changes_trim": f"AFTER INSERT ON photo_changes WHEN NEW.seq % {CHANGES_TRIM_EVERY} = 0 BEGIN "
+                              f"DELETE FROM photo_changes WHERE seq <= NEW.seq - {CHANGES_KEPT}; END",
+    }
+    for table in ("faces", "captions", "qa", "concept_signals", "concept_examples", "stage_status", "photo_places"):
+        when_new = " WHEN NEW.photo_id IS NOT NULL" if table == "concept_examples" else ""
+        when_old = " WHEN OLD.photo_id IS NOT NULL" if table == "concept_examples" else ""
+        triggers[f"{table}_changes_ai"] = f"AFTER INSERT ON {table}{when_new} BEGIN {log_new.format(c='photo_id')} END"
+        triggers[f"{table}_changes_au"] = f"AFTER UPDATE ON {table}{when_new} BEGIN {log_new.format(c='photo_id')} END"
+        triggers[f"{table}_changes_ad"] = f"AFTER DELETE ON {table}{when_old} BEGIN {log_old.format(c='photo_id')} END"
+    for name, body in triggers.items():
+        db.execute(f"CREATE TRIGGER {name} {body}")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m1_foundation, _m2_faces, _m3_clip_and_concepts, _m4_captions_and_search, _m5_stage_claims, _m6_faces_log,
-    _m7_instant_names,
+    _m7_instant_names, _m8_change_feed,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -512,6 +566,16 @@ def _photo(row: sqlite3.Row) -> Photo:
     return Photo(**{k: row[k] for k in row.keys()})
 
 
+
+@dataclass(frozen=True)
+class Changes:
+    """What changed since a token (Catalog.changes_since). `token`: pass it to the next call. `photo_ids`: the
+    photos whose row or derived data changed, each once, in the order of their first change; None: too many or
+    unknown (no token yet, the log was trimmed past it, the catalog was replaced): read everything again."""
+    token: int
+    photo_ids: tuple[int, ...] | None
+
+
 class Catalog:
     """One connection to a library's catalog. Open one per thread; they coordinate through SQLite."""
 
@@ -607,6 +671,28 @@ class Catalog:
                 log.info("migrating catalog %s to schema %d", self.paths.db, number)
                 MIGRATIONS[number - 1](self.db)
                 self.conn.execute(f"PRAGMA user_version = {number}")
+
+    def changes_since(self, token: int | None, *, limit: int = 10_000) -> Changes:
+        """The photos changed since `token` was handed out, by any connection or process (the feed's triggers log
+        every write). Reads only the feed's rows after `token`: cheap enough to ask every second. More than
+        `limit` distinct photos answer None, as does a token the feed no longer covers."""
+        last = self.scalar("SELECT max(seq) FROM photo_changes") or 0
+        if token is None or token > last:   # no token yet, or another catalog (a restored backup): read everything
+            return Changes(last, None)
+        if token == last:
+            return Changes(last, ())
+        first = self.scalar("SELECT min(seq) FROM photo_changes") or 0
+        if token < first - 1 or last - token > CHANGES_KEPT:   # trimmed past the token
+            return Changes(last, None)
+        ids: dict[int, None] = {}
+        for (photo_id,) in self.conn.execute("SELECT photo_id FROM photo_changes WHERE seq > ? AND seq <= ?",
+                                             [token, last]):
+            if photo_id is None:
+                return Changes(last, None)
+            ids[photo_id] = None
+            if len(ids) > limit:
+                return Changes(last, None)
+        return Changes(last, tuple(ids))
 
     def integrity_check(self) -> str:
         return str(self.scalar("PRAGMA integrity_check"))

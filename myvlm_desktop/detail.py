@@ -56,7 +56,7 @@ from PySide6.QtWidgets import (
 
 from engine.catalog import Photo
 from engine.library import LibraryPaths
-from engine.stages.thumbnails import ImageCache
+from engine.image_cache import ImageCache
 
 from .resources import icon
 from .widgets import PERSON_CHIP, THING_CHIP, ChipBar, heading, hline

@@ -22,7 +22,7 @@ from PySide6.QtGui import QImage, QImageReader, QPixmap, QTransform
 
 from engine.library import LibraryPaths
 from engine.stages.faces import crop_path
-from engine.stages.thumbnails import THUMB_SIZE, ImageCache
+from engine.image_cache import THUMB_SIZE, ImageCache
 
 ThumbKey = tuple[str, int]  # (content hash, user rotation in degrees clockwise)
 

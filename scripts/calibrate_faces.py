@@ -49,7 +49,7 @@ from engine.api import Library
 from engine.faces.backends import FaceThresholds, create_backend
 from engine.faces.clustering import FaceClusterer
 from engine.stages.faces import iou
-from engine.stages.thumbnails import ImageCache
+from engine.image_cache import ImageCache
 
 TEST_DATA = ROOT / ".cache" / "test-data"
 DEFAULT_LABELS = ROOT / "tests" / "data" / "kphotoalbum_faces.json"

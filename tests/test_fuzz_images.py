@@ -38,7 +38,7 @@ from engine.images import (
 )
 from engine.library import LibraryPaths
 from engine.search.places import read_gps
-from engine.stages.thumbnails import PREVIEW_SIZE, THUMB_SIZE, ImageCache
+from engine.image_cache import PREVIEW_SIZE, THUMB_SIZE, ImageCache
 
 from . import fuzz_media as M
 from .helpers import album_snapshot

@@ -16,7 +16,7 @@ from PIL import Image
 
 from engine.api import Library
 from engine.pipeline import Job, Pipeline, ProgressEvent, Stage
-from engine.stages.thumbnails import ImageCache
+from engine.image_cache import ImageCache
 
 from .conftest import ROOT
 from .helpers import album_snapshot, mean_abs_diff, photo_array, write_jpeg

@@ -20,7 +20,7 @@ from PIL import Image
 
 from engine.catalog import FOLDER_OFFLINE, FOLDER_ONLINE, GONE, OK, OFFLINE
 from engine.scanner import content_hash
-from engine.stages.thumbnails import ImageCache
+from engine.image_cache import ImageCache
 from engine.watch import FolderWatcher, WatchUpdate
 
 TIMEOUT = 30.0

@@ -285,7 +285,7 @@ class ObjectHeadTrainer:
     @property
     def _image_cache(self):
         if self._cache is None:
-            from ..stages.thumbnails import ImageCache
+            from ..image_cache import ImageCache
 
             self._cache = ImageCache(self.catalog.paths)
         return self._cache
