@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from . import paths as P
-from .catalog import OK, Catalog, Folder, Photo
+from .catalog import OK, Catalog, Changes, Folder, Photo
 from .library import APP_NAME, LibraryPaths, default_library_path, default_pictures_path, setup_logging
 from .people import People
 from .pipeline import MISSING, Pipeline, PipelineReport, ProgressCallback, ProgressEvent
@@ -222,6 +222,15 @@ class Library:
         unchanged."""
         return int(self.catalog.scalar("PRAGMA data_version"))
 
+    # -- change feed (verbs) ------------------------------------------------------------------------------------
+
+    def changes_since(self, token: int | None) -> Changes:
+        """The photos whose row or derived data (faces, captions, concept signals, stage state, rotation, status)
+        changed since `token`, in any process, so a view refreshes those rows instead of every photo. Pass the
+        returned token next time; `photo_ids` None means read everything again (first call, or too much changed).
+        Cheap to call every second: it reads only the feed's new rows."""
+        return self.catalog.changes_since(token)
+
     # -- settings (verbs) ---------------------------------------------------------------------------------------
 
     def settings(self) -> dict[str, Any]:
@@ -368,5 +377,5 @@ class Library:
         return FolderWatcher(self.paths.root, run_pipeline=False, on_update=on_update).start(wait_ready=False)
 
 
-__all__ = ["Library", "FolderNotFound", "ProgressEvent", "ScanReport", "PipelineReport",
+__all__ = ["Library", "FolderNotFound", "ProgressEvent", "ScanReport", "PipelineReport", "Changes",
            "OK", "Photo", "APP_NAME", "default_library_path", "default_pictures_path"]
