@@ -142,7 +142,7 @@ class Library:
         return ConceptRegistry(self.catalog)
 
     def clip_encoder(self):
-        from .stages.clip import resolve_encoder
+        from .clip import resolve_encoder
 
         return resolve_encoder(self.catalog, self.options.get("clip_model"), self.options.get("clip_weights"))
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from . import settings
+
 from .settings import SETTINGS
 
 log = logging.getLogger(__name__)
@@ -209,3 +211,18 @@ class ClipEncoder:
             tokens = self._tokenizer(list(texts)).to(self.device)
             feats = torch.nn.functional.normalize(self._model.encode_text(tokens).float(), dim=-1)
         return feats.cpu().numpy().astype(np.float32)
+
+
+_encoders: dict[tuple[str, str | None], ClipEncoder] = {}
+
+
+def resolve_encoder(catalog: settings.SettingsStore, model: str | None = None,
+                    weights: str | None = None) -> ClipEncoder:
+    """The library's CLIP encoder (its `clip_model` / `clip_weights` settings unless given), one per process: a
+    model loads once however many stages, heads and searches ask."""
+    model = model or settings.read(catalog, "clip_model")
+    weights = weights or settings.read(catalog, "clip_weights")  # a local weights file, or "random" (tests)
+    key = (model, weights)
+    if key not in _encoders:
+        _encoders[key] = ClipEncoder(model, weights)
+    return _encoders[key]

@@ -76,3 +76,11 @@ def _threads(n: int) -> Iterator[None]:
         yield
     finally:
         faiss.omp_set_num_threads(before)
+
+
+def load_clip_matrix(catalog, model_key: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(photo ids (n,), embeddings (n, dim)) of one CLIP space from the catalog, for vectorised heads."""
+    rows = catalog.query("SELECT photo_id, embedding FROM clip_embeddings WHERE model = ? ORDER BY photo_id",
+                         [model_key])
+    ids = np.fromiter((r["photo_id"] for r in rows), dtype=np.int64, count=len(rows))
+    return ids, stack_blobs([r["embedding"] for r in rows], dim)

@@ -11,7 +11,8 @@ import pytest
 from engine.api import Library
 from engine.concepts.detect import ConceptDetector
 from engine.concepts.registry import ConceptError, ConceptRegistry, Head
-from engine.stages.clip import load_clip_matrix, resolve_encoder
+from engine.clip import resolve_encoder
+from engine.vectors import load_clip_matrix
 
 from .helpers import write_jpeg
 

@@ -34,7 +34,8 @@ from engine.concepts.object_head import (
     train_linear_head,
 )
 from engine.concepts.registry import ConceptError, ConceptRegistry
-from engine.stages.clip import load_clip_matrix, resolve_encoder
+from engine.clip import resolve_encoder
+from engine.vectors import load_clip_matrix
 
 from .helpers import write_jpeg
 

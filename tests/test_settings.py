@@ -18,13 +18,13 @@ def _backend(cat):
 
 
 def _clip_model(cat):
-    from engine.stages.clip import resolve_encoder
+    from engine.clip import resolve_encoder
 
     return resolve_encoder(cat).spec.name
 
 
 def _clip_weights(cat):
-    from engine.stages.clip import resolve_encoder
+    from engine.clip import resolve_encoder
 
     return resolve_encoder(cat).weights
 

@@ -573,7 +573,7 @@ class ObjectHeadTrainer:
         return head, metrics
 
     def _album_matrix(self) -> tuple[np.ndarray, np.ndarray]:
-        from ..stages.clip import load_clip_matrix
+        from ..vectors import load_clip_matrix
 
         ids, album = load_clip_matrix(self.catalog, self.encoder.key, self.encoder.dim)
         if len(ids):

@@ -12,27 +12,15 @@ import zlib
 import numpy as np
 
 from ..catalog import Catalog
-from .. import settings
-from ..clip import ClipEncoder
-from ..vectors import stack_blobs, to_blob
+from ..clip import ClipEncoder, resolve_encoder
+from ..vectors import to_blob
 from ..pipeline import Job, Stage, StageUnavailable
-from .thumbnails import ImageCache
+from ..image_cache import ImageCache
 
 log = logging.getLogger(__name__)
 
 CODE_VERSION = 1
 
-_encoders: dict[tuple[str, str | None], ClipEncoder] = {}
-
-
-def resolve_encoder(catalog: Catalog, model: str | None = None, weights: str | None = None) -> ClipEncoder:
-    """The library's CLIP encoder, shared per process (a model loads once, however many stages ask)."""
-    model = model or settings.read(catalog, "clip_model")
-    weights = weights or settings.read(catalog, "clip_weights")  # a local weights file, or "random" (tests)
-    key = (model, weights)
-    if key not in _encoders:
-        _encoders[key] = ClipEncoder(model, weights)
-    return _encoders[key]
 
 
 class ClipStage(Stage):
@@ -111,10 +99,3 @@ class ClipStage(Stage):
             "INSERT OR REPLACE INTO clip_embeddings(photo_id, model, embedding) "
             "SELECT ?, model, embedding FROM clip_embeddings WHERE photo_id = ?", [job.photo_id, source_photo_id])
 
-
-def load_clip_matrix(catalog: Catalog, model_key: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """(photo ids (n,), embeddings (n, dim)) of one CLIP space, for vectorised heads."""
-    rows = catalog.query("SELECT photo_id, embedding FROM clip_embeddings WHERE model = ? ORDER BY photo_id",
-                         [model_key])
-    ids = np.fromiter((r["photo_id"] for r in rows), dtype=np.int64, count=len(rows))
-    return ids, stack_blobs([r["embedding"] for r in rows], dim)

@@ -11,7 +11,7 @@ import zlib
 from ..catalog import Catalog
 from ..concepts.detect import ConceptDetector, Signal
 from ..pipeline import Job, Stage
-from .clip import resolve_encoder
+from ..clip import resolve_encoder
 from .faces import resolve_backend
 
 CODE_VERSION = 1
