@@ -374,7 +374,7 @@ class Library:
         `.stop(timeout)`."""
         from .watch import FolderWatcher
 
-        return FolderWatcher(self.paths.root, run_pipeline=False, on_update=on_update).start(wait_ready=False)
+        return FolderWatcher(self.paths.root, open_library=type(self), run_pipeline=False, on_update=on_update).start(wait_ready=False)
 
 
 __all__ = ["Library", "FolderNotFound", "ProgressEvent", "ScanReport", "PipelineReport", "Changes",

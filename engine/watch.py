@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
@@ -27,8 +28,10 @@ from watchdog.observers.polling import PollingObserver
 from . import paths as P
 from . import settings
 from .catalog import FOLDER_OFFLINE, Folder
-from .pipeline import PipelineReport, ProgressCallback
 from .scanner import Scanner, ScanReport
+
+if TYPE_CHECKING:
+    from .pipeline import PipelineReport, ProgressCallback
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +123,7 @@ class FolderWatcher:
         self,
         library_root: str | os.PathLike,
         *,
+        open_library: Callable[[str | os.PathLike], Any],
         polling: bool | None = None,
         poll_interval: float = 2.0,
         debounce: float = 0.5,
@@ -132,6 +136,7 @@ class FolderWatcher:
         progress: ProgressCallback | None = None,
     ):
         self.library_root = library_root
+        self.open_library = open_library  # engine.library.Library: passed in, so the watcher sits below the API
         self.polling = polling
         self.poll_interval = poll_interval
         self.debounce = debounce
@@ -264,10 +269,8 @@ class FolderWatcher:
     # -- the watcher thread -----------------------------------------------------------------------------------------
 
     def _main(self) -> None:
-        from .api import Library
-
         try:
-            self._library = lib = Library(self.library_root)
+            self._library = lib = self.open_library(self.library_root)
             self._polling_mode = (self.polling if self.polling is not None
                                   else polling_wanted(lib.catalog))
             self._sync_watches(lib.folders())  # watch first: what changes during the reconcile is seen too

@@ -195,7 +195,7 @@ def cmd_watch(args: argparse.Namespace, lib: Library) -> int:
         else:
             print(line, file=sys.stderr, flush=True)
 
-    watcher = FolderWatcher(lib.paths.root, poll_interval=args.interval,
+    watcher = FolderWatcher(lib.paths.root, open_library=type(lib), poll_interval=args.interval,
                             on_update=on_update)
 
     def handler(signum: int, frame: Any) -> None:

@@ -1832,7 +1832,7 @@ class MainWindow(QMainWindow):
         from engine.watch import FolderWatcher
 
         try:
-            self.watcher = FolderWatcher(self.library_root, run_pipeline=False,
+            self.watcher = FolderWatcher(self.library_root, open_library=type(self.library), run_pipeline=False,
                                          on_update=self._watch_bridge.updated.emit).start(wait_ready=False)
         except Exception as exc:  # noqa: BLE001 - watching is a convenience: Index Now still works
             log.warning("cannot watch the folders: %s", exc)

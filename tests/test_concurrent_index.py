@@ -139,7 +139,7 @@ def test_watcher_and_index_command_at_once_equal_one(album: Path, single: dict, 
     wait_until(lambda: ro_query(db, "SELECT 1 FROM stage_claims WHERE stage = 'faces'"),
                lambda: proc.poll() is None, "the command finding faces")
     updates = []
-    watcher = FolderWatcher(library, on_update=updates.append, debounce=0.2, stable_wait=0.3, max_delay=5.0)
+    watcher = FolderWatcher(library, open_library=Library, on_update=updates.append, debounce=0.2, stable_wait=0.3, max_delay=5.0)
     watcher.start(timeout=WAIT_S)
     try:
         report = finish(proc)

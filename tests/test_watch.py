@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from engine.api import Library
 from engine.catalog import FOLDER_OFFLINE, FOLDER_ONLINE, GONE, OK, OFFLINE
 from engine.scanner import content_hash
 from engine.image_cache import ImageCache
@@ -87,7 +88,7 @@ def watch(library_dir: Path):
         kw.setdefault("stable_wait", 0.3)
         kw.setdefault("max_delay", 5.0)
         updates: list[WatchUpdate] = []
-        w = FolderWatcher(library_dir, on_update=updates.append, **kw)
+        w = FolderWatcher(library_dir, open_library=Library, on_update=updates.append, **kw)
         started.append(w)
         w.start(timeout=TIMEOUT)
         assert w.ready and w.error is None, w.error
@@ -448,7 +449,7 @@ def test_library_inside_the_album_is_ignored(tmp_path, watch):
     with Library(lib_dir) as lib:
         lib.add_folder(album)
     updates: list[WatchUpdate] = []
-    w = FolderWatcher(lib_dir, debounce=0.2, on_update=updates.append).start(timeout=TIMEOUT)
+    w = FolderWatcher(lib_dir, open_library=Library, debounce=0.2, on_update=updates.append).start(timeout=TIMEOUT)
     try:
         assert w.error is None
         assert w.wait_idle(timeout=TIMEOUT, quiet=0.5)
