@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from . import paths as P
+from .errors import InvalidInput, NotFound
 from .catalog import OK, Catalog, Changes, Folder, Photo
 from .library import APP_NAME, LibraryPaths, default_library_path, default_pictures_path, setup_logging
 from .people import People
@@ -20,8 +21,8 @@ from .stages import REGISTRY
 log = logging.getLogger(__name__)
 
 
-class FolderNotFound(FileNotFoundError):
-    pass
+class FolderNotFound(NotFound, FileNotFoundError):
+    """A folder the user named is not there (still a FileNotFoundError for existing callers)."""
 
 
 class Library:
@@ -63,7 +64,7 @@ class Library:
         if not os.path.isdir(P.to_fs(pb)):
             raise FolderNotFound(f"not a folder: {P.display(pb)}")
         if P.is_within(pb, P.normalize(self.paths.root)):
-            raise ValueError(f"{P.display(pb)} is this library's own folder (thumbnails, database), not a photo folder")
+            raise InvalidInput(f"{P.display(pb)} is this library's own folder (thumbnails, database), not a photo folder")
         folder = self.catalog.add_folder(pb)
         log.info("watching folder %s", folder.path)
         return folder
@@ -125,7 +126,7 @@ class Library:
         """Show a photo turned (clockwise, on top of EXIF); stages that look at pixels see it anew."""
         photo = self.catalog.photo(photo_id)
         if photo is None:
-            raise KeyError(f"no photo with id {photo_id}")
+            raise NotFound(f"no photo with id {photo_id}")
         from .stages.faces import turn_faces
 
         with self.catalog.write():

@@ -38,7 +38,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, errors
+from .errors import UserError
 from .library import LibraryPaths, default_library_path, follow_moves, record_library_move
 
 log = logging.getLogger(__name__)
@@ -56,12 +57,12 @@ COUNTED_TABLES = ("folders", "photos", "people", "faces", "concepts", "captions"
 Progress = Callable[[str, int, int], None]
 
 
-class BackupError(RuntimeError):
+class BackupError(UserError, RuntimeError):
     """A backup, restore or move that cannot be done; the message says why and what to do."""
 
 
-class Cancelled(BackupError):
-    pass
+class Cancelled(BackupError, errors.Cancelled):
+    """The user stopped a backup, restore or move (engine.errors.Cancelled)."""
 
 
 @dataclass

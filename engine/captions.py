@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .catalog import Catalog, now
+from .errors import NotFound
 
 ORIGINAL, PERSONALISED, USER = "original", "personalised", "user"
 GENERATED_KINDS = (ORIGINAL, PERSONALISED)
@@ -238,7 +239,7 @@ class CaptionStore:
 
     def _check_photo(self, photo_id: int) -> None:
         if not self.catalog.scalar("SELECT 1 FROM photos WHERE id = ?", [photo_id]):
-            raise KeyError(f"no photo with id {photo_id}")
+            raise NotFound(f"no photo with id {photo_id}")
 
 
 def _ids_json(concept_ids: Sequence[int], template: str) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 import sqlite_utils
 
 from . import paths as P
+from .errors import InvalidInput, UserError
 from .library import LibraryPaths
 
 log = logging.getLogger(__name__)
@@ -432,11 +433,11 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-class SchemaTooNew(RuntimeError):
-    pass
+class SchemaTooNew(UserError, RuntimeError):
+    """The catalog was written by a newer version of the app; the message says so."""
 
 
-class DiskFull(OSError):
+class DiskFull(UserError, OSError):
     """The disk (or quota) holding the library is full. Nothing half-written is kept: the catalog rolled back,
     temporary files were removed, and the work not stored is simply still to do, so the same command resumes
     once there is room. The message says what could not be written and what to do."""
@@ -814,7 +815,7 @@ class Catalog:
 
     def set_user_rotation(self, photo_id: int, degrees: int) -> None:
         if degrees % 90:
-            raise ValueError("rotation must be a multiple of 90 degrees")
+            raise InvalidInput("rotation must be a multiple of 90 degrees")
         with self.write():
             self.conn.execute(
                 "UPDATE photos SET user_rotation = ?, updated_at = ? WHERE id = ?", [degrees % 360, now(), photo_id]

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .errors import InvalidInput, UserError
 from . import settings
 
 from .settings import SETTINGS
@@ -62,7 +63,7 @@ def torch_threads(n: int):
 HUB_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
-class ClipWeightsMissing(RuntimeError):
+class ClipWeightsMissing(UserError, RuntimeError):
     """The model's weights are not on this machine; the message says how to get them."""
 
 
@@ -89,7 +90,7 @@ class ClipEncoder:
     def __init__(self, model: str = DEFAULT_MODEL, weights: str | Path | None = None, device: str | None = None,
                  batch_size: int = 16):
         if model not in CLIP_MODELS:
-            raise ValueError(f"unknown CLIP model {model!r}; known: {', '.join(CLIP_MODELS)}")
+            raise InvalidInput(f"unknown CLIP model {model!r}; known: {', '.join(CLIP_MODELS)}")
         self.spec = CLIP_MODELS[model]
         self.weights = weights  # None: the Hugging Face cache; RANDOM; or a local weights file
         self.device = device

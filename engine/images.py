@@ -15,6 +15,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError, features
 
+from .errors import UserError
+
 # HEIC/HEIF through pillow-heif when it is installed; AVIF is native in Pillow >= 11.3 or comes from a plugin.
 try:  # pragma: no cover - depends on the install
     import pillow_heif
@@ -99,7 +101,7 @@ def classify(name: str | bytes) -> tuple[str | None, str | None]:
     return None, None
 
 
-class PhotoReadError(Exception):
+class PhotoReadError(UserError):
     """A per-file problem, with a message meant for the user (shown in `status`, `photos` and the GUI)."""
 
     def __init__(self, message: str, *, vanished: bool = False):

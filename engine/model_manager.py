@@ -46,6 +46,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote, urlparse
 
+from .errors import Cancelled, UserError
+
 log = logging.getLogger(__name__)
 
 PRESENT, MISSING, PARTIAL = "present", "missing", "partial"
@@ -75,7 +77,7 @@ _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class ModelError(RuntimeError):
+class ModelError(UserError, RuntimeError):
     """A model cannot be listed, fetched, verified, removed or imported as asked; the message says why and what
     to do."""
 
@@ -99,8 +101,8 @@ def gated_message(repo_id: str, had_token: bool) -> str:
             "login`). The token goes to the hub only and the app does not keep it")
 
 
-class DownloadCancelled(ModelError):
-    pass
+class DownloadCancelled(ModelError, Cancelled):
+    """The user stopped a download (engine.errors.Cancelled); the partial files are kept to resume."""
 
 
 class Cancel(Protocol):

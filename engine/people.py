@@ -14,13 +14,14 @@ from typing import Any
 import numpy as np
 
 from .catalog import Catalog, now
+from .errors import UserError
 from .personalize import instant
 from .vectors import from_blob
 
 log = logging.getLogger(__name__)
 
 
-class PeopleError(ValueError):
+class PeopleError(UserError, ValueError):
     """A request that cannot be done as asked; the message says why."""
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import claims
+from .errors import InvalidInput, UserError
 from . import paths as P
 from .catalog import Catalog, DiskFull, disk_full, is_disk_full
 
@@ -29,7 +30,7 @@ CLAIM_CHUNK_MIN = 4   # content groups claimed at a time (at least)
 CLAIM_WAIT_S = 0.5    # how often a run waiting for another run's photos looks again
 
 
-class StageUnavailable(RuntimeError):
+class StageUnavailable(UserError, RuntimeError):
     """Raised by a stage's `before_work` when it finds only on starting that it cannot run here (its model's files
     are on disk but do not load): the stage is skipped with this sentence, as if `unavailable()` had said it."""
 
@@ -126,7 +127,7 @@ class StageRegistry:
         if wanted is not None:
             unknown = wanted - set(self.names())
             if unknown:
-                raise ValueError(f"unknown stage(s): {', '.join(sorted(unknown))}; known: {', '.join(self.names())}")
+                raise InvalidInput(f"unknown stage(s): {', '.join(sorted(unknown))}; known: {', '.join(self.names())}")
         return [f() for n, f in self._factories if wanted is None or n in wanted]
 
 
@@ -221,7 +222,7 @@ class Pipeline:
 
     def run(self, mode: str = MISSING) -> PipelineReport:
         if mode not in (MISSING, ALL, ERRORS):
-            raise ValueError(f"mode must be one of missing, all, errors (got {mode!r})")
+            raise InvalidInput(f"mode must be one of missing, all, errors (got {mode!r})")
         self.prepare(mode)
         report = PipelineReport()
         for stage in self.stages:

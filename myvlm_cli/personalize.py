@@ -20,11 +20,12 @@ def _print_json(data: Any) -> None:
 def _errors():
     from engine.concepts.object_head import TrainingCancelled
     from engine.concepts.registry import ConceptError
+    from engine.errors import NotFound
     from engine.model_manager import ModelError
     from engine.personalize.vlm import VlmError
 
     # ModelError covers model_files.ModelLoadError: damaged weights or a refused pickle, said in one sentence
-    return (ConceptError, VlmError, ModelError, ValueError, FileNotFoundError), TrainingCancelled
+    return (ConceptError, VlmError, ModelError, ValueError, FileNotFoundError, NotFound), TrainingCancelled
 
 
 def _resource_errors():

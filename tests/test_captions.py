@@ -6,6 +6,7 @@ import pytest
 
 from engine.captions import CaptionStore, placeholder, to_template
 from engine.catalog import now
+from engine.errors import NotFound
 
 
 @pytest.fixture
@@ -114,9 +115,9 @@ def test_bad_input(album):
     store: CaptionStore = album["store"]
     with pytest.raises(ValueError):
         store.put_caption(album["photos"][0], "user", "x", model="m")  # the user's text goes through put_user_caption
-    with pytest.raises(KeyError):
+    with pytest.raises(NotFound, match="no photo with id 123456"):
         store.put_caption(123456, "original", "x", model="m")
-    with pytest.raises(KeyError):
+    with pytest.raises(NotFound, match="no photo with id 123456"):
         store.put_user_caption(123456, "x")
 
 

@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from .. import paths as P
+from ..errors import Cancelled
 from ..catalog import Catalog
 from ..images import IMAGE_EXTENSIONS, decode
 from .registry import OBJECT, ConceptError, ConceptRegistry, Head, NotIndexedYet, photo_not_indexed, softmax_p1
@@ -49,7 +50,7 @@ MIN_HELDOUT_SHARE = 0.2  # small albums: keep this share of the candidate negati
 ProgressFn = Callable[..., None]  # progress(done, total, phase=...): the CLI's (step, total, **_) callbacks fit
 
 
-class TrainingCancelled(Exception):
+class TrainingCancelled(Cancelled):
     """Training stopped because `cancel` was set; nothing was saved."""
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from ..catalog import Catalog, now
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ HEAD_FILE = "head.safetensors"
 OBJECT_TOKENS = ("sks", "pll", "vxn", "qmy", "zbt", "kro", "dwu", "tje")  # rare tokens, as the paper's "sks"
 
 
-class ConceptError(ValueError):
+class ConceptError(UserError, ValueError):
     """A request about concepts that cannot be done as asked; the message says why."""
 
 

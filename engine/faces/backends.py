@@ -38,6 +38,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..errors import UserError
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -59,7 +61,7 @@ __all__ = [
 ]
 
 
-class FaceBackendError(ValueError):
+class FaceBackendError(UserError, ValueError):
     """A face backend cannot be created or loaded: unknown name, missing pack, incomplete pack, missing model files.
 
     The message says what is missing, where it was looked for and what to do instead.

@@ -21,6 +21,7 @@ from safetensors.numpy import load_file, save_file
 
 from ..catalog import disk_full, is_disk_full
 from ..concepts.registry import ConceptError
+from ..errors import NotFound
 from ..concepts.research import (
     EMBEDDINGS_PREFIX,
     RESEARCH_EMBEDDINGS_DIR,
@@ -212,7 +213,7 @@ class EmbeddingStore:
         """Write `concept_embeddings_<vlm>_<task>.pt` ({step: {"keys", "values"}}) for the reference code."""
         emb = self.load(concept_id, checkpoint, task)
         if emb is None:
-            raise FileNotFoundError(f"concept {concept_id} has no {task} embedding for {checkpoint}")
+            raise NotFound(f"concept {concept_id} has no {task} embedding for {checkpoint}")
         steps = {s: {"keys": emb.keys, "values": v} for s, v in (emb.history or {emb.step: emb.values}).items()}
         name = f"{EMBEDDINGS_PREFIX}{research_stems(vlm_name, task)[0]}.pt"
         return export_research_concept_embeddings(Path(out_dir) / name, steps)

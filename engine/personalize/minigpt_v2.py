@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from ..errors import Cancelled
 from .concept_layer import ConceptLayer, match_mean_token_norm
 from .llava import LlavaWrapper
 from .vlm import GenerationSettings, VlmSpec, VlmWrapper, seeded
@@ -416,7 +417,7 @@ class MiniGptV2Wrapper(LlavaWrapper):
         return parse_box(text, w, h)
 
 
-class LocateCancelled(RuntimeError):
+class LocateCancelled(Cancelled, RuntimeError):
     """The user stopped a "where is …?" before the model answered."""
 
 

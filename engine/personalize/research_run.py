@@ -23,6 +23,7 @@ from ..concepts.research import (
     read_research_captions,
     read_research_vqa,
 )
+from ..errors import InvalidInput
 from ..images import decode
 from .embeddings import RESEARCH_TASK, EmbeddingStore
 from .training import ConceptToTrain, ConceptTrainer, TrainingConfig, TrainingExample
@@ -42,7 +43,7 @@ def run_research_training(folder: Path, out: Path, *, vlm: str, task: str, confi
     vqa = read_research_vqa(folder) if task == VQA else None
     images = _images(folder)
     if not images:
-        raise ValueError(f"{folder} holds no images")
+        raise InvalidInput(f"{folder} holds no images")
     identifier = _identifier_in_captions([c for cs in captions.values() for c in cs],
                                          [folder.name, *OBJECT_TOKENS]) or "sks"
     w = load_vlm(vlm, models_dir=models_dir)
@@ -55,7 +56,7 @@ def run_research_training(folder: Path, out: Path, *, vlm: str, task: str, confi
         if pairs:
             examples.append(TrainingExample(image, [CONCEPT_ID], pairs, name))
     if not examples:
-        raise ValueError(f"no image of {folder} has captions to train on")
+        raise InvalidInput(f"no image of {folder} has captions to train on")
     out.mkdir(parents=True, exist_ok=True)
     store = EmbeddingStore(out / "checkpoints")
     keys = np.ones((len(examples), 1), np.float32)   # recognised by the folder itself: p(concept) = 1

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import settings
-from ..errors import InvalidInput
+from ..errors import InvalidInput, UserError
 
 if TYPE_CHECKING:
     from ..catalog import Catalog
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 CAPTION, VQA = "caption", "vqa"
 
 
-class VlmError(RuntimeError):
+class VlmError(UserError, RuntimeError):
     """A VLM cannot be used as asked; the message says why and what to do."""
 
 

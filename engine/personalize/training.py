@@ -35,13 +35,14 @@ import torch
 from PIL import Image, ImageEnhance
 
 from ..concepts.object_head import TrainingCancelled, rotate_filled
+from ..errors import InvalidInput, UserError
 from .concept_layer import init_values
 from .embeddings import ConceptEmbedding, EmbeddingStore, as_numpy
 from .vlm import CAPTION, VQA, VlmWrapper
 
 log = logging.getLogger(__name__)
 
-class TrainingOutOfMemory(RuntimeError):
+class TrainingOutOfMemory(UserError, RuntimeError):
     """The device ran out of memory during training; the message says what to try. The last checkpoint is kept,
     so teaching again continues from it."""
 
@@ -301,15 +302,15 @@ class ConceptTrainer:
         after saving a checkpoint of the step reached."""
         cfg, w = self.config, self.wrapper
         if task not in w.spec.tasks:
-            raise ValueError(f"{w.spec.title} does not do {task!r}; it does {', '.join(w.spec.tasks)}")
+            raise InvalidInput(f"{w.spec.title} does not do {task!r}; it does {', '.join(w.spec.tasks)}")
         if not concepts:
-            raise ValueError("no concepts to train")
+            raise InvalidInput("no concepts to train")
         ids = sorted(c.concept_id for c in concepts)
         by_id = {c.concept_id: c for c in concepts}
         examples = [e for e in examples if e.pairs]
         for cid in ids:
             if not any(cid in e.concept_ids for e in examples):
-                raise ValueError(f"concept {cid} ({by_id[cid].identifier}) fired on none of the training images "
+                raise InvalidInput(f"concept {cid} ({by_id[cid].identifier}) fired on none of the training images "
                                  f"that have targets: nothing to learn it from")
         settings = self._settings(task, concepts)
         lam = settings["reg_lambda"]
