@@ -210,7 +210,7 @@ def shoot(album: Path, work: Path, out: Path, size: tuple[int, int] = SIZE, keep
     window.navigate(PEOPLE, None)
     query = "jespr tattoo"  # a typo in a name, and a word of a caption
     window.search_edit.setText(query)
-    window._on_search_enter()
+    window.search_flow.on_enter()
     wait(app, lambda: window.search.last is not None and window.search.last.text == query, 30)
     load_visible(app, window)
     if window.grid_model.rowCount():

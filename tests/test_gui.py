@@ -433,6 +433,47 @@ def test_photos_indexed_by_another_process_appear_without_f5(qtbot, open_window,
     assert not window.indexing  # nothing was started here: the other process did the work
 
 
+def test_a_change_to_one_photo_rereads_that_row_only(qtbot, open_window, library_dir: Path, album: Path,
+                                                   monkeypatch) -> None:
+    """The window follows the catalog through the engine's change feed: a photo turned by another connection is
+    read again alone (through the read model), only its row repaints and the info pane showing it reloads; no read
+    of every photo."""
+    from engine import read_models
+
+    with Library(library_dir) as lib:
+        lib.add_folder(album)
+        lib.scan()
+        lib.process(stages=["thumbnail"])
+    window = open_window(auto_index=False)
+    qtbot.waitUntil(lambda: not window.search.thread.busy, timeout=INDEX_TIMEOUT_MS)  # its warm-up writes too
+    window.refresh()
+    qtbot.waitUntil(lambda: not window.refreshing, timeout=INDEX_TIMEOUT_MS)
+    chosen = window.grid_model.photo(2)
+    assert window.select_photo(chosen.id) and window.detail.photo.id == chosen.id
+    rows_read: list[tuple[int, ...]] = []
+    full_reads: list[dict] = []
+    real_rows, real_photos = read_models.photos_by_id, Library.photos
+    monkeypatch.setattr(read_models, "photos_by_id",
+                        lambda lib, ids: rows_read.append(tuple(ids)) or real_rows(lib, ids))
+    monkeypatch.setattr(Library, "photos", lambda self, **kw: full_reads.append(kw) or real_photos(self, **kw))
+    repainted: list[tuple[int, int]] = []
+    window.grid_model.dataChanged.connect(
+        lambda a, b, roles=(): repainted.append((a.row(), b.row())) if not roles else None)
+
+    with Library(library_dir) as other:
+        other.rotate(chosen.id, 90)
+    window.refresh()
+
+    row = window.grid_model.row_of(chosen.id)
+    qtbot.waitUntil(lambda: window.grid_model.photo(row).user_rotation == 90 and not window.refreshing,
+                    timeout=INDEX_TIMEOUT_MS)
+    assert rows_read and set(rows_read) == {(chosen.id,)}
+    assert full_reads == []
+    assert repainted and set(repainted) == {(row, row)}
+    assert window.detail.photo.id == chosen.id and window.detail.photo.user_rotation == 90
+    assert window.grid_model.rowCount() == GOOD_PHOTOS
+
+
 def test_naming_a_thing_too_early_points_at_the_app_not_the_command_line(qtbot, open_window, album: Path) -> None:
     """A new user names a thing before any photo has CLIP features: the message says what to do in the app
     (Settings ▸ Models, Index Now), not a command to type."""

@@ -179,7 +179,7 @@ def test_first_run_indexes_in_the_background_and_the_window_never_freezes(qtbot,
         seen["stage"] = w.stage_label.text()
         seen["people"] = [w.sidebar.people_model.data(w.sidebar.people_model.index(r), SubtitleRole)
                           for r in range(w.sidebar.people_model.rowCount())]
-        w.show_stages()
+        w.indexing_flow.show_stages()
         seen["stages"] = w.stages_popup.texts()
         w.stages_popup.hide()
         seen["summary"] = w.summary_label.text()
@@ -512,7 +512,7 @@ def test_faces_boxed_with_names_and_named_from_the_photo(qtbot, window):
     anne_face = next(f for f in d.canvas.faces if f.name is None and f.person_id is not None)
     w.prompts.ask_name = lambda *a, **k: "Anne Helene"
     run_popup(qtbot, "Who Is This?")
-    w.face_menu(anne_face, bar, w.mapToGlobal(QPoint(10, 10)))
+    w.photo_actions.face_menu(anne_face, bar, w.mapToGlobal(QPoint(10, 10)))
     wait_idle(qtbot, w)
     qtbot.waitUntil(lambda: sorted(c.text() for c in d.who.chips) == ["Anne Helene", "Jesper"], timeout=WAIT_MS)
 
@@ -526,7 +526,7 @@ def test_teach_the_captioner_watch_and_cancel_then_finish(qtbot, window, errors,
     concept = w.library.concepts().get(indexed["spiff"])
     w.navigate(CONCEPT, concept.id)
     qtbot.mouseClick(w.concept_header.teach_button, Qt.MouseButton.LeftButton)
-    dlg = w._teach_dialogs[concept.id]
+    dlg = w.things.teach_dialogs[concept.id]
     qtbot.waitUntil(lambda: dlg.page == TeachDialog.REVIEW, timeout=INDEX_WAIT_MS)
     assert len(dlg.rows) == 1 and all("sks" in r.editor.toPlainText() for r in dlg.rows)
     assert "CPU" in dlg.device_label.text() and "tiny-blip2" in dlg.device_label.text()
@@ -554,7 +554,7 @@ def test_teach_the_captioner_watch_and_cancel_then_finish(qtbot, window, errors,
     assert not w.indexing  # nothing to re-caption after a stop
     # a short run to the end: the photos it is in are re-captioned in the background
     dlg.close()
-    dlg = w.teach(concept_id=concept.id)
+    dlg = w.things.teach(concept_id=concept.id)
     qtbot.waitUntil(lambda: dlg.page == TeachDialog.REVIEW, timeout=INDEX_WAIT_MS)
     dlg.steps.setValue(4)
     dlg.start_training()
@@ -678,14 +678,14 @@ def test_errors_are_sentences_not_tracebacks(qtbot, window, errors, indexed):
         ids = {p.name: p.id for p in lib.photos()}
         lib.concepts().add_object("Donna", [ids["donna.jpg"]])
     w.prompts.ask_name = lambda *a, **k: "Donna"
-    w.rename_concept(indexed["spiff"])  # a name another thing has
+    w.things.rename_concept(indexed["spiff"])  # a name another thing has
     wait_idle(qtbot, w)
     assert errors, "no dialog"
     _title, text = errors[-1]
     assert "exists already" in text and "Traceback" not in text
     w.navigate(PEOPLE, None)
     wait_idle(qtbot, w)
-    w.name_group(999_999, "Nobody")  # a group that is gone (another window merged it)
+    w.people.name_group(999_999, "Nobody")  # a group that is gone (another window merged it)
     wait_idle(qtbot, w)
     assert "no person with id 999999" in errors[-1][1].lower()
 
@@ -702,7 +702,7 @@ def test_folders_are_watched(qtbot, qapp, tmp_path, errors):
     w.show()
     w.add_folder(album)
     qtbot.waitUntil(lambda: not w.indexing and w.grid_model.rowCount() == 1, timeout=INDEX_WAIT_MS)
-    qtbot.waitUntil(lambda: w.watcher is not None and w.watcher.ready, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: w.indexing_flow.watcher is not None and w.indexing_flow.watcher.ready, timeout=WAIT_MS)
     Image.new("RGB", (320, 240), (40, 80, 200)).save(album / "b.jpg")
     qtbot.waitUntil(lambda: w.grid_model.rowCount() == 2, timeout=INDEX_WAIT_MS)
     w.close()

@@ -76,7 +76,7 @@ def _models_changed(qtbot, w: MainWindow) -> None:
 
 def test_a_model_arriving_runs_the_stages_that_waited_for_it(qtbot, window, weights: Path) -> None:
     w = window
-    assert "clip" in w.stages_waiting_for_models()  # the catalog read at start-up says why it cannot run
+    assert "clip" in w.indexing_flow.stages_waiting_for_models()  # the catalog read at start-up says why it cannot run
 
     _models_changed(qtbot, w)  # a model changed, but not the one the CLIP stage waits for
     assert w.runs == []
@@ -92,7 +92,7 @@ def test_a_model_arriving_during_a_run_indexes_again_after_it(qtbot, window, wei
     w.indexer._running = True  # a run is in progress
     _arrive(weights)
     _models_changed(qtbot, w)
-    assert w.runs == [] and w._index_again == {"scan": False, "stages": None}
+    assert w.runs == [] and w.indexing_flow.index_again == {"scan": False, "stages": None}
 
 
 def test_nothing_waiting_nothing_to_run(qtbot, window, weights: Path) -> None:
@@ -100,7 +100,7 @@ def test_nothing_waiting_nothing_to_run(qtbot, window, weights: Path) -> None:
     _arrive(weights)
     for name in list(w._status["stages"]):
         w._status["stages"][name]["unavailable"] = None  # every stage can run here
-    assert w.stages_waiting_for_models() == {}
+    assert w.indexing_flow.stages_waiting_for_models() == {}
     _models_changed(qtbot, w)
     assert w.runs == []
 

@@ -402,7 +402,7 @@ def test_where_is_bella_in_the_app_draws_the_box_or_says_no_box(qtbot, qapp, bel
         qtbot.mouseClick(d.where_buttons[0], Qt.MouseButton.LeftButton)
         assert d.where_stop.isVisible() and not d.where_buttons[0].isEnabled()     # busy, off the GUI thread
         assert "Looking for Bella" in d.where_status.text()
-        qtbot.waitUntil(lambda: w._locating is None and not w.models_thread.busy, timeout=120_000)
+        qtbot.waitUntil(lambda: w.photo_actions.locating is None and not w.models_thread.busy, timeout=120_000)
         expected = bella_library["expected"]
         if expected["box"] is None:
             assert d.canvas.found is None and d.where_status.text().startswith("No box for Bella")
@@ -428,8 +428,8 @@ def test_where_is_bella_in_the_app_draws_the_box_or_says_no_box(qtbot, qapp, bel
         assert w.select_photo(bella_library["ids"]["2.jpg"]) and w.select_photo(bella_library["ids"]["1.jpg"])
         qtbot.waitUntil(lambda: d.photo is not None and d.photo.id == bella_library["ids"]["1.jpg"], timeout=60_000)
         assert d.where_buttons == [] and not d.where_bar.isVisible()
-        w.locate_concept(bella_library["ids"]["1.jpg"], bella_library["bella"], "Bella")
-        qtbot.waitUntil(lambda: w._locating is None, timeout=60_000)
+        w.photo_actions.locate_concept(bella_library["ids"]["1.jpg"], bella_library["bella"], "Bella")
+        qtbot.waitUntil(lambda: w.photo_actions.locating is None, timeout=60_000)
         assert "only MiniGPT-v2 can" in d.where_status.text() and d.canvas.found is None
         assert not errors
     finally:
