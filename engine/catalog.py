@@ -41,6 +41,16 @@ def now() -> str:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Schema: forward-only migrations, numbered by PRAGMA user_version. Later issues append to MIGRATIONS.
+#
+# sqlite-utils sets up what it can say plainly: new plain tables (create_table), added columns (add_column) and the
+# full-text index with its sync triggers (enable_fts). The tables of migrations 1-6 stay hand-written SQL: nearly
+# every one needs what sqlite-utils cannot express (ON DELETE CASCADE / SET NULL, WITHOUT ROWID, CHECK,
+# AUTOINCREMENT, partial and NOCASE unique indexes), the SQL keeps each column's comment beside it, and rewriting a
+# shipped table would give new libraries other constraints than upgraded ones (migration 7's add_column differs
+# from its first ALTER TABLE text only in quoting the column name: PRAGMA table_info is identical). Triggers are SQL too
+# (sqlite-utils has no trigger API beyond FTS's). Reads and the hot writes (scanner inserts, stage marks) are
+# prepared statements: sqlite-utils' insert/upsert re-read the table's shape on every call, 4-27x slower per row
+# (bench/bench_sqlite_utils.py, bench/README.md).
 
 def _m1_foundation(db: sqlite_utils.Database) -> None:
     db.executescript(
@@ -364,12 +374,11 @@ def _m7_instant_names(db: sqlite_utils.Database) -> None:
     may name a person who is no concept yet as {{person:ID}}, which a forgotten person's row leaves as "someone"."""
     bake = ("UPDATE {table} SET {col} = replace({col}, '{{{{person:' || OLD.id || '}}}}', 'someone') "
             "WHERE instr({col}, '{{{{person:' || OLD.id || '}}}}') > 0;")
-    db.executescript(
-        "ALTER TABLE captions ADD COLUMN instant INTEGER NOT NULL DEFAULT 0;"
-        "ALTER TABLE qa ADD COLUMN instant INTEGER NOT NULL DEFAULT 0;"
-        "CREATE TRIGGER people_placeholders_bd BEFORE DELETE ON people BEGIN "
-        + bake.format(table="captions", col="template") + bake.format(table="qa", col="question")
-        + bake.format(table="qa", col="answer") + " END;")
+    for table in ("captions", "qa"):
+        db[table].add_column("instant", int, not_null_default=0)
+    db.execute("CREATE TRIGGER people_placeholders_bd BEFORE DELETE ON people BEGIN "
+               + bake.format(table="captions", col="template") + bake.format(table="qa", col="question")
+               + bake.format(table="qa", col="answer") + " END")
 
 
 # The change feed (Catalog.changes_since): every write that changes what a view shows of a photo (its row, faces,
@@ -706,10 +715,7 @@ class Catalog:
 
     def set_setting(self, key: str, value: Any) -> None:
         with self.write():
-            self.conn.execute(
-                "INSERT INTO settings(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                [key, json.dumps(value)],
-            )
+            self.db["settings"].upsert({"key": key, "value": json.dumps(value)}, pk="key")
 
     # -- folders ----------------------------------------------------------------------------------------------------
 
