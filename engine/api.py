@@ -186,7 +186,8 @@ class Library:
 
     def can_locate(self) -> bool:
         """Whether the library's captioner answers "where is …?" with a box (MiniGPT-v2), without loading it."""
-        from .personalize.specs import VlmError, resolve_spec, resolve_vlm_name
+        from .hardware import resolve_vlm_name
+        from .personalize.specs import VlmError, resolve_spec
 
         try:
             return resolve_spec(resolve_vlm_name(self.catalog, self.options.get("vlm")))[0].family == "minigpt-v2"

@@ -14,7 +14,12 @@ import platform
 import shutil
 import sys
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from . import settings
+
+if TYPE_CHECKING:
+    from .catalog import Catalog
 
 GIB = 1024**3
 SLACK = 1.15            # weights plus activations and the allocator's slack (the memory check's factor)
@@ -239,6 +244,12 @@ def recommend_captioner(hw: Hardware) -> Recommendation:
 def recommended_vlm() -> str:
     """The recommendation for this computer (detected once per process)."""
     return recommend_captioner(detect()).vlm
+
+
+def resolve_vlm_name(catalog: Catalog, option: str | None = None) -> str:
+    """The VLM this run uses: the front door's option, else the library's setting, else the captioner that fits
+    this computer (`recommended_vlm`; `myvlm doctor` says why: a GPU with room gets BLIP-2 or LLaVA, a CPU SmolVLM)."""
+    return option or settings.read(catalog, "vlm") or recommended_vlm()
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import struct
 from collections.abc import Iterator
 from pathlib import Path
 
-from .model_manager import ModelError
+from .errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,11 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 _MAX_HEADER = 100_000_000  # the safetensors format's own limit on the header's length
 _DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
                 "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8}
+
+
+class ModelError(UserError, RuntimeError):
+    """A model cannot be listed, fetched, verified, removed, imported or loaded as asked; the message says why and
+    what to do. (Defined here, the lowest module that needs it; engine.model_manager re-exports it.)"""
 
 
 class ModelLoadError(ModelError):

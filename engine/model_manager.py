@@ -46,7 +46,10 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote, urlparse
 
-from .errors import Cancelled, UserError
+from .errors import Cancelled
+from .model_files import ModelError  # defined with the weight checks (the lowest module that needs it)
+from .model_sizes import SIZES as _SIZES, download_size_text  # noqa: F401 - re-exported
+from .model_sizes import human as _human
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +78,6 @@ RETRIES = 5  # attempts per file without progress before giving up (the next get
 PROGRESS_EVERY_S = 0.1  # progress callbacks at most this often (and always at the end of each file)
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-
-
-class ModelError(UserError, RuntimeError):
-    """A model cannot be listed, fetched, verified, removed or imported as asked; the message says why and what
-    to do."""
 
 
 class OfflineError(ModelError):
@@ -136,22 +134,6 @@ class ModelEntry:
         return any(fnmatch.fnmatchcase(path, p) for p in self.patterns())
 
 
-# approximate download sizes, from the repositories' listings (the weights in the format that is fetched)
-_SIZES = {
-    "ViT-B-32": 605_000_000, "DFN5B-CLIP-ViT-H-14-378": 3_950_000_000,
-    "blip2": 15_800_000_000, "blip2-opt": 15_000_000_000, "llava": 14_100_000_000,
-    "smolvlm-256m": 513_000_000, "smolvlm-500m": 1_015_000_000, "llava-ov-0.5b": 1_790_000_000,   # bf16 / fp16
-    "qwen2-vl-2b": 4_420_000_000, "qwen2.5-vl-3b": 7_510_000_000,                                     # bf16
-}
-_SIZES["minigpt-v2"] = 13_500_000_000   # its hub part: Llama-2-7b-chat-hf's safetensors (fp16)
-
-
-def download_size_text(name: str) -> str:
-    """"about 15.8 GB": the catalogue's download size of a model, for messages (one table of sizes)."""
-    size = _SIZES.get(name)
-    return f"about {_human(size)}" if size else "unknown size"
-
-
 FACE_PACKS = {
     # pack: (files the backend needs: detection, recognition), approximate size, title
     "buffalo_l": (("det_10g.onnx", "w600k_r50.onnx"), 191_000_000, "InsightFace buffalo_l (SCRFD-10G + ArcFace R50)"),
@@ -185,7 +167,8 @@ def catalogue() -> list[ModelEntry]:
 
 def _build_catalogue() -> list[ModelEntry]:
     from .clip import CLIP_MODELS, DEFAULT_MODEL, HUB_WEIGHT_FILES
-    from .personalize.specs import VLM_SPECS, default_vlm
+    from .hardware import recommended_vlm
+    from .personalize.specs import VLM_SPECS
 
     out = [ModelEntry("dlib", FACES, "dlib face models", "faces (default; installed with the app)", "CC0", PACKAGE,
                       31_000_000, default=True)]
@@ -207,7 +190,7 @@ def _build_catalogue() -> list[ModelEntry]:
                               _SIZES.get(spec.key, int(spec.params_b * 4e9)),
                               repo_id=_HUB_REPO.get(spec.key, spec.checkpoint),
                               files=_VLM_FILES, weights=_VLM_WEIGHTS, required=_VLM_REQUIRED,
-                              default=spec.key == default_vlm()))
+                              default=spec.key == recommended_vlm()))
     return out
 
 
@@ -365,15 +348,6 @@ def _check_file(path: Path, blob_name: str) -> str | None:
     _hash_file(path, hasher)
     got = hasher.hexdigest()
     return None if got == want else f"hash {got[:12]}… is not the expected {want[:12]}…"
-
-
-def _human(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"
 
 
 # -- the manager -----------------------------------------------------------------------------------------------------

@@ -140,7 +140,7 @@ def test_split_placement_loads_through_accelerate(models_dir, monkeypatch):
     from transformers import Blip2ForConditionalGeneration
 
     from engine.personalize.blip2 import Blip2Wrapper
-    from engine.personalize.specs import checkpoint_folder
+    from engine.personalize.checkpoints import checkpoint_folder
     from engine.personalize.vlm import load_vlm
 
     plain = load_vlm("tiny-blip2", models_dir=models_dir)
@@ -238,7 +238,7 @@ def test_doctor_shows_the_hardware_and_the_recommendation(tmp_path, memory, this
 def test_a_new_library_uses_the_recommendation_and_an_explicit_choice_wins(tmp_path, this_computer):
     from engine.api import Library
     from engine.model_manager import catalogue
-    from engine.personalize.specs import resolve_vlm_name
+    from engine.hardware import resolve_vlm_name
 
     lib = Library(tmp_path / "lib")
     try:

@@ -514,7 +514,8 @@ def test_the_real_layout_loads_blip2s_vit_llama_and_the_checkpoint_from_the_mode
     from transformers import Blip2ForConditionalGeneration
 
     from engine.personalize.minigpt_v2 import MiniGptV2Wrapper
-    from engine.personalize.specs import VLM_SPECS, checkpoint_folder
+    from engine.personalize.checkpoints import checkpoint_folder
+    from engine.personalize.specs import VLM_SPECS
     from engine.personalize.tiny import build_tiny_blip2
 
     tiny = ensure_tiny_checkpoint(PRESET, models_dir / "tiny")

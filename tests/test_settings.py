@@ -30,7 +30,7 @@ def _clip_weights(cat):
 
 
 def _vlm(cat):
-    from engine.personalize.specs import resolve_vlm_name
+    from engine.hardware import resolve_vlm_name
 
     return resolve_vlm_name(cat)
 

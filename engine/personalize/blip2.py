@@ -21,7 +21,7 @@ from PIL import Image
 
 from ..hardware import Placement
 from .concept_layer import ConceptLayer, keep_unit_norm
-from .vlm import GenerationSettings, VlmSpec, VlmWrapper, seeded
+from .vlm_base import GenerationSettings, VlmSpec, VlmWrapper, seeded
 
 
 class Blip2Wrapper(VlmWrapper):

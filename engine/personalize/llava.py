@@ -21,7 +21,7 @@ from PIL import Image
 
 from ..hardware import Placement
 from .concept_layer import ConceptLayer, match_first_token_norm
-from .vlm import GenerationSettings, VlmSpec, VlmWrapper, seeded
+from .vlm_base import GenerationSettings, VlmSpec, VlmWrapper, seeded
 
 SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "
           "detailed, and polite answers to the human's questions.")

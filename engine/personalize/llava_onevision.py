@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from .llava import LlavaWrapper
-from .vlm import GenerationSettings
+from .vlm_base import GenerationSettings
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 

@@ -31,7 +31,7 @@ import json
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -42,7 +42,7 @@ from torch import nn
 from ..errors import Cancelled
 from .concept_layer import ConceptLayer, match_mean_token_norm
 from .llava import LlavaWrapper
-from .vlm import GenerationSettings, VlmSpec, VlmWrapper, seeded
+from .vlm_base import GenerationSettings, VlmSpec, VlmWrapper, seeded
 
 log = logging.getLogger(__name__)
 
@@ -431,22 +431,6 @@ class _Stop:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
-@dataclass
-class TinyMiniGptV2Sizes:
-    """A tiny MiniGPT-v2 for tests: a 2-layer ViT saved at 32 px and run at 64 px (so the position embeddings are
-    interpolated as the real 224 → 448 px are), groups of 4, a 2-layer Llama with LoRA on q_proj and v_proj."""
-
-    vision_hidden: int = 32
-    vision_size: int = 32
-    patch_size: int = 8
-    image_size: int = 64
-    text_hidden: int = 64
-    text_layers: int = 2
-    lora_r: int = 4
-    extra_words: list[str] = field(default_factory=lambda: ["[INST]", "[/INST]", "<Img>", "</Img>", "[caption]",
-                                                             "[refer]", "[vqa]", IMAGE_HERE, ":"])
-
-
 def write_official_checkpoint(path: Path, proj: nn.Linear, lora: Mapping[tuple[int, str], tuple[torch.Tensor,
                               torch.Tensor]], default_adapter: bool = False) -> None:
     """Save projection and LoRA weights under the official checkpoint's key names ({"model": state dict})."""
@@ -457,39 +441,3 @@ def write_official_checkpoint(path: Path, proj: nn.Linear, lora: Mapping[tuple[i
         state[f"{stem}.lora_A{infix}.weight"] = a.clone()
         state[f"{stem}.lora_B{infix}.weight"] = b.clone()
     torch.save({"model": state}, path)
-
-
-def build_tiny_minigpt_v2(folder: Path, seed: int = 0, sizes: TinyMiniGptV2Sizes | None = None) -> Path:
-    """vision/ (a Blip2VisionModel), llama/ (LlamaForCausalLM + a word tokenizer), minigptv2_checkpoint.pth in the
-    official format (random projection and LoRA) and minigpt_v2.json: loaded by `MiniGptV2Wrapper.load` exactly
-    as the real parts are."""
-    from transformers import Blip2VisionConfig, Blip2VisionModel, LlamaConfig, LlamaForCausalLM
-
-    from .tiny import WORDS, build_word_tokenizer
-
-    s = sizes or TinyMiniGptV2Sizes()
-    torch.manual_seed(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    vision = Blip2VisionModel(Blip2VisionConfig(hidden_size=s.vision_hidden, intermediate_size=2 * s.vision_hidden,
-                                                num_hidden_layers=2, num_attention_heads=4,
-                                                image_size=s.vision_size, patch_size=s.patch_size))
-    vision.save_pretrained(folder / "vision")
-    tokenizer = build_word_tokenizer(WORDS, specials={"pad_token": "<pad>", "bos_token": "<s>",
-                                                      "eos_token": "</s>", "unk_token": "<unk>"})
-    tokenizer.add_tokens(s.extra_words, special_tokens=True)
-    tokenizer.add_bos_token = True
-    llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=s.text_hidden,
-                                       intermediate_size=2 * s.text_hidden, num_hidden_layers=s.text_layers,
-                                       num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
-                                       pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                                       eos_token_id=tokenizer.eos_token_id))
-    llm.save_pretrained(folder / "llama")
-    tokenizer.save_pretrained(folder / "llama")
-    cfg = MiniGptV2Config(image_size=s.image_size, lora_alpha=2.0 * s.lora_r)
-    proj = nn.Linear(s.vision_hidden * cfg.group, s.text_hidden)
-    lora = {(i, t): (torch.randn(s.lora_r, s.text_hidden) * 0.1, torch.randn(s.text_hidden, s.lora_r) * 0.1)
-            for i in range(s.text_layers) for t in cfg.lora_targets}
-    write_official_checkpoint(folder / OFFICIAL_CHECKPOINT, proj, lora)
-    cfg.write(folder)
-    (folder / "config.json").write_text(json.dumps({"model_type": "minigpt_v2"}))
-    return folder

@@ -40,7 +40,7 @@ from torch import nn
 from .concept_layer import ConceptLayer, match_first_token_norm
 from .llava import LlavaWrapper
 from .llava_onevision import IM_END, IM_START
-from .vlm import GenerationSettings, VlmWrapper, seeded
+from .vlm_base import GenerationSettings, VlmWrapper, seeded
 
 VISION = "<|vision_start|><|image_pad|><|vision_end|>"
 SYSTEM = "You are a helpful assistant."

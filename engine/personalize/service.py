@@ -25,6 +25,7 @@ from ..catalog import Catalog, now
 from ..concepts.object_head import TrainingCancelled
 from ..concepts.registry import PERSON, Concept, ConceptError, ConceptRegistry, photo_not_indexed
 from ..concepts.research import VQA_FILE
+from ..hardware import resolve_vlm_name
 from . import instant
 from .embeddings import EmbeddingStore
 from .lease import training_lease
@@ -36,7 +37,6 @@ from .targets import (
     pick_class_word,
     questions_for,
 )
-from .specs import resolve_vlm_name  # noqa: F401 - re-exported
 from .training import ConceptToTrain, ConceptTrainer, TrainingConfig, TrainingExample
 from .vlm import CAPTION, DEFAULT_VLM, VQA, GenerationSettings, VlmWrapper, load_vlm
 

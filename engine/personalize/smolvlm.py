@@ -22,7 +22,7 @@ from PIL import Image
 
 from .concept_layer import ConceptLayer, match_first_token_norm
 from .llava import LlavaWrapper
-from .vlm import GenerationSettings, VlmWrapper
+from .vlm_base import GenerationSettings, VlmWrapper
 
 END_OF_UTTERANCE = "<end_of_utterance>"
 

@@ -6,13 +6,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from .. import settings
 from ..errors import InvalidInput, UserError
-
-if TYPE_CHECKING:
-    from ..catalog import Catalog
+from ..model_sizes import download_size_text
 
 CAPTION, VQA = "caption", "vqa"
 
@@ -134,52 +130,6 @@ def check_vlm_setting(value: str) -> None:
         raise InvalidInput(str(exc)) from None
 
 
-def checkpoint_folder(spec: VlmSpec, checkpoint: str, models_dir: Path) -> Path:
-    """Where the weights are on disk; tiny presets are built on first use, hub checkpoints must be downloaded."""
-    if spec.tiny:
-        from .tiny import ensure_tiny_checkpoint
-
-        return ensure_tiny_checkpoint(spec.checkpoint, models_dir / "tiny")
-    if spec.family == "minigpt-v2" and not Path(checkpoint).is_dir():
-        minigpt_v2_parts(models_dir)   # says which of its three parts is missing
-        return models_dir / MINIGPT_V2_FOLDER
-    path = Path(checkpoint)
-    if path.is_dir():
-        return path
-    local = models_dir / checkpoint.replace("/", "--")
-    if (local / "config.json").exists():
-        return local
-    try:
-        from ..hub_cache import repo_in_cache
-
-        if not repo_in_cache(checkpoint):   # never downloaded: say so without loading the download code
-            raise FileNotFoundError(checkpoint)
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(checkpoint, local_files_only=True))
-    except Exception as exc:
-        from ..model_manager import download_size_text
-
-        raise VlmWeightsMissing(
-            f"the weights of {spec.title} ({checkpoint}, a download of {download_size_text(spec.key)}) are not on "
-            f"this machine. Download them with `myvlm models get {spec.key}` (or `hf download {checkpoint} "
-            f"--local-dir FOLDER` on a computer with internet, then `myvlm models import {spec.key} FOLDER`), or put "
-            f"a checkpoint folder at {local}. Nothing is downloaded without your say-so.") from exc
-
-
-def default_vlm() -> str:
-    """The captioner a library with no VLM setting uses: the one that fits this computer (`myvlm doctor` says
-    why; engine/hardware.py). A GPU with room gets BLIP-2 or LLaVA, a CPU SmolVLM."""
-    from ..hardware import recommended_vlm
-
-    return recommended_vlm()
-
-
-def resolve_vlm_name(catalog: Catalog, option: str | None = None) -> str:
-    """The VLM this run uses: the front door's option, else the library's setting, else what fits this computer."""
-    return option or settings.read(catalog, "vlm") or default_vlm()
-
-
 def local_repo(repo_id: str, models_dir: Path) -> Path | None:
     """A hub repository's folder on this machine (<models>/org--name, or the Hugging Face cache), or None."""
     local = models_dir / repo_id.replace("/", "--")
@@ -200,8 +150,6 @@ def local_repo(repo_id: str, models_dir: Path) -> Path | None:
 def minigpt_v2_parts(models_dir: Path) -> dict[str, Path]:
     """MiniGPT-v2's three parts on this machine: {"vision", "language_model", "checkpoint"}; VlmWeightsMissing
     names each missing part and how to get it."""
-    from ..model_manager import download_size_text
-
     llama = local_repo(MINIGPT_V2_LLAMA, models_dir)
     vision = next((p for p in (local_repo(r, models_dir) for r in MINIGPT_V2_VISION) if p is not None), None)
     pth = models_dir / MINIGPT_V2_FOLDER / MINIGPT_V2_CHECKPOINT

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # A small caption vocabulary: enough words that generated text is readable, few enough that the model stays tiny.
@@ -421,6 +421,66 @@ def _save_parts(folder: Path, model, processor) -> Path:
     return folder
 
 
+def _minigpt_v2_markers() -> list[str]:
+    """MiniGPT-v2's prompt markers (minigpt_v2.py), special tokens of its tiny word tokenizer."""
+    from .minigpt_v2 import IMAGE_HERE
+
+    return ["[INST]", "[/INST]", "<Img>", "</Img>", "[caption]", "[refer]", "[vqa]", IMAGE_HERE, ":"]
+
+
+@dataclass
+class TinyMiniGptV2Sizes:
+    """A tiny MiniGPT-v2 for tests: a 2-layer ViT saved at 32 px and run at 64 px (so the position embeddings are
+    interpolated as the real 224 → 448 px are), groups of 4, a 2-layer Llama with LoRA on q_proj and v_proj."""
+
+    vision_hidden: int = 32
+    vision_size: int = 32
+    patch_size: int = 8
+    image_size: int = 64
+    text_hidden: int = 64
+    text_layers: int = 2
+    lora_r: int = 4
+    extra_words: list[str] = field(default_factory=_minigpt_v2_markers)
+
+
+def build_tiny_minigpt_v2(folder: Path, seed: int = 0, sizes: TinyMiniGptV2Sizes | None = None) -> Path:
+    """vision/ (a Blip2VisionModel), llama/ (LlamaForCausalLM + a word tokenizer), minigptv2_checkpoint.pth in the
+    official format (random projection and LoRA) and minigpt_v2.json: loaded by `MiniGptV2Wrapper.load` exactly
+    as the real parts are."""
+    import torch
+    from torch import nn
+    from transformers import Blip2VisionConfig, Blip2VisionModel, LlamaConfig, LlamaForCausalLM
+
+    from .minigpt_v2 import OFFICIAL_CHECKPOINT, MiniGptV2Config, write_official_checkpoint
+
+    s = sizes or TinyMiniGptV2Sizes()
+    torch.manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    vision = Blip2VisionModel(Blip2VisionConfig(hidden_size=s.vision_hidden, intermediate_size=2 * s.vision_hidden,
+                                                num_hidden_layers=2, num_attention_heads=4,
+                                                image_size=s.vision_size, patch_size=s.patch_size))
+    vision.save_pretrained(folder / "vision")
+    tokenizer = build_word_tokenizer(WORDS, specials={"pad_token": "<pad>", "bos_token": "<s>",
+                                                      "eos_token": "</s>", "unk_token": "<unk>"})
+    tokenizer.add_tokens(s.extra_words, special_tokens=True)
+    tokenizer.add_bos_token = True
+    llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=s.text_hidden,
+                                       intermediate_size=2 * s.text_hidden, num_hidden_layers=s.text_layers,
+                                       num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
+                                       pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                                       eos_token_id=tokenizer.eos_token_id))
+    llm.save_pretrained(folder / "llama")
+    tokenizer.save_pretrained(folder / "llama")
+    cfg = MiniGptV2Config(image_size=s.image_size, lora_alpha=2.0 * s.lora_r)
+    proj = nn.Linear(s.vision_hidden * cfg.group, s.text_hidden)
+    lora = {(i, t): (torch.randn(s.lora_r, s.text_hidden) * 0.1, torch.randn(s.text_hidden, s.lora_r) * 0.1)
+            for i in range(s.text_layers) for t in cfg.lora_targets}
+    write_official_checkpoint(folder / OFFICIAL_CHECKPOINT, proj, lora)
+    cfg.write(folder)
+    (folder / "config.json").write_text(json.dumps({"model_type": "minigpt_v2"}))
+    return folder
+
+
 def ensure_tiny_checkpoint(key: str, root: Path, seed: int = 0) -> Path:
     """The folder of tiny preset `key` under `root`, built on first use (atomically: a kill leaves no half folder)."""
     preset = TINY_PRESETS[key]
@@ -438,9 +498,7 @@ def ensure_tiny_checkpoint(key: str, root: Path, seed: int = 0) -> Path:
         _save_parts(tmp, *smolvlm_parts(TINY_SMOLVLM, seed))
     elif preset.family == "llava-onevision":
         _save_parts(tmp, *llava_onevision_parts(TINY_LLAVA_OV, seed))
-    elif preset.family == "minigpt-v2":   # its own parts layout and the official .pth: minigpt_v2.py
-        from .minigpt_v2 import build_tiny_minigpt_v2
-
+    elif preset.family == "minigpt-v2":   # its own parts layout and the official .pth (minigpt_v2.py)
         build_tiny_minigpt_v2(tmp, seed=seed)
     elif preset.family == "qwen2-vl" and preset.text == "qwen2.5":
         _save_parts(tmp, *qwen2_vl_parts(TINY_QWEN25_VL, seed, version="2.5"))

@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING
 
 from ..catalog import Catalog
 from ..concepts.registry import ConceptRegistry
-from ..personalize.specs import CAPTION, VlmError, checkpoint_folder, resolve_spec, resolve_vlm_name
+from ..hardware import resolve_vlm_name
 from ..model_files import ModelLoadError, vlm_quick_problem
+from ..personalize.checkpoints import checkpoint_folder
+from ..personalize.specs import CAPTION, VlmError, resolve_spec
 from ..pipeline import Job, Stage, StageUnavailable
 from .thumbnails import ImageCache
 
