@@ -11,6 +11,7 @@ from typing import Any
 
 from . import paths as P
 from .errors import InvalidInput, NotFound
+from .progress import ProgressFn
 from .catalog import OK, Catalog, Changes, Folder, Photo
 from .library import APP_NAME, LibraryPaths, default_library_path, default_pictures_path, setup_logging
 from .people import People
@@ -75,9 +76,10 @@ class Library:
     # -- work -------------------------------------------------------------------------------------------------------
 
     def scan(self, targets: Iterable[P.PathLike] | None = None,
-             progress: Callable[[str, int, int, str], None] | None = None,
+             progress: ProgressFn | None = None,
              cancel: threading.Event | None = None) -> ScanReport:
-        """Reconcile the catalog with the disk: every watched folder, or just `targets` (sub-folders)."""
+        """Reconcile the catalog with the disk: every watched folder, or just `targets` (sub-folders); `progress`
+        gets Progress("scan", files done, files found, current file)."""
         self._scan_cancel = cancel or threading.Event()
         scanner = Scanner(self.catalog, progress=progress, cancel=self._scan_cancel)
         return scanner.scan_all() if targets is None else scanner.scan_paths(targets)

@@ -22,6 +22,7 @@ from . import catalog as C
 from . import images
 from . import paths as P
 from .catalog import Catalog, Folder
+from .progress import ProgressFn, report
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ class Scanner:
     """Brings a catalog in line with the disk. One scanner per writer thread."""
 
     def __init__(self, catalog: Catalog, *, hash_workers: int | None = None,
-                 progress: Callable[[str, int, int, str], None] | None = None,
+                 progress: ProgressFn | None = None,
                  cancel: threading.Event | None = None):
         self.catalog = catalog
         self.hash_workers = hash_workers or min(4, (os.cpu_count() or 2))
@@ -258,8 +259,7 @@ class Scanner:
         return {r["path_bytes"]: dict(r) for r in rows}
 
     def _emit(self, done: int, total: int, current: bytes) -> None:
-        if self.progress:
-            self.progress("scan", done, total, P.display(current))
+        report(self.progress, "scan", done, total, P.display(current))
 
     def _hash_many(self, files: list[FoundFile]) -> dict[bytes, str | Exception]:
         """Hash files in parallel (hashlib releases the GIL); per-file errors are returned, not raised."""

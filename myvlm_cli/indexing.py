@@ -85,9 +85,10 @@ class IndexProgress:
             return
         self.last_line[stage] = now
 
-    def scan(self, stage: str, done: int, total: int, current: str) -> None:
+    def scan(self, p: Any) -> None:
+        """The scanner's engine.progress.Progress("scan", done, total, current file)."""
         if self.terminal:   # plain output has the scan's summary line after it
-            self._show("scan", done, total)
+            self._show("scan", p.done, p.total)
 
     def pipeline(self, ev: ProgressEvent) -> None:
         if ev.state == "unavailable":

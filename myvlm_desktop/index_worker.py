@@ -127,7 +127,11 @@ class Worker:
         if self._lib is not None:
             self._lib.close()
 
-    def _on_scan(self, stage: str, done: int, total: int, current: str) -> None:
+    def _on_scan(self, p: Any, done: int = 0, total: int | None = 0, current: str = "") -> None:
+        """The scanner's progress: an engine.progress.Progress (or the older (stage, done, total, current))."""
+        if not isinstance(p, str):
+            done, total, current = p.done, p.total, p.detail
+        total = total or 0
         now = time.monotonic()
         if now - self._last_scan_event < SCAN_EVENT_INTERVAL_S:
             return

@@ -13,6 +13,7 @@ from engine import __version__
 from engine.catalog import SCHEMA_VERSION, Catalog, SchemaTooNew
 from myvlm_cli.indexing import IndexProgress, status_verdict
 from engine.library import LibraryPaths
+from engine.progress import Progress
 
 from .conftest import myvlm
 from .helpers import write_jpeg
@@ -146,7 +147,7 @@ def test_bars_on_a_terminal_count_the_rate_from_the_scan_start():
     progress = IndexProgress(True, out, terminal=True, clock=lambda: now[0])
     progress.begin("scan")
     now[0] += 10.0
-    progress.scan("scan", 36, 36, "a.jpg")
+    progress.scan(Progress("scan", 36, 36, "a.jpg"))
     progress.close()
     assert "36/36" in out.getvalue() and "3.6 file/s" in out.getvalue()
 
