@@ -322,6 +322,179 @@ class Library:
             concept = self.train_concept_head(concept.id)
         return registry.get(concept.id)
 
+    # -- command line (verbs) -----------------------------------------------------------------------------------
+
+    def find_photo(self, ref: int | str) -> Photo:
+        """A photo the user named by its id or by its path (the command line takes either)."""
+        from .errors import NotFound
+
+        text = str(ref)
+        photo = self.catalog.photo(int(text)) if text.isdigit() else self.catalog.photo_by_path(text)
+        if photo is None:
+            raise NotFound(f"no photo {text!r} in the catalog (give a photo id or the path of an indexed photo)")
+        return photo
+
+    def purge_gone(self) -> int:
+        """Forget the photos whose files are gone (the files of offline folders are not gone). Returns how many."""
+        return self.catalog.purge_gone()
+
+    def recluster(self) -> Any:
+        """Group every face again from scratch, keeping confirmed faces, names and rejections (ReclusterReport)."""
+        from .faces.clustering import FaceClusterer
+
+        backend = self.face_backend()
+        return FaceClusterer(self.catalog, backend.key, backend.embedding_dim, backend.thresholds).recluster()
+
+    def check(self, *, files: bool = True, clean: bool = False) -> Any:
+        """Is the library whole: SQLite's checks and the catalog's invariants (engine.integrity's report);
+        `clean` removes what interrupted writes left and repairs what older versions left."""
+        from .integrity import check_library
+
+        return check_library(self.catalog, files=files, clean=clean)
+
+    def name_person(self, person_id: int, name: str) -> int:
+        """Name a person or an unnamed group; a name already used merges into that person. Returns the person's id."""
+        return self.people().name(person_id, name)
+
+    def merge_people(self, target_id: int, source_ids: Iterable[int]) -> int:
+        return self.people().merge(target_id, list(source_ids))
+
+    def move_faces(self, face_ids: Iterable[int], person_id: int) -> None:
+        """These faces are that person (confirmed, so no clustering undoes it)."""
+        self.people().move_faces(list(face_ids), person_id)
+
+    def split_person(self, person_id: int, face_ids: Iterable[int]) -> int:
+        """Some faces of a person are someone else: a new group of them. Returns its id."""
+        return self.people().split(person_id, list(face_ids))
+
+    def confirm_face(self, face_id: int) -> None:
+        self.people().confirm(face_id)
+
+    def hide_person(self, person_id: int, hidden: bool = True) -> None:
+        self.people().hide(person_id, hidden)
+
+    def hide_small_groups(self, max_faces: int) -> list[int]:
+        """Hide every unnamed group of at most `max_faces` faces (strangers in the background). Returns their ids."""
+        return self.people().hide_small(max_faces)
+
+    def forget_person(self, person_id: int) -> int:
+        """Delete a person's name and face data (privacy). Returns the number of faces forgotten."""
+        return self.people().forget(person_id)
+
+    def concept(self, ref: int | str) -> Any:
+        """A concept by id or name (engine.concepts.registry.Concept)."""
+        return self.concepts().get(ref)
+
+    def add_person_concept(self, person_id: int, identifier: str | None = None) -> Any:
+        """A named person as a concept (the one they have, else a new one); train its head with
+        train_concept_head."""
+        return self.concepts().add_person(person_id, identifier=identifier)
+
+    def remove_concept(self, ref: int | str) -> None:
+        """Delete a concept, its head and embeddings (the photos are untouched)."""
+        reg = self.concepts()
+        reg.remove(reg.get(ref).id)
+
+    def import_concept(self, folder: str | os.PathLike, name: str | None = None) -> Any:
+        """A concept from a folder in the MyVLM research layout (images + captions.json)."""
+        from .concepts.research import import_research_concept
+
+        return import_research_concept(self.concepts(), Path(folder), name=name)
+
+    def detect_concepts(self, photo_id: int) -> list[dict[str, Any]]:
+        """Which concepts a photo shows, worked out now: best score first, each {"concept_id", "name", "kind",
+        "score", "fired", "face_id"}."""
+        from .concepts.detect import ConceptDetector
+
+        concepts, signals, _ = ConceptDetector(self.catalog).compute(photo_ids=[photo_id])
+        by_id = {c.id: c for c in concepts}
+        return [{"concept_id": s.concept_id, "name": by_id[s.concept_id].name, "kind": by_id[s.concept_id].kind,
+                 "score": s.score, "fired": s.fired, "face_id": s.face_id}
+                for s in sorted(signals, key=lambda s: -s.score)]
+
+    def clip_unavailable(self) -> str | None:
+        """Why the library's CLIP model cannot run here (its weights are missing), or None. Thing suggestions and
+        picture search need it: without it "no suggestions" means "cannot look", not "nothing recurring"."""
+        return self.clip_encoder().missing_reason()
+
+    def prepare_teaching(self, names: Iterable[int | str]) -> list[dict[str, Any]]:
+        """Make each name teachable, as the app's "Teach the captioner" does (person_concept): a named person
+        without a concept gets one from their confirmed faces, a person concept without training photos gets their
+        faces' photos. Returns {"name", "person_id"} of each concept made; a name that is neither a concept nor a
+        named person raises NotFound."""
+        from .concepts.registry import ConceptError
+        from .errors import NotFound
+
+        reg, made = self.concepts(), []
+        for name in names:
+            try:
+                c = reg.get(name)
+            except ConceptError:
+                person = None if str(name).isdigit() else self.people().find(str(name))
+                if person is None:
+                    raise NotFound(f"no concept or named person {name!r}") from None
+                made.append({"name": self.person_concept(person["id"]).name, "person_id": person["id"]})
+                continue
+            if c.kind == "person" and c.person_id is not None and not reg.examples(c.id):
+                self.person_concept(c.person_id)
+        return made
+
+    def targets(self, concept: int | str, task: str = "caption") -> list[Any]:
+        """The captions (or questions and answers) a concept's embedding is trained on, per training photo."""
+        return self.personalizer().targets(concept, task)
+
+    def set_targets(self, example_id: int, captions: Iterable[str]) -> None:
+        """The user's own targets for one training photo (they replace the generated ones)."""
+        self.personalizer().set_targets(example_id, list(captions))
+
+    def generate_targets(self, concept: int | str, task: str = "caption", regenerate: bool = False) -> list[Any]:
+        """Caption the concept's training photos that have no targets yet (`regenerate`: every one again)."""
+        return self.personalizer().prepare_targets(concept, task, regenerate=regenerate)
+
+    def caption(self, photo_id: int, *, personalised: bool = True, store: bool = True) -> dict[str, Any]:
+        """Caption a photo with the library's VLM, by name where trained or recognised concepts appear (`store`:
+        kept as the photo's caption). Returns {"caption" (with today's names), "text", "concepts", "model",
+        "prompt", "personalised", "instant"}."""
+        g = self.personalizer().caption(photo_id, personalised=personalised)
+        captions = self.captions()
+        if store:
+            captions.put_caption(photo_id, "personalised" if g.personalised or g.instant else "original",
+                                 g.template, model=g.model, prompt=g.prompt or None, concept_ids=g.concepts,
+                                 instant=g.instant)
+        return {"caption": captions.render(g.template), **g.to_json()}
+
+    def export_embedding(self, concept: int | str, task: str, out_dir: str | os.PathLike) -> Path:
+        """Write a concept's embedding for the library's VLM in the research format
+        (concept_embeddings_<vlm>_<task>.pt). Returns the file."""
+        from .personalize.specs import resolve_spec
+
+        pers = self.personalizer()
+        spec, checkpoint = resolve_spec(pers.vlm_name)
+        return pers.store.export_research(self.concept(concept).id, checkpoint, task, Path(out_dir), spec.family)
+
+    def close_and_restore(self, backup: str | os.PathLike, *, force: bool = False,
+                          progress: Callable[..., None] | None = None) -> Any:
+        """Restore a backup into this library's folder (engine.backup.restore_library). A restore replaces the
+        folder, so this Library lets go of its catalog and log file first and is closed afterwards."""
+        from .backup import restore_library
+        from .library import close_logging
+
+        self.close()
+        close_logging(self.paths)
+        return restore_library(backup, self.paths.root, force=force, progress=progress)
+
+    def close_and_move(self, new: str | os.PathLike, *, delete_old: bool = False,
+                       progress: Callable[..., None] | None = None) -> Any:
+        """Move this library's folder to `new` (copy, check every file, switch; engine.backup.move_library), this
+        Library closed first (the app's move_to keeps it open). Returns the MoveReport."""
+        from .backup import move_library
+        from .library import close_logging
+
+        self.close()
+        close_logging(self.paths)
+        return move_library(self.paths.root, new, delete_old=delete_old, progress=progress)
+
+
     # -- main window (verbs) -----------------------------------------------------------------------------------
 
     def reject_faces(self, face_ids: Iterable[int], person_id: int) -> int:
@@ -333,29 +506,40 @@ class Library:
                 people.reject(fid, person_id)
         return len(face_ids)
 
-    def teach_thing(self, name: str, photo_ids: Iterable[int]) -> int:
+    def teach_thing(self, name: str, photo_ids: Iterable[int], *, identifier: str | None = None,
+                    progress: Callable[..., None] | None = None, cancel: threading.Event | None = None,
+                    negatives_folder: str | None = None) -> int:
         """Name a thing from photos that show it. A name already used for a thing (any case) ADDS these photos to
         its examples and retrains it; a new thing is made together with its trained head, or not at all (no
-        half-made thing in the list). Returns the thing's concept id."""
+        half-made thing in the list). `identifier`, `progress`, `cancel`, `negatives_folder`: as for
+        train_concept_head (the identifier only for a new thing). Returns the thing's concept id."""
         reg, ids = self.concepts(), list(photo_ids)
+
+        def train(concept_id: int) -> Any:
+            return self.train_concept_head(concept_id, progress=progress, cancel=cancel,
+                                           negatives_folder=negatives_folder)
+
         existing = next((c for c in reg.list("object") if c.name.casefold() == name.casefold()), None)
         if existing is None:
-            return reg.add_object_trained(name, ids, self.train_concept_head).id
+            return reg.add_object_trained(name, ids, train, identifier=identifier).id
         reg.add_examples(existing.id, ids)
-        self.train_concept_head(existing.id)
+        train(existing.id)
         return existing.id
 
     def save_caption(self, photo_id: int, text: str) -> None:
         """The user's own caption for a photo (it wins over the model's)."""
         self.captions().put_user_caption(photo_id, text)
 
-    def ask(self, photo_id: int, question: str) -> dict[str, Any]:
-        """Ask the captioner a question about a photo, by the names it knows; the answer is stored with the photo.
-        Returns {"answer" (rendered with today's names), "model"}."""
+    def ask(self, photo_id: int, question: str, *, store: bool = True) -> dict[str, Any]:
+        """Ask the captioner a question about a photo, by the names it knows; the answer is stored with the photo
+        (unless `store` is False). Returns {"answer" (rendered with today's names), "text", "concepts", "model",
+        "prompt", "personalised", "instant"}."""
         g = self.personalizer().ask(photo_id, question)
-        store = self.captions()
-        store.put_answer(photo_id, question, g.template, model=g.model, concept_ids=g.concepts, instant=g.instant)
-        return {"answer": store.render(g.template), "model": g.model}
+        captions = self.captions()
+        if store:
+            captions.put_answer(photo_id, question, g.template, model=g.model, concept_ids=g.concepts,
+                                instant=g.instant)
+        return {"answer": captions.render(g.template), **g.to_json()}
 
     def locate(self, photo_id: int, concept_id: int, cancel: threading.Event | None = None) -> dict[str, Any]:
         """ "Where is Bella?": the captioner's box (Location.as_dict()). A captioner that cannot point answers
@@ -372,14 +556,54 @@ class Library:
         except LocateCancelled as exc:
             raise Cancelled(str(exc)) from exc
 
-    def watch_folders(self, on_update: Callable[[Any], None]) -> Any:
-        """Start watching the library's folders (engine.watch.FolderWatcher, without running the pipeline: the
-        caller decides when to index); `on_update(WatchUpdate)` comes from the watcher's threads. Stop it with
-        `.stop(timeout)`."""
+    def watch_folders(self, on_update: Callable[[Any], None], *, run_pipeline: bool = False,
+                      poll_interval: float = 2.0) -> Any:
+        """Start watching the library's folders (engine.watch.FolderWatcher; without `run_pipeline` the caller
+        decides when to index, with it each update is indexed as `myvlm watch` does); `on_update(WatchUpdate)`
+        comes from the watcher's threads; `.error` says what stopped it. Stop it with `.stop(timeout)`."""
         from .watch import FolderWatcher
 
-        return FolderWatcher(self.paths.root, open_library=type(self), run_pipeline=False, on_update=on_update).start(wait_ready=False)
+        return FolderWatcher(self.paths.root, open_library=type(self), run_pipeline=run_pipeline,
+                             poll_interval=poll_interval, on_update=on_update).start(wait_ready=False)
 
 
 __all__ = ["Library", "FolderNotFound", "ProgressEvent", "ScanReport", "PipelineReport", "Changes",
            "OK", "Photo", "APP_NAME", "default_library_path", "default_pictures_path"]
+
+
+# -- command line (re-exports) ----------------------------------------------------------------------------------------
+
+def doctor_report(paths: LibraryPaths | None = None) -> dict[str, Any]:
+    """Versions, device, captioner estimates and which models are here (engine.doctor), also for a library that
+    does not open (`paths` None)."""
+    from .doctor import report
+
+    return report(paths)
+
+
+def research_train(folder: str | os.PathLike, out: str | os.PathLike, *, vlm: str, task: str,
+                   config: dict[str, Any] | None, models_dir: Path, eval_images: str | os.PathLike | None = None,
+                   progress: Callable[[Any], None] | None = None) -> dict[str, Any]:
+    """Train from a MyVLM research-layout concept folder (no library involved); `config`: TrainingConfig fields to
+    change. Returns the report (the files written)."""
+    from .personalize.research_run import run_research_training
+    from .personalize.training import TrainingConfig
+
+    return run_research_training(Path(folder), Path(out), vlm=vlm, task=task, config=TrainingConfig(**(config or {})),
+                                 models_dir=models_dir, eval_images=Path(eval_images) if eval_images else None,
+                                 progress=progress)
+
+
+_LAZY = {"TrainingOutOfMemory": ".personalize.training"}   # imports torch: only when a front door asks for it
+
+
+def __getattr__(name: str) -> Any:
+    """Re-exports whose modules are heavy, imported when first asked for (`from engine.api import X`)."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __package__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ += ["doctor_report", "research_train", *_LAZY]

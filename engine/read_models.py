@@ -154,3 +154,38 @@ def about_models() -> tuple[int, list[tuple[str, str, str]]]:
     from .doctor import DLIB_FILES, HUB_MODELS
 
     return len(DLIB_FILES), [tuple(m) for m in HUB_MODELS]
+
+
+# -- command line (read models) -------------------------------------------------------------------------------------
+
+def people_list(lib: Library, *, include_hidden: bool = False, named: bool | None = None) -> list[dict[str, Any]]:
+    """`myvlm people`: each person or group with all its faces (each with its photo's path) and the "Is this …?"
+    offer for an unnamed group: {"id", "name", "hidden", "faces", "suggestions": [Suggestion]}."""
+    people = lib.people()
+    offers = people.suggestions_by_group(lib.face_backend().thresholds.suggest_distance)
+    return [{"id": p["id"], "name": p["name"], "hidden": bool(p["hidden"]), "faces": people.faces_of(p["id"]),
+             "suggestions": [offers[p["id"]]] if p["id"] in offers else []}
+            for p in people.people(include_hidden=include_hidden, named=named)]
+
+
+def faces_in_photo(lib: Library, photo_id: int) -> list[dict[str, Any]]:
+    """The faces found in one photo, each with its person's id and name (None: nobody yet)."""
+    return lib.people().faces_in_photo(photo_id)
+
+
+def concept_list(lib: Library) -> list[dict[str, Any]]:
+    """`myvlm concept list`: every concept with the number of photos it was recognised in and of its training
+    photos: {"concept": Concept, "photos", "examples"}."""
+    reg = lib.concepts()
+    return [{"concept": c, "photos": len(reg.photos_with(c.id)), "examples": len(reg.examples(c.id))}
+            for c in reg.list()]
+
+
+def concept_photo_count(lib: Library, concept_id: int) -> int:
+    """How many photos a concept was recognised in."""
+    return len(lib.concepts().photos_with(concept_id))
+
+
+def photo_caption(lib: Library, photo_id: int) -> str | None:
+    """The caption a photo shows now (the user's own wins over the model's), names filled in; None: none yet."""
+    return lib.captions().caption(photo_id)
