@@ -206,6 +206,13 @@ class EmbeddingStore:
                 log.warning("unreadable concept embedding %s: %s", p, exc)
         return sorted(set(found))
 
+    def state(self, concept_id: int, checkpoint: str, task: str) -> str:
+        """ready / partial (an unfinished run) / stale (trained on another VLM) / untrained, for `checkpoint`."""
+        emb = self.load(concept_id, checkpoint, task)
+        if emb is not None:
+            return "ready" if emb.complete else "partial"
+        return "stale" if self.other_checkpoints(concept_id) else "untrained"
+
     def remove(self, concept_id: int, checkpoint: str, task: str) -> None:
         self.path(concept_id, checkpoint, task).unlink(missing_ok=True)
 

@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 from .. import settings
 from ..captions import person_placeholder, placeholder, to_template
+from .generated import GeneratedText
 from .targets import PET_AND_THING_WORDS, PERSON_WORDS
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from ..catalog import Catalog
-    from .service import GeneratedText
 
 BLIP2 = "blip2"                     # the one family that does not follow instructions
 
@@ -219,8 +219,6 @@ def instant_captions(w: Any, images: Sequence[Image.Image], scenes_: Sequence[Sc
                      ) -> list[GeneratedText | None]:
     """An instant caption per photo (None where no name can be given): one batched generation with the names in
     the prompt for chat families; the class-word replacement of the original caption for BLIP-2."""
-    from .service import GeneratedText
-
     out: list[GeneratedText | None] = [None] * len(images)
     todo = [i for i, s in enumerate(scenes_) if s.seen]
     if not todo:
@@ -229,20 +227,20 @@ def instant_captions(w: Any, images: Sequence[Image.Image], scenes_: Sequence[Sc
         for i in todo:
             template = replace_class_word(originals[i], scenes_[i])
             if template is not None:
-                out[i] = _generated(GeneratedText, template, scenes_[i], w.checkpoint, "")
+                out[i] = _generated(template, scenes_[i], w.checkpoint, "")
         return out
     prompts = [instructed_prompt(scenes_[i], w.caption_prompt(None), originals[i]) for i in todo]
     texts = w.generate([images[i] for i in todo], prompts, None)
     for i, text, prompt in zip(todo, texts, prompts):
         template = names_to_placeholders(scenes_[i], text)
         if template != text:    # the model used a name; otherwise its caption adds nothing to the original
-            out[i] = _generated(GeneratedText, template, scenes_[i], w.checkpoint, prompt, text)
+            out[i] = _generated(template, scenes_[i], w.checkpoint, prompt, text)
     return out
 
 
-def _generated(cls, template: str, scene: Scene, model: str, prompt: str, text: str | None = None):
+def _generated(template: str, scene: Scene, model: str, prompt: str, text: str | None = None) -> GeneratedText:
     ids = [s.concept_id for s in scene.seen if s.concept_id is not None and s.placeholder in template]
-    return cls(text if text is not None else template, template, ids, model, prompt, False, instant=True)
+    return GeneratedText(text if text is not None else template, template, ids, model, prompt, False, instant=True)
 
 
 # -- keeping them current ---------------------------------------------------------------------------------------------

@@ -79,14 +79,15 @@ def recover_interrupted_training(catalog: Catalog) -> list[str]:
     if not dead:
         return []
     # the embedding store and the VLM catalogue: only when there is something to mend
-    from .service import Personalizer
-    from .vlm import CAPTION, resolve_spec
+    from ..hardware import resolve_vlm_name
+    from .embeddings import EmbeddingStore
+    from .specs import CAPTION, resolve_spec
 
-    personalizer = Personalizer(catalog)
-    checkpoint = resolve_spec(personalizer.vlm_name)[1]
+    store = EmbeddingStore(catalog.paths.concepts)
+    checkpoint = resolve_spec(resolve_vlm_name(catalog))[1]
     updates = []
     for r in dead:
-        state = personalizer.embedding_state(registry.get(r["id"]), CAPTION, checkpoint)
+        state = store.state(r["id"], checkpoint, CAPTION)
         error = None if state == "ready" else INTERRUPTED
         updates.append([state, error, now(), r["id"]])
         log.warning("teaching %s was interrupted; it is %s now", r["name"], state)

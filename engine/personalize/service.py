@@ -28,6 +28,7 @@ from ..concepts.research import VQA_FILE
 from ..hardware import resolve_vlm_name
 from . import instant
 from .embeddings import EmbeddingStore
+from .generated import GeneratedText  # noqa: F401 - re-exported
 from .lease import training_lease
 from .targets import (
     TargetSet,
@@ -57,21 +58,6 @@ class ExampleTargets:
     def to_json(self) -> dict[str, Any]:
         return {"example_id": self.example_id, "image": self.label, "captions": self.captions,
                 "needs_review": self.needs_review, "from": self.sources, "qa": self.qa}
-
-
-@dataclass
-class GeneratedText:
-    text: str                 # rendered with the identifiers the model used
-    template: str             # with {{concept:ID}} placeholders, for the caption store
-    concepts: list[int]       # the concepts whose tokens were appended
-    model: str
-    prompt: str
-    personalised: bool
-    instant: bool = False     # named from recognition before training (instant.py), not by a concept embedding
-
-    def to_json(self) -> dict[str, Any]:
-        return {"text": self.text, "concepts": self.concepts, "model": self.model, "prompt": self.prompt,
-                "personalised": self.personalised, "instant": self.instant}
 
 
 class Personalizer:
@@ -339,10 +325,7 @@ class Personalizer:
 
     def embedding_state(self, concept: Concept, task: str = CAPTION, checkpoint: str | None = None) -> str:
         """ready / partial (an unfinished run) / stale (trained on another VLM) / untrained — for this VLM."""
-        emb = self.store.load(concept.id, checkpoint or self.checkpoint, task)
-        if emb is not None:
-            return "ready" if emb.complete else "partial"
-        return "stale" if self.store.other_checkpoints(concept.id) else "untrained"
+        return self.store.state(concept.id, checkpoint or self.checkpoint, task)
 
     def refresh_states(self) -> dict[int, str]:
         """Write each concept's embedding state for the library's VLM (after switching VLMs: trained → stale),
