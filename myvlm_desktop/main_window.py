@@ -221,7 +221,8 @@ class MainWindow(QMainWindow):
         self.grid_view.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff if months
                                                   else Qt.ScrollBarPolicy.ScrollBarAsNeeded)
         out = self.search_flow.outcome
-        self.grid_model.set_photos(self.shown_photos(), out.why if kind == SEARCH and out else None)
+        if changed is None or changed:  # no photo changed: the grid shows what it showed (no pass over every photo)
+            self.grid_model.set_photos(self.shown_photos(), out.why if kind == SEARCH and out else None)
         self.person_header.setVisible(kind == PERSON)
         self.concept_header.setVisible(kind == CONCEPT)
         self.search_header.setVisible(kind == SEARCH)

@@ -242,7 +242,7 @@ def shoot(album: Path, work: Path, out: Path, size: tuple[int, int] = SIZE, keep
     # 7. teaching the captioner: targets reviewed, a short real training run, the loss plot
     from myvlm_desktop.training import TeachDialog
 
-    dlg: TeachDialog = window.teach(concept_id=spiff.id)
+    dlg: TeachDialog = window.things.teach(concept_id=spiff.id)
     wait(app, lambda: dlg.page == TeachDialog.REVIEW, 180)
     settle(app)
     save("teach-review", dlg)
@@ -274,11 +274,11 @@ def shoot(album: Path, work: Path, out: Path, size: tuple[int, int] = SIZE, keep
 
     # 10. full view
     window.select_photo(ids["bar55_2.jpg"])
-    window.open_full_view()
+    window.full.open()
     wait(app, lambda: window.full_view.canvas.has_image(), 20)
     settle(app)
     save("full-view")
-    window.close_full_view()
+    window.full.close()
     window.close()
     print("\n".join(shots))
     return 0

@@ -472,6 +472,15 @@ def test_a_change_to_one_photo_rereads_that_row_only(qtbot, open_window, library
     assert repainted and set(repainted) == {(row, row)}
     assert window.detail.photo.id == chosen.id and window.detail.photo.user_rotation == 90
     assert window.grid_model.rowCount() == GOOD_PHOTOS
+    # nothing changed: no row read; the feed cannot say (token None): every photo, once
+    rows_read.clear()
+    window.refresh()
+    qtbot.waitUntil(lambda: not window.refreshing, timeout=INDEX_TIMEOUT_MS)
+    assert rows_read == [] and full_reads == []
+    window.follow.token = None
+    window.refresh()
+    qtbot.waitUntil(lambda: not window.refreshing, timeout=INDEX_TIMEOUT_MS)
+    assert rows_read == [] and len(full_reads) == 1 and window.grid_model.rowCount() == GOOD_PHOTOS
 
 
 def test_naming_a_thing_too_early_points_at_the_app_not_the_command_line(qtbot, open_window, album: Path) -> None:
