@@ -63,7 +63,8 @@ sys.path.insert(0, str(ROOT))
 
 from engine.api import Library  # noqa: E402
 from engine.catalog import Catalog, now  # noqa: E402
-from engine.faces.backends import DLIB_KEY, DLIB_THRESHOLDS, INSIGHTFACE_THRESHOLDS  # noqa: E402
+from engine.faces.dlib_backend import DLIB_KEY, DLIB_THRESHOLDS  # noqa: E402
+from engine.faces.insightface_backend import INSIGHTFACE_THRESHOLDS  # noqa: E402
 from engine.faces import clustering  # noqa: E402
 from engine.faces.clustering import MIN_CLUSTER_SIZE, FaceClusterer  # noqa: E402
 

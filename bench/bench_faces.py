@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.api import Library  # noqa: E402
-from engine.faces.backends import DLIB_RECOGNISER, DLIB_SHAPE_PREDICTOR, dlib_model_dir  # noqa: E402
+from engine.faces.dlib_backend import DLIB_RECOGNISER, DLIB_SHAPE_PREDICTOR, dlib_model_dir  # noqa: E402
 from engine.stages.faces import FaceStage, iou  # noqa: E402
 
 CACHE = ROOT / ".cache" / "bench"

@@ -1192,7 +1192,8 @@ class ModelManager:
         return GetResult(e.name, st.state, st.where, files=chosen, commit=commit)
 
     def _import_pack(self, e: ModelEntry, source: Path, progress, cancel) -> GetResult:
-        from .faces.backends import _onnx_role, _pack_folder
+        from .faces.backends import _pack_folder
+        from .faces.insightface_backend import _onnx_role
 
         pack = _pack_folder(source) or source
         onnx = sorted(pack.glob("*.onnx"))

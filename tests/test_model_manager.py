@@ -27,7 +27,7 @@ from huggingface_hub import (
 
 from engine import model_manager
 from engine.clip import CLIP_MODELS, find_cached_weights
-from engine.faces.backends import (
+from engine.faces import (
     DlibBackend,
     InsightFaceBackend,
     create_backend,

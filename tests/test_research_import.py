@@ -270,7 +270,7 @@ def test_import_person_folder_builds_a_face_head(library, test_data: Path, tmp_p
     """A person concept from a research folder: one reference per image; the two-person image keeps Obama's face."""
     from PIL import Image
 
-    from engine.faces.backends import DlibBackend
+    from engine.faces.dlib_backend import DlibBackend
 
     from .test_face_head import side_by_side
 

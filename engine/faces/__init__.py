@@ -2,15 +2,15 @@
 
 from .backends import (
     DetectedFace,
-    DlibBackend,
     FaceBackend,
     FaceBackendError,
     FaceThresholds,
-    InsightFaceBackend,
     cosine_distance,
     create_backend,
     find_insightface_packs,
 )
+from .dlib_backend import DlibBackend
+from .insightface_backend import InsightFaceBackend
 
 __all__ = [
     "DetectedFace",
