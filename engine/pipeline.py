@@ -19,6 +19,7 @@ from typing import Any
 
 from . import claims
 from .errors import InvalidInput, UserError
+from .progress import Progress
 from . import paths as P
 from .catalog import Catalog, DiskFull, disk_full, is_disk_full
 
@@ -131,17 +132,22 @@ class StageRegistry:
         return [f() for n, f in self._factories if wanted is None or n in wanted]
 
 
-@dataclass
-class ProgressEvent:
-    """What a progress bar (CLI or GUI) shows. `state`: running, paused, finished, cancelled or unavailable
-    (then `current` says why)."""
+@dataclass(frozen=True)
+class ProgressEvent(Progress):
+    """What a progress bar (CLI or GUI) shows of one stage: a Progress whose `phase` is the stage (`stage`) and
+    `detail` the photo in hand (`current`). `state`: running, paused, finished, cancelled or unavailable (then
+    `current` says why)."""
 
-    stage: str
-    done: int
-    total: int
-    current: str = ""
     errors: int = 0
     state: str = "running"
+
+    @property
+    def stage(self) -> str:
+        return self.phase
+
+    @property
+    def current(self) -> str:
+        return self.detail
 
 
 @dataclass
