@@ -8,7 +8,7 @@ downloads, verifies, removes and imports them. Nothing here downloads on its own
 Where models live:
   * Hugging Face models (CLIP, BLIP-2, LLaVA) in the standard Hugging Face cache (`HF_HOME` / `HF_HUB_CACHE`), in
     the cache's own layout (`models--org--name/{blobs,snapshots,refs}`), so `clip.find_cached_weights`,
-    `vlm.checkpoint_folder` and any other program using the cache find them;
+    `personalize.checkpoints.checkpoint_folder` and any other program using the cache find them;
   * InsightFace packs in the library's models folder, `<library>/models/insightface/<pack>/`, where
     `faces.backends.find_insightface_packs` looks. They come from a hub repository holding the packs' ONNX files
     (`FACE_PACK_REPO`, or `$MYVLM_FACE_PACK_REPO` as "owner/name" or "owner/name:sub/folder/{pack}").

@@ -3,7 +3,8 @@
 `load_vlm` resolves a key, repo id or folder to its spec (specs.py), finds the weights on disk, plans where the model
 goes (hardware.py) and loads the family's wrapper. Families are named, not imported: `VLM_FAMILIES` maps each family
 to "module:Class" and `wrapper_class` imports that module when a model of the family is loaded (as transformers'
-auto classes do), so this module and the wrappers' base (vlm_base.py) import no family and a family only its base.
+auto classes do): neither this module nor the wrappers' base (vlm_base.py) imports a family, and a family imports the
+base (the LLaVA-style ones also llava.py, whose prompt, loss and regulariser plumbing they reuse).
 
 Weights are only ever read from disk (`local_files_only`): nothing leaves the machine unless the user asks the model
 manager to download a checkpoint.
@@ -77,7 +78,7 @@ def load_vlm(name: str | Path = DEFAULT_VLM, *, models_dir: Path, device: str | 
     if offload:
         log.info("loading %s split between the GPU and RAM: %s", spec.key, plan.reason)
     check_memory(spec, dev, dt, quant_4bit, offload=offload)
-    kwargs: dict = {"placement": plan} if offload else {}   # only then: every family's load takes the whole-device path
+    kwargs: dict = {"placement": plan} if offload else {}   # else every family's load takes the whole-device path
     if quant_4bit:
         kwargs["quantized_4bit"] = True
     return wrapper_class(spec.family).load(folder, spec, checkpoint, dev, dt, **kwargs)
