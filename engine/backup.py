@@ -31,8 +31,9 @@ import os
 import secrets
 import shutil
 import sqlite3
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,6 +41,7 @@ from typing import Any
 
 from . import __version__, errors
 from .errors import UserError
+from .progress import ProgressFn, report
 from .library import LibraryPaths, default_library_path, follow_moves, record_library_move
 
 log = logging.getLogger(__name__)
@@ -53,8 +55,7 @@ CHUNK = 1024 * 1024
 BUSY_TIMEOUT_S = 120.0
 COUNTED_TABLES = ("folders", "photos", "people", "faces", "concepts", "captions", "qa")
 
-# progress(phase, done, total): phase is "catalog", "files" or "verify"
-Progress = Callable[[str, int, int], None]
+# progress: engine.progress.Progress(phase, done, total); phase is "catalog", "files" or "verify"
 
 
 class BackupError(UserError, RuntimeError):
@@ -182,7 +183,7 @@ def _copy_hashed(src: Path, dst: Path, *, attempts: int = 3, strict: bool = True
     raise BackupError(f"{src} kept changing while it was copied; try again when the app is idle")
 
 
-def _check_cancel(cancel: Any) -> None:
+def _check_cancel(cancel: threading.Event | None) -> None:
     if cancel is not None and cancel.is_set():
         raise Cancelled("stopped: nothing was written (the unfinished copy was removed)")
 
@@ -377,7 +378,7 @@ def _backup_target(dest: Path, library_root: Path) -> Path:
 
 
 def backup_library(library: Path | str, dest: Path | str, *, with_thumbnails: bool = False,
-                   progress: Progress | None = None, cancel: Any = None) -> BackupReport:
+                   progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> BackupReport:
     """Back the library at `library` up into the new folder `dest` (when `dest` is an existing folder, into a
     new `myvlm-backup-DATE-TIME` folder inside it). Safe while the library is in use."""
     started = time.monotonic()
@@ -389,15 +390,13 @@ def backup_library(library: Path | str, dest: Path | str, *, with_thumbnails: bo
     staging = dest.parent / f".{dest.name}.partial-{_token()}"
     staging.mkdir()
     try:
-        if progress:
-            progress("catalog", 0, 1)
+        report(progress, "catalog", 0, 1)
         info = snapshot_catalog(paths.db, staging / DB_NAME)
         db_hash, db_size = sha256_file(staging / DB_NAME)
         manifest_files = {DB_NAME: {"sha256": db_hash, "size": db_size}}
         files = _library_files(paths, info, with_thumbnails)
         total = len(files)
-        if progress:
-            progress("files", 0, total)
+        report(progress, "files", 0, total)
         for i, src in enumerate(files, 1):
             _check_cancel(cancel)
             rel = src.relative_to(paths.root)
@@ -406,8 +405,7 @@ def backup_library(library: Path | str, dest: Path | str, *, with_thumbnails: bo
             except FileNotFoundError:
                 continue   # removed since the snapshot (a forgotten face): the snapshot's catalog copes
             manifest_files[rel.as_posix()] = {"sha256": digest, "size": size}
-            if progress:
-                progress("files", i, total)
+            report(progress, "files", i, total)
         _check_cancel(cancel)
         manifest = {
             "format": FORMAT,
@@ -447,7 +445,7 @@ def _safe_rel(rel: str) -> bool:
     return bool(rel) and not p.is_absolute() and ".." not in p.parts and "\\" not in rel
 
 
-def verify_backup(backup: Path | str, progress: Progress | None = None) -> dict[str, Any]:
+def verify_backup(backup: Path | str, progress: ProgressFn | None = None) -> dict[str, Any]:
     """Check a backup without changing it: a complete manifest, every file's size and sha256, and the catalog's
     `PRAGMA integrity_check`. Returns the manifest; raises BackupError saying what is wrong."""
     from .catalog import SCHEMA_VERSION
@@ -486,8 +484,7 @@ def verify_backup(backup: Path | str, progress: Progress | None = None) -> dict[
             bad.append(f"{rel} has the wrong size ({p.stat().st_size} bytes, the manifest says {meta.get('size')})")
         elif sha256_file(p)[0] != meta.get("sha256"):
             bad.append(f"{rel} does not match its checksum")
-        if progress:
-            progress("verify", i, total)
+        report(progress, "verify", i, total)
     if bad:
         more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
         raise BackupError(f"the backup at {backup} is damaged: {'; '.join(bad[:3])}{more}. Nothing was restored.")
@@ -571,7 +568,7 @@ def _swap_in(new: Path, target: Path) -> bool:
 
 
 def restore_library(backup: Path | str, target: Path | str | None = None, *, force: bool = False,
-                    progress: Progress | None = None) -> RestoreReport:
+                    progress: ProgressFn | None = None) -> RestoreReport:
     """Restore a backup into the library folder `target` (default: the default library).
 
     The backup is verified first; nothing is touched if it is damaged. A target holding a library with anything
@@ -613,8 +610,7 @@ def restore_library(backup: Path | str, target: Path | str | None = None, *, for
             if digest != meta["sha256"]:
                 raise BackupError(f"{rel} changed while it was copied from the backup; nothing was restored")
             size += n
-            if progress:
-                progress("files", i, total)
+            report(progress, "files", i, total)
         _relocate_examples(staging / DB_NAME, manifest.get("source_library"))
         LibraryPaths(staging).ensure()
         rebuild = 0 if manifest.get("with_thumbnails") else _mark_missing_thumbnails(staging)
@@ -649,7 +645,7 @@ def restore_library(backup: Path | str, target: Path | str | None = None, *, for
 # -- move ----------------------------------------------------------------------------------------------------------
 
 def move_library(library: Path | str, new: Path | str, *, delete_old: bool = False, allow_open: bool = False,
-                 make_default: bool | None = None, progress: Progress | None = None) -> MoveReport:
+                 make_default: bool | None = None, progress: ProgressFn | None = None) -> MoveReport:
     """Move the library folder `library` to `new`: copy everything (the catalog through the backup API while
     other writers wait), compare every copied file with the original, then switch the default library pointer.
 
@@ -679,8 +675,7 @@ def move_library(library: Path | str, new: Path | str, *, delete_old: bool = Fal
     copied: dict[str, tuple[str, int]] = {}
     try:
         lock.execute("BEGIN IMMEDIATE")   # other writers wait (their busy timeout) until the copy is done
-        if progress:
-            progress("catalog", 0, 1)
+        report(progress, "catalog", 0, 1)
         snapshot_catalog(src.db, staging / DB_NAME)
         files = [p for p in _walk_files(src.root) if p.relative_to(src.root).parts[0] not in {DB_NAME, *DB_SIDE_FILES}]
         total = len(files)
@@ -690,8 +685,7 @@ def move_library(library: Path | str, new: Path | str, *, delete_old: bool = Fal
                 copied[rel.as_posix()] = _copy_hashed(p, staging / rel, strict=rel.parts[0] != "logs")
             except FileNotFoundError:
                 pass   # gone since the listing (a preview the cache evicted): nothing to move
-            if progress:
-                progress("files", i, total)
+            report(progress, "files", i, total)
         links = _symlinks(src.root)   # e.g. models/ kept on another disk: the link moves, not what it points to
         for rel, target in links.items():
             (staging / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -705,8 +699,7 @@ def move_library(library: Path | str, new: Path | str, *, delete_old: bool = Fal
                 raise BackupError(f"{rel} was not copied intact to {dst}; the library was not moved")
             if not rel.startswith("logs/") and sha256_file(src.root / rel) != (digest, size):  # logs grow: fine
                 raise BackupError(f"{rel} differs between the library and its copy; the library was not moved")
-            if progress:
-                progress("verify", i, total)
+            report(progress, "verify", i, total)
         conn = _connect(staging / DB_NAME)
         try:
             check = conn.execute("PRAGMA integrity_check").fetchone()[0]

@@ -33,9 +33,11 @@ class _Bar:
         self.bar: tqdm | None = None
         self.phase = ""
 
-    def __call__(self, phase: str, done: int, total: int) -> None:
+    def __call__(self, p: Any) -> None:
+        """The engine's Progress(phase, done, total) of a backup, restore or move."""
         if self.quiet:
             return
+        phase, done, total = p.phase, p.done, p.total or 0
         if phase != self.phase:
             self.close()
             self.phase = phase

@@ -20,6 +20,8 @@ from typing import Any
 from PySide6.QtCore import QObject, Qt, QTimer, Signal, Slot
 from PySide6.QtWidgets import QBoxLayout, QFileDialog, QMessageBox, QProgressDialog, QPushButton, QWidget
 
+from engine.progress import Progress
+
 from .tasks import CancelFlag, EngineThread, user_message
 
 log = logging.getLogger(__name__)
@@ -109,8 +111,11 @@ class LibraryTools(QObject):
         self.thread.call(fn, lambda report: self._done(what, report), lambda exc: self._failed(what, exc),
                          label=what)
 
-    def _emit(self, phase: str, done: int, total: int) -> None:   # worker thread
-        self.progressed.emit(phase, done, total)
+    def _emit(self, p: Progress | str, done: int = 0, total: int | None = 0) -> None:   # worker thread
+        """The engine's progress: a `Progress`, or (phase, done, total) from producers not yet converted."""
+        if isinstance(p, Progress):
+            p, done, total = p.phase, p.done, p.total
+        self.progressed.emit(p, done, total or 0)
 
     @Slot(str, int, int)
     def _on_progress(self, phase: str, done: int, total: int) -> None:

@@ -31,7 +31,9 @@ from engine.backup import (
     restore_library,
     verify_backup,
 )
+from engine import errors
 from engine.library import LibraryPaths, follow_moves
+from engine.progress import Progress
 
 from .conftest import myvlm
 from .helpers import album_snapshot
@@ -231,12 +233,17 @@ def test_backup_while_another_process_writes_is_consistent(source, tmp_path: Pat
 def test_a_stopped_backup_leaves_nothing_that_looks_complete(source, tmp_path: Path):
     flag = threading.Event()
 
-    def progress(phase: str, done: int, total: int) -> None:
-        if phase == "files" and done >= 2:
+    seen: list[Progress] = []
+
+    def progress(p: Progress) -> None:
+        seen.append(p)
+        if p.phase == "files" and p.done >= 2:
             flag.set()
 
     with pytest.raises(Cancelled):
         backup_library(source["root"], tmp_path / "b", with_thumbnails=True, progress=progress, cancel=flag)
+    assert [p.phase for p in seen[:2]] == ["catalog", "files"] and all(isinstance(p, Progress) for p in seen)
+    assert isinstance(Cancelled("x"), errors.Cancelled)   # front doors report it quietly
     assert list(tmp_path.iterdir()) == []   # neither the backup nor its temporary folder
     # what a killed backup leaves (everything but the manifest, which is written last) is refused
     rep = backup_library(source["root"], tmp_path / "b")
