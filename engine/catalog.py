@@ -425,7 +425,17 @@ def _m8_change_feed(db: sqlite_utils.Database) -> None:
         "photo_changes_trim": f"AFTER INSERT ON photo_changes WHEN NEW.seq % {CHANGES_TRIM_EVERY} = 0 BEGIN "
                               f"DELETE FROM photo_changes WHERE seq <= NEW.seq - {CHANGES_KEPT}; END",
     }
-    for table in ("faces", "captions", "qa", "concept_signals", "concept_examples", "stage_status", "photo_places"):
+    # concept signals: a view shows the concepts that fired (with their score), so only a signal that fires or
+    # fired counts; retraining rewrites every signal of a concept, and most never fire
+    fired_before = ("coalesce((SELECT fired FROM concept_signals WHERE photo_id = NEW.photo_id AND concept_id = "
+                    "NEW.concept_id), 0)")
+    triggers["concept_signals_changes_bi"] = (f"BEFORE INSERT ON concept_signals WHEN NEW.fired OR {fired_before} "
+                                              f"BEGIN {log_new.format(c='photo_id')} END")
+    triggers["concept_signals_changes_au"] = (f"AFTER UPDATE ON concept_signals WHEN OLD.fired OR NEW.fired "
+                                              f"BEGIN {log_new.format(c='photo_id')} END")
+    triggers["concept_signals_changes_ad"] = (f"AFTER DELETE ON concept_signals WHEN OLD.fired "
+                                              f"BEGIN {log_old.format(c='photo_id')} END")
+    for table in ("faces", "captions", "qa", "concept_examples", "stage_status", "photo_places"):
         when_new = " WHEN NEW.photo_id IS NOT NULL" if table == "concept_examples" else ""
         when_old = " WHEN OLD.photo_id IS NOT NULL" if table == "concept_examples" else ""
         triggers[f"{table}_changes_ai"] = f"AFTER INSERT ON {table}{when_new} BEGIN {log_new.format(c='photo_id')} END"

@@ -98,6 +98,27 @@ def test_user_actions_name_exactly_their_photos(indexed):
     assert changed(library, token) == (token, set())
 
 
+def test_concept_signals_count_where_they_fire(indexed):
+    """Retraining rewrites every signal of a concept; a view shows only the concepts that fired on a photo."""
+    library, ids, token = indexed
+    concept = library.concepts().add_object("mug", [ids[4]])
+    token, seen = changed(library, token)
+    assert seen == {ids[4]}   # its example photo
+    write = ("INSERT OR REPLACE INTO concept_signals(photo_id, concept_id, revision, score, fired) "
+             "VALUES (?, ?, ?, ?, ?)")
+    with library.catalog.write():
+        library.catalog.conn.executemany(write, [(pid, concept.id, 1, 0.1, int(pid == ids[0])) for pid in ids])
+    token, seen = changed(library, token)
+    assert seen == {ids[0]}
+    with library.catalog.write():   # a retrain: ids[0] stops firing, ids[1] starts, the rest stay quiet
+        library.catalog.conn.executemany(write, [(pid, concept.id, 2, 0.2, int(pid == ids[1])) for pid in ids])
+    token, seen = changed(library, token)
+    assert seen == {ids[0], ids[1]}
+    library.concepts().rename(concept.id, "cup")   # the name shows where it fired and on its examples
+    token, seen = changed(library, token)
+    assert seen == {ids[1], ids[4]}
+
+
 def test_another_process_writes_are_seen(indexed):
     library, ids, token = indexed
     code = ("import sys; from pathlib import Path; from engine.catalog import Catalog; from engine.library import LibraryPaths\n"
