@@ -28,11 +28,10 @@ def _train_and_report(args: argparse.Namespace, lib: Library, concept, create=No
     bar = tqdm(total=None, desc="training", unit="step", file=sys.stderr, leave=False,
                disable=args.json or not is_terminal(sys.stderr))   # a bar only where it can be drawn
 
-    def progress(step: int, total: int, loss: float | None = None, **_: Any) -> None:
-        bar.total = total
-        bar.n = step
-        if loss is not None:
-            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+    def progress(p: Any) -> None:   # the head trainer's engine.progress.Progress (views, training, evaluation)
+        bar.set_description(p.phase, refresh=False)
+        bar.total = p.total
+        bar.n = p.done
         bar.refresh()
 
     def train(concept_id: int):

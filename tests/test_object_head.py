@@ -34,6 +34,7 @@ from engine.concepts.object_head import (
     train_linear_head,
 )
 from engine.concepts.registry import ConceptError, ConceptRegistry
+from engine.progress import Progress
 from engine.clip import resolve_encoder
 from engine.vectors import load_clip_matrix
 
@@ -113,21 +114,22 @@ def test_deterministic_from_seed(synthetic):
 
 
 def test_progress_and_cancel(synthetic):
-    seen: list[tuple[int, int]] = []
-    train_linear_head(synthetic["pos"], synthetic["neg"], ObjectHeadConfig(steps=100),
-                      progress=lambda done, total: seen.append((done, total)))
-    assert seen == [(25, 100), (50, 100), (75, 100), (100, 100)]
+    seen: list[Progress] = []
+    train_linear_head(synthetic["pos"], synthetic["neg"], ObjectHeadConfig(steps=100), progress=seen.append)
+    assert seen == [Progress("training", d, 100) for d in (25, 50, 75, 100)]
 
     stop = threading.Event()
 
-    def stop_at_50(done: int, total: int) -> None:
-        if done >= 50:
+    def stop_at_50(p: Progress) -> None:
+        if p.done >= 50:
             stop.set()
 
     with pytest.raises(TrainingCancelled, match="step 50"):
         train_linear_head(synthetic["pos"], synthetic["neg"], ObjectHeadConfig(), progress=stop_at_50, cancel=stop)
-    with pytest.raises(TrainingCancelled):  # a callable works as well
-        train_linear_head(synthetic["pos"], synthetic["neg"], ObjectHeadConfig(), cancel=lambda: True)
+    already = threading.Event()
+    already.set()
+    with pytest.raises(TrainingCancelled, match="step 0"):  # set before the first step: no step is taken
+        train_linear_head(synthetic["pos"], synthetic["neg"], ObjectHeadConfig(), cancel=already)
     with pytest.raises(ValueError):
         train_linear_head(synthetic["pos"], np.zeros((0, D)), ObjectHeadConfig())
 
@@ -190,7 +192,7 @@ def test_real_photos_leave_one_out(indexed):
     concept = reg.add_object("Spiff", [ids["spiff.jpg"], ids["spiff_2.jpg"]])
     trainer = ObjectHeadTrainer(lib.catalog, enc, ObjectHeadConfig(**SMALL))
     phases: set[str] = set()
-    head, metrics = trainer.train(concept.id, progress=lambda done, total, phase="", **_: phases.add(phase))
+    head, metrics = trainer.train(concept.id, progress=lambda p: phases.add(p.phase))
     assert phases == {"views", "training", "evaluation"}
 
     assert head.kind == "object" and head.space == enc.key and head.threshold == 0.5

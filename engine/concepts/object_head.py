@@ -24,6 +24,7 @@ import hashlib
 import logging
 import math
 import os
+import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -38,6 +39,7 @@ from .. import paths as P
 from ..errors import Cancelled
 from ..catalog import Catalog
 from ..images import IMAGE_EXTENSIONS, decode
+from ..progress import Progress, ProgressFn, report
 from .registry import OBJECT, ConceptError, ConceptRegistry, Head, NotIndexedYet, photo_not_indexed, softmax_p1
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,6 @@ AUG_VERSION = 1  # bump when `augment` changes: cached views are recomputed
 WORK_SIDE = 512  # images are shrunk to this before augmenting: CLIP sees 224 px anyway
 MIN_HELDOUT_SHARE = 0.2  # small albums: keep this share of the candidate negatives for evaluation
 
-ProgressFn = Callable[..., None]  # progress(done, total, phase=...): the CLI's (step, total, **_) callbacks fit
 
 
 class TrainingCancelled(Cancelled):
@@ -113,25 +114,21 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def _cancelled(cancel: Any) -> bool:
-    if cancel is None:
-        return False
-    if hasattr(cancel, "is_set"):
-        return bool(cancel.is_set())
-    return bool(cancel())
+def _cancelled(cancel: threading.Event | None) -> bool:
+    return cancel is not None and cancel.is_set()
 
 
 def train_linear_head(pos: np.ndarray, neg: np.ndarray, config: ObjectHeadConfig | None = None,
-                      progress: Callable[[int, int], None] | None = None,
-                      cancel: Any = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+                      progress: ProgressFn | None = None,
+                      cancel: threading.Event | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Train `Linear(D, 2)` (class 1 = the concept) on cached features, the paper's way.
 
     pos: (n_pos, V, D) features of V views of each positive (or (n_pos, D): one view each); neg: (n_neg, D).
     Every step draws a class-balanced batch: batch_size/2 views picked uniformly from all cached positive views and
     batch_size/2 negatives, with replacement. Cross-entropy, AdamW, cosine schedule to `final_lr` over `steps`,
     gradient norm clipped. Deterministic for a given seed (CPU, its own generators; global RNG state untouched).
-    progress(step, steps) is called every 25 steps and at the end; `cancel` (an Event or a callable) is checked at
-    every step and raises TrainingCancelled.
+    progress gets Progress("training", step, steps) every 25 steps and at the end; `cancel` is checked at every step
+    and raises TrainingCancelled.
     Returns (weight (2, D) float32, bias (2,) float32, info).
     """
     import torch
@@ -187,7 +184,7 @@ def train_linear_head(pos: np.ndarray, neg: np.ndarray, config: ObjectHeadConfig
             opt.step()
             sched.step()
             if progress is not None and ((step + 1) % report_every == 0 or step + 1 == cfg.steps):
-                progress(step + 1, cfg.steps)
+                progress(Progress("training", step + 1, cfg.steps))
         if cfg.steps:
             loss_v = float(loss.detach())
     finally:
@@ -310,7 +307,7 @@ class ObjectHeadTrainer:
         return f"{self.encoder.key}|v{c.views}|r{c.max_rotation:g}|f{int(c.flip)}|s{c.seed}|a{AUG_VERSION}|w{WORK_SIDE}"
 
     def _view_features(self, concept_id: int, examples: list[_Example], progress: ProgressFn | None,
-                       cancel: Any) -> np.ndarray:
+                       cancel: threading.Event | None) -> np.ndarray:
         """(n, V, D) features of V augmented views of each example; computed once, then cached."""
         sig = self._aug_signature()
         disk = self._load_disk_views(concept_id, sig)
@@ -322,8 +319,7 @@ class ObjectHeadTrainer:
         for i, e in enumerate(todo):
             if _cancelled(cancel):
                 raise TrainingCancelled("cancelled while computing the features of the marked photos")
-            if progress:
-                progress(i, len(todo), phase="views")
+            report(progress, "views", i, len(todo))
             try:
                 full = e.load().convert("RGB")
             except ConceptError:
@@ -335,8 +331,8 @@ class ObjectHeadTrainer:
             if views:
                 views[0] = full  # the un-augmented view exactly as the clip stage sees the photo (its preview)
             self._views[f"{sig}#{e.key}"] = self.encoder.encode_images(views).astype(np.float32)
-        if progress and todo:
-            progress(len(todo), len(todo), phase="views")
+        if todo:
+            report(progress, "views", len(todo), len(todo))
         if todo:
             self._save_disk_views(concept_id, sig, {e.key: self._views[f"{sig}#{e.key}"] for e in examples})
         return np.stack([self._views[f"{sig}#{e.key}"] for e in examples])
@@ -371,7 +367,8 @@ class ObjectHeadTrainer:
         except OSError as exc:  # the cache is a nicety
             log.warning("cannot write the view cache %s: %s", path, exc)
 
-    def _folder_features(self, folder: Path, progress: ProgressFn | None, cancel: Any) -> np.ndarray:
+    def _folder_features(self, folder: Path, progress: ProgressFn | None, cancel: threading.Event | None
+                         ) -> np.ndarray:
         folder = Path(folder).expanduser()
         if not folder.is_dir():
             raise ConceptError(f"negatives folder {folder} is not a folder")
@@ -384,8 +381,7 @@ class ObjectHeadTrainer:
         for i in range(0, len(todo), bs):
             if _cancelled(cancel):
                 raise TrainingCancelled("cancelled while reading the negatives folder")
-            if progress:
-                progress(i, len(todo), phase="negatives folder")
+            report(progress, "negatives folder", i, len(todo))
             chunk, imgs = [], []
             for f, k in todo[i : i + bs]:
                 try:
@@ -404,11 +400,12 @@ class ObjectHeadTrainer:
     # -- training ---------------------------------------------------------------------------------------------------
 
     def train(self, concept_id: int, negatives_folder: str | os.PathLike | None = None,
-              progress: ProgressFn | None = None, cancel: Any = None) -> tuple[Head, dict[str, Any]]:
+              progress: ProgressFn | None = None, cancel: threading.Event | None = None
+              ) -> tuple[Head, dict[str, Any]]:
         """Train the concept's head; returns (Head, metrics). The caller stores it with `registry.save_head`.
 
-        progress(done, total, phase=...) with phase "views" / "negatives folder" / "training" / "evaluation"; `cancel`
-        (an Event or a callable) raises TrainingCancelled."""
+        progress gets Progress(phase, done, total) with phase "views" / "negatives folder" / "training" /
+        "evaluation"; setting `cancel` raises TrainingCancelled."""
         cfg = self.config
         t_start = time.perf_counter()
         concept = self.registry.get(concept_id)
@@ -499,12 +496,8 @@ class ObjectHeadTrainer:
                 "embeddings. Add more photos to the library, or give a negatives folder.")
         held_neg = album[held_rows]
 
-        def step_progress(done: int, total: int) -> None:
-            if progress:
-                progress(done, total, phase="training")
-
         t_train = time.perf_counter()
-        weight, bias, info = train_linear_head(views, neg_feats, cfg, step_progress, cancel)
+        weight, bias, info = train_linear_head(views, neg_feats, cfg, progress, cancel)
         train_seconds = time.perf_counter() - t_train
 
         # evaluation on what training did not see
@@ -516,8 +509,7 @@ class ObjectHeadTrainer:
                 for k in range(n):
                     if _cancelled(cancel):
                         raise TrainingCancelled("cancelled during evaluation")
-                    if progress:
-                        progress(k, n, phase="evaluation")
+                    report(progress, "evaluation", k, n)
                     rest_views = np.delete(views, k, axis=0)
                     w_k, b_k, _ = train_linear_head(rest_views, neg_feats, cfg, None, cancel)
                     hit = bool(score(w_k, b_k, views[k, 0])[0] >= cfg.threshold)
@@ -525,8 +517,7 @@ class ObjectHeadTrainer:
                     fn += not hit
                     if len(held_neg):
                         fp += int(np.sum(score(w_k, b_k, held_neg) >= cfg.threshold))
-                if progress:
-                    progress(n, n, phase="evaluation")
+                report(progress, "evaluation", n, n)
                 pos_held = n
             else:
                 method = "none"  # one marked photo: nothing to leave out
