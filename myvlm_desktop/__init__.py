@@ -2,7 +2,12 @@
 
 Modules:
     app              `main()`: the `myvlm-desktop` entry point (first run, one instance per library, theme).
-    main_window      `MainWindow`: sidebar, grid and pages, detail pane, status bar; dispatches to the workers.
+    main_window      `MainWindow`: a shell of views (sidebar, grid and pages, detail pane, status bar).
+    state            `AppState`: the window's Qt-free state (view, selection, search, busy, indexing), with events.
+    actions          every window action declared once (text, shortcut, icon, what it calls, when enabled); menus.
+    window/          what the window does: layout, catalog_follow (refresh by the engine's change feed),
+                     people_actions, thing_actions, photo_actions, search_flow, indexing_flow, full_view,
+                     stages_popup, prompts.
     indexing         `IndexRunner`: scan + pipeline in the worker process `index_worker` (JSON lines).
     index_worker     the worker process (no Qt): runs the engine, reports progress, obeys pause/cancel.
     tasks            `EngineThread`: engine calls on a thread with its own `Library`; errors in words.
