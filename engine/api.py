@@ -18,6 +18,14 @@ from .people import People
 from .pipeline import MISSING, Pipeline, PipelineReport, ProgressCallback, ProgressEvent
 from .scanner import Scanner, ScanReport
 from .stages import REGISTRY
+# the engine types and helpers the GUI pages need, re-exported so the views import only this module
+from .catalog import FOLDER_OFFLINE, DiskFull, SchemaTooNew
+from .library import APP_SLUG, ENV_LIBRARY, follow_moves
+from .model_manager import DownloadCancelled, ModelError, ModelManager, TokenRequired
+from .model_manager import _human as human_size
+from .personalize.estimates import HERE_LABEL, minutes_text, seconds_text
+from .stages.faces import crop_path
+from .image_cache import THUMB_SIZE, ImageCache
 
 log = logging.getLogger(__name__)
 
@@ -566,9 +574,78 @@ class Library:
         return FolderWatcher(self.paths.root, open_library=type(self), run_pipeline=run_pipeline,
                              poll_interval=poll_interval, on_update=on_update).start(wait_ready=False)
 
+    # -- GUI pages (verbs) ------------------------------------------------------------------------------------------
+
+    def photo(self, photo_id: int) -> Photo | None:
+        """One photo's row as it is now (None: not in the library, e.g. removed since the view read it)."""
+        return self.catalog.photo(photo_id)
+
+    def remove_folder(self, folder_id: int) -> int:
+        """Stop watching a folder and forget its photos and all that was learned from them (the files stay
+        untouched). Returns the number of photos forgotten."""
+        return self.catalog.remove_folder(folder_id)
+
+    def thing_suggestions(self, limit: int = 20) -> list[Any]:
+        """Recurring things worth naming ("23 photos of this over 5 days"), best first, by the library's CLIP
+        model (engine.concepts.suggest.ThingSuggestion rows)."""
+        from .concepts.suggest import suggest_things
+
+        enc = self.clip_encoder()
+        return suggest_things(self.catalog, enc.key, enc.dim, limit=limit)
+
+    def teach_captioner(self, concepts: Iterable[int | str], task: str = "caption",
+                        config: dict[str, Any] | None = None, *,
+                        edits: dict[int, list[str]] | None = None, progress: Callable[[Any], None] | None = None,
+                        cancel: threading.Event | None = None, resume: bool = True, personalizer: Any = None,
+                        ) -> dict[int, Any]:
+        """Train the concepts' embeddings into the library's VLM (engine.personalize.service.Personalizer.train),
+        with the user's reviewed `edits` ({example id: target captions}) stored first, and this computer's time per
+        concept remembered for the next estimate. `config`: TrainingConfig fields to change ({"steps": 200});
+        `personalizer`: one already made, so that its loaded model is reused. Returns {concept id: embedding}."""
+        from .personalize.estimates import TrainingClock
+        from .personalize.training import TrainingConfig
+
+        pers = personalizer or self.personalizer()
+        for example_id, captions in (edits or {}).items():
+            pers.set_targets(example_id, captions)
+        clock = TrainingClock()
+
+        def report(p: Any) -> None:
+            clock(p)
+            if progress is not None:
+                progress(p)
+
+        result = pers.train(list(concepts), task, TrainingConfig(**(config or {})), progress=report, cancel=cancel,
+                            resume=resume)
+        if getattr(pers.wrapper, "record_timings", False):   # tiny test models would spoil the estimates
+            clock.finish(pers.vlm_name, pers.wrapper.device)
+        return result
+
+    def backup(self, dest: str | os.PathLike, *, with_thumbnails: bool = False,
+               progress: Callable[..., None] | None = None, cancel: Any = None) -> Any:
+        """Back the library up into `dest` (engine.backup.backup_library: safe while the app indexes). Returns
+        its BackupReport."""
+        from .backup import backup_library
+
+        return backup_library(self.paths.root, dest, with_thumbnails=with_thumbnails, progress=progress,
+                              cancel=cancel)
+
+    def move_to(self, new: str | os.PathLike, *, progress: Callable[..., None] | None = None) -> Any:
+        """Move this library's folder to `new` while it is open here (engine.backup.move_library; the old folder
+        is kept). Returns its MoveReport; reopen the library at `report.new`."""
+        from .backup import move_library
+
+        return move_library(self.paths.root, new, allow_open=True, progress=progress)
+
 
 __all__ = ["Library", "FolderNotFound", "ProgressEvent", "ScanReport", "PipelineReport", "Changes",
            "OK", "Photo", "APP_NAME", "default_library_path", "default_pictures_path"]
+
+
+# -- GUI pages (re-exports) -------------------------------------------------------------------------------------------
+__all__ += ["LibraryPaths", "FOLDER_OFFLINE", "DiskFull", "SchemaTooNew", "APP_SLUG", "ENV_LIBRARY", "follow_moves",
+            "DownloadCancelled", "ModelError", "ModelManager", "TokenRequired", "human_size", "HERE_LABEL",
+            "minutes_text", "seconds_text", "crop_path", "THUMB_SIZE", "ImageCache"]
 
 
 # -- command line (re-exports) ----------------------------------------------------------------------------------------

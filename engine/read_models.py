@@ -8,7 +8,8 @@ agree.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .catalog import Photo
@@ -154,6 +155,219 @@ def about_models() -> tuple[int, list[tuple[str, str, str]]]:
     from .doctor import DLIB_FILES, HUB_MODELS
 
     return len(DLIB_FILES), [tuple(m) for m in HUB_MODELS]
+
+
+# -- GUI pages (B1) -------------------------------------------------------------------------------------------------
+
+# The People page: named people, the unnamed face groups to name (largest first), and who each group may be.
+
+CARD_FACES = 6          # face crops shown on a group's card
+MAX_GROUPS_SHOWN = 60   # groups the page shows (and offers a name for)
+
+
+@dataclass
+class GroupInfo:
+    id: int
+    name: str | None
+    faces: int
+    photos: int
+    hidden: bool
+    sample_faces: list[int]
+    suggestions: list[tuple[int, str, float]] = field(default_factory=list)  # (person id, name, similarity)
+    face_ids: list[int] = field(default_factory=list)  # the group as shown: naming it confirms these, no others
+
+
+@dataclass
+class PeopleData:
+    named: list[GroupInfo]
+    groups: list[GroupInfo]   # unnamed, largest first
+    hidden: int
+    names: list[str]
+
+
+def people_page(lib: Library, include_hidden: bool = False, with_suggestions: bool = True) -> PeopleData:
+    """Everything the People page shows (suggestions compare face embeddings: an engine thread's work)."""
+    people = lib.people()
+    rows = people.people(include_hidden=include_hidden)
+    photo_counts = {r["person_id"]: r["n"] for r in lib.catalog.query(
+        "SELECT person_id, COUNT(DISTINCT photo_id) AS n FROM faces WHERE person_id IS NOT NULL GROUP BY person_id")}
+    try:
+        max_distance = lib.face_backend().thresholds.suggest_distance if with_suggestions else None
+    except Exception:  # noqa: BLE001 - no backend: no suggestions, the rest works
+        max_distance = None
+    named, groups = [], []
+    for r in rows:
+        face_ids = [f["id"] for f in people.faces_of(r["id"])]
+        info = GroupInfo(r["id"], r["name"], int(r["face_count"] or 0), int(photo_counts.get(r["id"], 0)),
+                         bool(r["hidden"]), face_ids[:CARD_FACES], face_ids=face_ids)
+        if r["name"]:
+            named.append(info)
+        else:
+            groups.append(info)
+    groups.sort(key=lambda g: (-g.faces, g.id))
+    if max_distance is not None and named:
+        offers = people.suggestions_by_group(max_distance)
+        for g in groups[:MAX_GROUPS_SHOWN]:
+            offer = offers.get(g.id)  # a group with no close named person is offered no one
+            g.suggestions = [(offer.person_id, offer.name, offer.similarity)] if offer else []
+    hidden = int(lib.catalog.scalar("SELECT COUNT(*) FROM people WHERE hidden = 1") or 0)
+    return PeopleData(named, groups, hidden, sorted((g.name for g in named if g.name), key=str.casefold))
+
+
+# The Things page: pets and objects (object concepts) and recurring things worth naming.
+
+@dataclass
+class ThingInfo:
+    id: int
+    name: str
+    kind: str
+    identifier: str
+    head_state: str
+    embedding_state: str
+    metrics: dict[str, Any] | None
+    photos: int
+    examples: int
+    cover: Photo | None
+    error: str | None = None
+
+
+@dataclass
+class SuggestionInfo:
+    photo_ids: list[int]
+    days: int
+    samples: list[Photo] = field(default_factory=list)
+
+
+@dataclass
+class ThingsData:
+    things: list[ThingInfo]
+    suggestions: list[SuggestionInfo]
+    suggestions_note: str = ""   # why there are none (no CLIP weights, nothing recurring yet)
+
+
+def thing_info(lib: Library, concept: Any) -> ThingInfo:
+    """One concept's card: its states, how many photos it is in, and a cover (its first example, else a photo)."""
+    reg = lib.concepts()
+    photos = reg.photos_with(concept.id)
+    examples = [e["photo_id"] for e in reg.examples(concept.id) if e.get("photo_id")]
+    cover_id = examples[0] if examples else (photos[0] if photos else None)
+    cover = lib.catalog.photo(cover_id) if cover_id else None
+    return ThingInfo(concept.id, concept.name, concept.kind, concept.identifier, concept.head_state,
+                     concept.embedding_state, concept.metrics, len(set(photos) | set(examples)), len(examples),
+                     cover, concept.last_error)
+
+
+def things_page(lib: Library, with_suggestions: bool = True, limit: int = 8) -> ThingsData:
+    """Everything the Things page shows (suggestions compare CLIP embeddings: an engine thread's work)."""
+    things = [thing_info(lib, c) for c in lib.concepts().list("object")]
+    suggestions: list[SuggestionInfo] = []
+    note = ""
+    if with_suggestions:
+        try:
+            missing = lib.clip_encoder().missing_reason()
+        except Exception as exc:  # noqa: BLE001 - no CLIP: no suggestions, the rest works
+            missing = str(exc)
+        if missing:
+            note = f"Suggestions need the CLIP model: {missing}"
+        else:
+            for s in lib.thing_suggestions(limit=limit):
+                ids = [s.representative] + [p for p in s.photo_ids if p != s.representative]
+                samples = [p for p in (lib.catalog.photo(i) for i in ids[:4]) if p is not None]
+                suggestions.append(SuggestionInfo(s.photo_ids, s.days, samples))
+            if not suggestions:
+                note = "Nothing recurring to suggest yet: suggestions come from photos that look alike, taken on " \
+                       "several days."
+    return ThingsData(things, suggestions, note)
+
+
+# The Settings dialog: every declared library setting (engine.settings) with its value, plus what the choices need.
+
+def settings_view(lib: Library) -> dict[str, Any]:
+    """What the Settings dialog shows: the watched folders, every declared setting's value (`settings`: key ->
+    the stored value, else its default; the `vlm` the one this computer would use), the captioners to choose from
+    and the doctor's report (it looks at the model caches and the GPU: an engine thread's work)."""
+    from .doctor import report
+    from .hardware import resolve_vlm_name
+    from .personalize.specs import VLM_SPECS
+
+    values = lib.settings()
+    values["vlm"] = resolve_vlm_name(lib.catalog)   # with no setting: the captioner that fits this computer
+    return {
+        "folders": [{"id": f.id, "path": f.path, "status": f.status} for f in lib.folders()],
+        "settings": values,
+        "vlms": [(s.key, s.title, s.license, s.tiny) for s in VLM_SPECS.values()],
+        "doctor": report(lib.paths),
+        "library": str(lib.paths.root),
+    }
+
+
+# Teaching the captioner: the training targets to review, and the device it trains on.
+
+@dataclass
+class TargetRow:
+    example_id: int
+    label: str
+    captions: list[str]
+    needs_review: bool
+    photo: Photo | None = None  # when the example is an album photo
+
+
+@dataclass
+class Prepared:
+    concept_id: int
+    name: str
+    identifier: str
+    rows: list[TargetRow]
+    vlm: str
+    device: str
+    embedding_state: str
+
+
+def device_text(device: Any, vlm: str | None = None) -> str:
+    """"CPU (about 2 min a concept, measured here)": the device, and how long teaching takes on it (the same
+    estimate as Settings ▸ Models)."""
+    kind = getattr(device, "type", str(device))
+    if kind == "cuda":
+        try:
+            import torch
+
+            text = f"GPU ({torch.cuda.get_device_name(device)})"
+        except Exception:  # noqa: BLE001
+            text = "GPU"
+    else:
+        text = "Apple GPU" if kind == "mps" else "CPU"
+    if vlm:
+        from .personalize.estimates import HERE_LABEL, device_key, estimate, minutes_text
+
+        e = estimate(vlm, kind, device_key(device))
+        if e.concept_s is not None:
+            where = "on this computer" if e.concept_source == HERE_LABEL else "on the benchmark's 2-core CPU"
+            text += f" (about {minutes_text(e.concept_s)} a concept {where})"
+    return text
+
+
+def teaching_targets(lib: Library, concept_id: int | None = None, person_id: int | None = None,
+                     regenerate: bool = False) -> Prepared:
+    """Make the concept (for a person), then generate the training targets (the original VLM's captions with the
+    subject's words replaced by the concept's identifier) for the user to review."""
+    from .errors import InvalidInput
+
+    if concept_id is None:
+        if person_id is None:
+            raise InvalidInput("a concept or a person is needed")
+        concept_id = lib.person_concept(person_id).id
+    pers = lib.personalizer()
+    items = pers.prepare_targets(concept_id, regenerate=regenerate)
+    reg = lib.concepts()
+    concept = reg.get(concept_id)
+    examples = {e["id"]: e for e in reg.examples(concept_id)}
+    rows = []
+    for t in items:
+        ex = examples.get(t.example_id) or {}
+        photo = lib.catalog.photo(ex["photo_id"]) if ex.get("photo_id") else None
+        rows.append(TargetRow(t.example_id, Path(t.label).name or t.label, list(t.captions), t.needs_review, photo))
+    return Prepared(concept_id, concept.name, concept.identifier, rows, pers.vlm_name,
+                    device_text(pers.wrapper.device, pers.vlm_name), pers.embedding_state(concept))
 
 
 # -- command line (read models) -------------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 questions and answers with an "Ask about this photo" box. "Where is Bella?" beside each recognised concept asks a
 VLM that answers with boxes (MiniGPT-v2) and draws its box on the photo.
 
-The pane only reads the catalog (a few quick queries per photo) and paints. Changes go through the main window,
-which runs them on engine threads: `DetailActions` is the small interface it calls.
+The pane only shows what it is given (the window reads it: engine.read_models.photo_info) and paints. Changes go
+through the main window, which runs them on engine threads: `DetailActions` is the small interface it calls.
 """
 
 from __future__ import annotations
@@ -54,9 +54,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.catalog import Photo
-from engine.library import LibraryPaths
-from engine.image_cache import ImageCache
+from engine.api import ImageCache, LibraryPaths, Photo
 
 from .resources import icon
 from .widgets import PERSON_CHIP, THING_CHIP, ChipBar, heading, hline

@@ -18,7 +18,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, Signal, Slot
 
-from engine.pipeline import ProgressEvent
+from engine.api import ProgressEvent
 
 log = logging.getLogger(__name__)
 

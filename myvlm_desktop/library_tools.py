@@ -22,7 +22,7 @@ from PySide6.QtWidgets import QBoxLayout, QFileDialog, QMessageBox, QProgressDia
 
 from engine.progress import Progress
 
-from .tasks import CancelFlag, EngineThread, user_message
+from .tasks import CancelFlag, EngineThread, is_cancelled, user_message
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +30,6 @@ PHASES = {"catalog": "Copying the catalog…", "files": "Copying files…", "ver
 
 
 def _message(exc: BaseException) -> str:
-    from engine.backup import BackupError
-
-    if isinstance(exc, BackupError):
-        text = str(exc)
-        return text[:1].upper() + text[1:]
     return user_message(exc)
 
 
@@ -146,13 +141,11 @@ class LibraryTools(QObject):
         self.move_button.setEnabled(True)
 
     def _failed(self, what: str, exc: BaseException) -> None:
-        from engine.backup import Cancelled
-
         if self.orphaned:
             log.warning("%s (finished after Settings closed) failed: %s", what, _message(exc))
             return
         self._end()
-        if isinstance(exc, Cancelled):
+        if is_cancelled(exc):
             self.failed.emit(what, "")
             return
         from .widgets import show_error
@@ -189,11 +182,9 @@ class LibraryTools(QObject):
         dest = self.choose_folder("Back Up the Library Into", str(Path.home()))
         if not dest:
             return
-        from engine.backup import backup_library
-
         flag = CancelFlag()
         self._start("backup", "Backing Up the Library",
-                    lambda lib: backup_library(root, dest, progress=self._emit, cancel=flag), flag)
+                    lambda lib: lib.backup(dest, progress=self._emit, cancel=flag), flag)
 
     def move(self) -> None:
         root = self.library
@@ -210,7 +201,4 @@ class LibraryTools(QObject):
                             "it (catalog, faces, concepts, thumbnails, models); your photos stay where they are. "
                             "The app then reopens on the new folder, and the old one is kept until you delete it."):
             return
-        from engine.backup import move_library
-
-        self._start("move", "Moving the Library",
-                    lambda lib: move_library(root, target, allow_open=True, progress=self._emit), None)
+        self._start("move", "Moving the Library", lambda lib: lib.move_to(target, progress=self._emit), None)

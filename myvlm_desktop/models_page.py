@@ -32,7 +32,17 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from .tasks import CancelFlag, SingleJobThread, user_message
+from engine.api import (
+    HERE_LABEL,
+    LibraryPaths,
+    ModelManager,
+    TokenRequired,
+    human_size,
+    minutes_text,
+    seconds_text,
+)
+
+from .tasks import CancelFlag, SingleJobThread, is_cancelled, is_expected, user_message
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +51,10 @@ GET, CANCEL, REMOVE, IMPORT, VERIFY = "get", "cancel", "remove", "import", "veri
 
 
 def _human(n: int | None) -> str:
-    from engine.model_manager import _human as human
-
-    return human(n)
+    return human_size(n)
 
 
 def _message(exc: BaseException) -> str:
-    from engine.model_manager import ModelError
-
-    if isinstance(exc, ModelError) and str(exc):
-        text = str(exc)
-        return text[:1].upper() + text[1:]
     return user_message(exc)
 
 
@@ -68,8 +71,6 @@ def time_text(estimate: dict[str, Any] | None) -> str:
     photo, concept = estimate.get("photo_s"), estimate.get("concept_s")
     if photo is None and concept is None:
         return "first use"
-    from engine.personalize.estimates import HERE_LABEL, minutes_text, seconds_text
-
     text = " · ".join([seconds_text(photo) if photo is not None else "?",
                        minutes_text(concept) if concept is not None else "?"])
     return f"here: {text}" if HERE_LABEL in (estimate.get("photo_source"), estimate.get("concept_source")) else text
@@ -112,7 +113,7 @@ class JobOutcome:
 class ModelJob(QObject):
     """One manager call on the job's thread, then the fresh states. `cancel()` is thread-safe."""
 
-    progress = Signal(object)  # engine.model_manager.Progress
+    progress = Signal(object)  # the model manager's download progress
     finished = Signal(object)  # JobOutcome
 
     def __init__(self, action: str, name: str, models_dir: Path | None, folder: str | None = None,
@@ -130,8 +131,6 @@ class ModelJob(QObject):
 
     @Slot()
     def run(self) -> None:
-        from engine.model_manager import DownloadCancelled, ModelManager
-
         out = JobOutcome(self.action, self.name)
         started = time.perf_counter()
         mm = None
@@ -147,15 +146,14 @@ class ModelJob(QObject):
             elif self.action == VERIFY:
                 out.result = mm.verify(self.name, progress=self.progress.emit, cancel=self.flag).as_dict()
             out.ok = True
-        except DownloadCancelled:
-            out.cancelled = True
         except Exception as exc:
-            from engine.model_manager import ModelError, TokenRequired
-
-            out.needs_token = isinstance(exc, TokenRequired)
-            if not isinstance(exc, ModelError):
-                log.exception("model %s of %s failed", self.action, self.name)
-            out.error = _message(exc)
+            if is_cancelled(exc):
+                out.cancelled = True
+            else:
+                out.needs_token = isinstance(exc, TokenRequired)
+                if not is_expected(exc):
+                    log.exception("model %s of %s failed", self.action, self.name)
+                out.error = _message(exc)
         finally:
             try:
                 if mm is not None:
@@ -287,8 +285,6 @@ class ModelsPanel(QWidget):
     # -- data -------------------------------------------------------------------------------------------------------
 
     def set_library(self, root: str | Path | None) -> None:
-        from engine.library import LibraryPaths
-
         self.models_dir = LibraryPaths(Path(root)).models if root else None
 
     def set_estimates(self, estimates: dict[str, dict[str, Any]]) -> None:

@@ -1,8 +1,8 @@
 """People: the unnamed face groups to name (largest first), the people you named, and a person's page.
 
-The page's data is read on an engine thread (`load_people`: suggestions compare face embeddings) and handed over as
-plain dicts; the widgets only show it and say what the user did through signals, which the main window turns into
-engine calls (`engine.people.People`) on its action thread.
+The page's data is read on an engine thread (`load_people`, i.e. engine.read_models.people_page: suggestions compare
+face embeddings) and handed over as plain data; the widgets only show it and say what the user did through signals,
+which the main window turns into Library verbs on its action thread.
 
 Merging: "Merge into…" on a group's menu, or drag a group onto another group or onto a person.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 from PySide6.QtCore import QMimeData, QPoint, QSize, QStringListModel, Qt, Signal
@@ -35,7 +34,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.api import Library
+from engine.read_models import MAX_GROUPS_SHOWN, GroupInfo, PeopleData, people_page
 
 from .thumbnails import FaceCropLoader, ThumbKey
 from .widgets import FlowLayout, heading, placeholder_face, round_pixmap
@@ -43,60 +42,12 @@ from .widgets import FlowLayout, heading, placeholder_face, round_pixmap
 log = logging.getLogger(__name__)
 
 PERSON_MIME = "application/x-myvlm-person"
-CARD_FACES = 6
-MAX_GROUPS_SHOWN = 60
 FACE_PX = 56
 
 
-# -- data (engine thread) -------------------------------------------------------------------------------------------
+# -- data (engine.read_models.people_page, run on an engine thread) --------------------------------------------------
 
-@dataclass
-class GroupInfo:
-    id: int
-    name: str | None
-    faces: int
-    photos: int
-    hidden: bool
-    sample_faces: list[int]
-    suggestions: list[tuple[int, str, float]] = field(default_factory=list)  # (person id, name, similarity)
-    face_ids: list[int] = field(default_factory=list)  # the group as shown: naming it confirms these, no others
-
-
-@dataclass
-class PeopleData:
-    named: list[GroupInfo]
-    groups: list[GroupInfo]   # unnamed, largest first
-    hidden: int
-    names: list[str]
-
-
-def load_people(lib: Library, include_hidden: bool = False, with_suggestions: bool = True) -> PeopleData:
-    """Everything the People page shows. Runs on an engine thread."""
-    people = lib.people()
-    rows = people.people(include_hidden=include_hidden)
-    photo_counts = {r["person_id"]: r["n"] for r in lib.catalog.query(
-        "SELECT person_id, COUNT(DISTINCT photo_id) AS n FROM faces WHERE person_id IS NOT NULL GROUP BY person_id")}
-    try:
-        max_distance = lib.face_backend().thresholds.suggest_distance if with_suggestions else None
-    except Exception:  # noqa: BLE001 - no backend: no suggestions, the rest works
-        max_distance = None
-    named, groups = [], []
-    for r in rows:
-        face_ids = [f["id"] for f in people.faces_of(r["id"])]
-        info = GroupInfo(r["id"], r["name"], int(r["face_count"] or 0), int(photo_counts.get(r["id"], 0)),
-                         bool(r["hidden"]), face_ids[:CARD_FACES], face_ids=face_ids)
-        if r["name"]:
-            named.append(info)
-        else:
-            groups.append(info)
-    groups.sort(key=lambda g: (-g.faces, g.id))
-    if max_distance is not None and named:
-        offers = people.suggestions_by_group(max_distance)
-        for g in groups[:MAX_GROUPS_SHOWN]:
-            offer = offers.get(g.id)  # a group with no close named person is offered no one
-            g.suggestions = [(offer.person_id, offer.name, offer.similarity)] if offer else []
-    hidden = int(lib.catalog.scalar("SELECT COUNT(*) FROM people WHERE hidden = 1") or 0)
-    return PeopleData(named, groups, hidden, sorted((g.name for g in named if g.name), key=str.casefold))
+load_people = people_page  # the page's data: named people, unnamed groups (largest first), suggestions
 
 
 # -- pieces ---------------------------------------------------------------------------------------------------------

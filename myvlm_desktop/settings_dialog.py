@@ -2,13 +2,14 @@
 needs (the model manager's table, with Download / Cancel / Remove / Import / Verify: see models_page.py),
 thresholds, appearance.
 
-Library settings live in the catalog (the CLI's `myvlm settings` sees the same); the device and the theme are
-per-user app settings (QSettings). Reading the doctor's report and saving run on an engine thread; model downloads
-and the other model jobs on a thread of their own.
+Library settings are declared once in engine.settings (key, type, default, help: the CLI's `myvlm settings` lists
+the same) and stored in the library; the device and the theme are per-user app settings (QSettings). Reading the
+doctor's report and saving run on an engine thread; model downloads and the other model jobs on a thread of their own.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -24,6 +25,7 @@ from PySide6.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QListWidget,
     QListWidgetItem,
     QMessageBox,
@@ -35,6 +37,8 @@ from PySide6.QtWidgets import (
 )
 
 from engine.api import Library
+from engine.read_models import settings_view
+from engine.settings import SETTINGS, parse, setting
 
 from .models_page import ModelsPanel
 from .tasks import EngineThread, user_message
@@ -51,42 +55,28 @@ DEVICES = [("", "Automatic (the GPU when there is one)"), ("cpu", "CPU"), ("cuda
 THEMES = [("system", "Like the system"), ("light", "Light"), ("dark", "Dark")]
 
 
-def load_settings(lib: Library) -> dict[str, Any]:
-    """What the dialog shows (engine thread: the doctor looks at the model caches and the GPU)."""
-    from engine.doctor import report
-    from engine.personalize.specs import resolve_vlm_name
-    from engine.personalize.vlm import VLM_SPECS
+load_settings = settings_view   # what the dialog shows (engine thread: the doctor looks at model caches and the GPU)
 
-    cat = lib.catalog
-    return {
-        "folders": [{"id": f.id, "path": f.path, "status": f.status} for f in lib.folders()],
-        "face_backend": cat.get_setting("face_backend") or "auto",
-        "vlm": resolve_vlm_name(cat),   # with no setting: the captioner that fits this computer
-        "clip_model": cat.get_setting("clip_model") or "ViT-B-32",
-        "watch_polling": bool(cat.get_setting("watch_polling", False)),
-        "instant_names": bool(cat.get_setting("instant_names", True)),
-        "preview_cache_bytes": int(cat.get_setting("preview_cache_bytes") or 2 * 1024**3),
-        "vlms": [(s.key, s.title, s.license, s.tiny) for s in VLM_SPECS.values()],
-        "doctor": report(lib.paths),
-        "library": str(lib.paths.root),
-    }
+# Settings with a widget of their own below; every other declared setting gets a field under General ▸ Advanced.
+OWN_WIDGETS = ("face_backend", "vlm", "clip_model", "watch_polling", "instant_names", "preview_cache_bytes")
 
 
 def save_settings(lib: Library, changes: dict[str, Any], remove_folders: list[int]) -> dict[str, Any]:
-    """Store changed library settings; switching the VLM marks embeddings of the other model stale."""
-    cat = lib.catalog
+    """Store changed library settings (all checked before any is stored; the engine's `set_setting` applies what
+    a change implies, e.g. a new VLM makes embeddings of the other model stale) and stop watching folders."""
     for key, value in changes.items():
-        if key == "vlm":
-            from engine.personalize.vlm import resolve_spec
-
-            resolve_spec(str(value))  # refuses an unknown model with a message
-        cat.set_setting(key, value)
-    if "vlm" in changes:
-        lib.personalizer().refresh_states()
-    removed = 0
-    for fid in remove_folders:
-        removed += cat.remove_folder(fid)
+        setting(key).check(value)   # refuses a value the setting does not take, with a sentence
+    for key, value in changes.items():
+        lib.set_setting(key, value)
+    removed = sum(lib.remove_folder(fid) for fid in remove_folders)
     return {"removed_photos": removed}
+
+
+def field_text(value: Any) -> str:
+    """A setting's value as typed in its field: text as it is, anything else as JSON, nothing for None."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def model_rows(doctor: dict[str, Any]) -> list[dict[str, Any]]:
@@ -96,6 +86,15 @@ def model_rows(doctor: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 MODELS_TABLE_CHROME_PX = 64  # the dialog's width around the models table: margins, the tab frame, the table's frame
+
+
+def _choose(combo: QComboBox, value: Any) -> None:
+    """Select `value` in a combo box; a value it does not list (a pack folder, a checkpoint) is added as it is."""
+    i = combo.findData(value)
+    if i < 0 and value:
+        combo.addItem(str(value), value)
+        i = combo.count() - 1
+    combo.setCurrentIndex(max(0, i))
 
 
 class SettingsDialog(QDialog):
@@ -137,6 +136,7 @@ class SettingsDialog(QDialog):
         row.addStretch(1)
         ll.addLayout(row)
         self.polling = QCheckBox("Check folders by polling (for network shares, whose changes are not reported)")
+        self.polling.setToolTip(SETTINGS["watch_polling"].help)
         ll.addWidget(self.polling)
         ll.addSpacing(8)
         ll.addWidget(QLabel("<b>Library</b> (thumbnails, faces, captions: everything the app learns)"))
@@ -167,9 +167,11 @@ class SettingsDialog(QDialog):
         self.face_backend = QComboBox()
         for key, text in FACE_BACKENDS:
             self.face_backend.addItem(text, key)
+        self.face_backend.setToolTip(SETTINGS["face_backend"].help)
         form.addRow("Faces", self.face_backend)
         self.vlm = QComboBox()
         self.vlm.setObjectName("vlmCombo")
+        self.vlm.setToolTip(SETTINGS["vlm"].help)
         form.addRow("Captions and questions", self.vlm)
         self.instant_names = QCheckBox("Use names as soon as people and things are recognised, before teaching")
         self.instant_names.setToolTip("Captions and answers name the people and things the app recognised, marked "
@@ -178,6 +180,7 @@ class SettingsDialog(QDialog):
         self.clip = QComboBox()
         for key, text in CLIP_MODELS:
             self.clip.addItem(text, key)
+        self.clip.setToolTip(SETTINGS["clip_model"].help)
         form.addRow("Search and things", self.clip)
         ml.addLayout(form)
         ml.addWidget(QLabel("<b>Models on this computer</b>"))
@@ -199,12 +202,28 @@ class SettingsDialog(QDialog):
         self.preview_cache.setRange(100, 200_000)
         self.preview_cache.setSingleStep(500)
         self.preview_cache.setSuffix(" MB")
+        self.preview_cache.setToolTip(SETTINGS["preview_cache_bytes"].help)
         ol.addRow("Preview cache", self.preview_cache)
         self.theme = QComboBox()
         self.theme.setObjectName("themeCombo")
         for key, text in THEMES:
             self.theme.addItem(text, key)
         ol.addRow("Appearance", self.theme)
+        # every other declared library setting, typed as `myvlm settings KEY VALUE` takes it (empty: the default)
+        self.fields: dict[str, QWidget] = {"face_backend": self.face_backend, "vlm": self.vlm, "clip_model": self.clip,
+                                           "watch_polling": self.polling, "instant_names": self.instant_names,
+                                           "preview_cache_bytes": self.preview_cache}
+        advanced = [s for key, s in SETTINGS.items() if key not in OWN_WIDGETS]
+        if advanced:
+            ol.addRow(QLabel("<b>Advanced</b>"))
+        for decl in advanced:
+            field = QCheckBox(decl.help) if decl.type is bool else QLineEdit()
+            field.setObjectName(f"setting_{decl.key}")
+            field.setToolTip(decl.help)
+            if isinstance(field, QLineEdit):
+                field.setPlaceholderText(f"default: {field_text(decl.default) or 'none'}")
+            ol.addRow(decl.key, field)
+            self.fields[decl.key] = field
         self.tabs.addTab(other_tab, "General")
 
         self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel)
@@ -229,24 +248,28 @@ class SettingsDialog(QDialog):
             item = QListWidgetItem(f["path"] + ("  (offline)" if f["status"] == "offline" else ""))
             item.setData(Qt.ItemDataRole.UserRole, f["id"])
             self.folder_list.addItem(item)
-        self.polling.setChecked(data["watch_polling"])
-        self.instant_names.setChecked(data["instant_names"])
+        values = data["settings"]
+        self.polling.setChecked(bool(values["watch_polling"]))
+        self.instant_names.setChecked(bool(values["instant_names"]))
         self.library_label.setText(data["library"])
         cap = data["doctor"].get("captioners") or {}
         rec = cap.get("recommended") or {}
         self.device_info.setText(f"This computer: {cap.get('hardware_text', '?')}"
                                  + (f"\nRecommended captioner here: {rec['title']} ({rec['reason']})" if rec else ""))
         self.device_info.setObjectName("deviceInfo")
-        self.face_backend.setCurrentIndex(max(0, self.face_backend.findData(data["face_backend"])))
+        _choose(self.face_backend, values["face_backend"])
         for key, title, licence, tiny in data["vlms"]:
             self.vlm.addItem(f"{title} — {licence}" + (" (recommended here)" if key == rec.get("vlm") else ""), key)
-        i = self.vlm.findData(data["vlm"])
-        if i < 0:
-            self.vlm.addItem(data["vlm"], data["vlm"])
-            i = self.vlm.count() - 1
-        self.vlm.setCurrentIndex(i)
-        self.clip.setCurrentIndex(max(0, self.clip.findData(data["clip_model"])))
-        self.preview_cache.setValue(int(data["preview_cache_bytes"] / 1024**2))
+        _choose(self.vlm, values["vlm"])
+        _choose(self.clip, values["clip_model"])
+        self.preview_cache.setValue(int(values["preview_cache_bytes"] / 1024**2))
+        for key, field in self.fields.items():
+            if key in OWN_WIDGETS:
+                continue
+            if isinstance(field, QCheckBox):
+                field.setChecked(bool(values[key]))
+            else:
+                field.setText(field_text(values[key]))
         self.model_panel.set_library(data["library"])
         self.model_panel.set_estimates(cap.get("estimates") or {})
         self.model_panel.set_rows(model_rows(data["doctor"]))
@@ -293,20 +316,26 @@ class SettingsDialog(QDialog):
             self.reject()
 
     def changes(self) -> dict[str, Any]:
+        """The library settings the user changed: {key: new value}."""
         if self.data is None:
             return {}
+        values = self.data["settings"]
         out: dict[str, Any] = {}
-        for key, widget in (("face_backend", self.face_backend), ("vlm", self.vlm), ("clip_model", self.clip)):
-            value = widget.currentData()
-            if value != self.data[key]:
+        for key, field in self.fields.items():
+            if key == "preview_cache_bytes":
+                cache = self.preview_cache.value() * 1024**2
+                if abs(cache - values[key]) >= 1024**2:
+                    out[key] = cache
+                continue
+            if isinstance(field, QComboBox):
+                value = field.currentData()
+            elif isinstance(field, QCheckBox):
+                value = field.isChecked()
+            else:
+                text = field.text().strip()
+                value = parse(key, text) if text else None
+            if value != values[key]:
                 out[key] = value
-        if self.polling.isChecked() != self.data["watch_polling"]:
-            out["watch_polling"] = self.polling.isChecked()
-        if self.instant_names.isChecked() != self.data["instant_names"]:
-            out["instant_names"] = self.instant_names.isChecked()
-        cache = self.preview_cache.value() * 1024**2
-        if abs(cache - self.data["preview_cache_bytes"]) >= 1024**2:
-            out["preview_cache_bytes"] = cache
         return out
 
     def save(self) -> None:

@@ -5,8 +5,9 @@
 the GUI never waits on the database's write lock while the indexing process commits; so do reads that may be slow.
 Results and errors come back on the GUI thread through callbacks.
 
-Errors are for people: `user_message()` turns an engine exception into a sentence (the engine's own messages say
-what to do); anything unexpected is logged with its traceback and shown as one line, never as a traceback.
+Errors are for people: `user_message()` turns an engine exception into a sentence (a `UserError`'s own message says
+what to do; a `Cancelled` is reported quietly); anything unexpected is logged with its traceback and shown as one
+line, never as a traceback.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 
 from engine.api import Library
+from engine.errors import Cancelled, UserError
 
 log = logging.getLogger(__name__)
 
@@ -31,26 +33,23 @@ Done = Callable[[Any], None]
 Failed = Callable[[BaseException], None]
 
 
+def is_cancelled(exc: BaseException) -> bool:
+    """The user stopped the job (engine.errors.Cancelled): said quietly, never as an error."""
+    return isinstance(exc, Cancelled)
+
+
+def is_expected(exc: BaseException) -> bool:
+    """An error the engine raised on purpose (engine.errors.UserError): its message is for the user, and it needs
+    no traceback in the log."""
+    return isinstance(exc, UserError)
+
+
 def user_message(exc: BaseException) -> str:
-    """A sentence for an error dialog: the engine's own message for errors it raises on purpose, else a short
-    description (the traceback goes to the log)."""
-    from engine.concepts.object_head import TrainingCancelled
-    from engine.concepts.registry import ConceptError, NotIndexedYet
-    from engine.people import PeopleError
-
-    expected: tuple[type[BaseException], ...] = (PeopleError, ConceptError, TrainingCancelled, KeyError,
-                                                 ValueError, FileNotFoundError, PermissionError)
-    from engine.catalog import DiskFull
-    from engine.faces.backends import FaceBackendError
-    from engine.model_manager import ModelError
-    from engine.personalize.training import TrainingOutOfMemory
-    from engine.personalize.vlm import VlmError
-
-    expected += (VlmError, FaceBackendError, DiskFull, TrainingOutOfMemory, ModelError)
-    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-    if isinstance(exc, NotIndexedYet):
-        text = exc.in_app  # Index Now and Settings, not the command line's `myvlm index`
-    if isinstance(exc, expected) and text:
+    """A sentence for an error dialog: a UserError's own message (a cancel's too: callers report it quietly), else
+    a short generic sentence (the traceback goes to the log)."""
+    text = str(exc)
+    if isinstance(exc, UserError) and text:
+        text = getattr(exc, "in_app", None) or text   # NotIndexedYet: Index Now and Settings, not `myvlm index`
         return text[:1].upper() + text[1:]
     if isinstance(exc, MemoryError):
         return "Not enough memory for this. Close other programs or choose a smaller model in Settings."
@@ -156,7 +155,7 @@ class EngineThread(QThread):
                         lib.options.update(self.options)
                     result, error = task.fn(lib), None
                 except BaseException as exc:
-                    if not _quiet(exc):
+                    if not is_expected(exc):   # a name taken, a cancelled training: no traceback
                         log.exception("task %s failed", task.label)
                     result, error = None, exc
                 self.longest_task_s = max(self.longest_task_s, time.perf_counter() - started)
@@ -245,15 +244,6 @@ class SingleJobThread(QObject):
         if job is not None:
             job.deleteLater()
         self.finished.emit(outcome)
-
-
-def _quiet(exc: BaseException) -> bool:
-    """Errors that are a normal answer (a name taken, a cancelled training) need no traceback in the log."""
-    from engine.concepts.object_head import TrainingCancelled
-    from engine.concepts.registry import ConceptError
-    from engine.people import PeopleError
-
-    return isinstance(exc, (PeopleError, ConceptError, TrainingCancelled))
 
 
 class CancelFlag:

@@ -1,15 +1,13 @@
 """Things: your pets and objects (object concepts), suggestions of recurring things to name, and a concept's page.
 
 Naming a thing: select a few photos of it in the grid (4 is plenty), Things ▸ Name This Thing…; its head trains on
-an engine thread in seconds. Data is read on an engine thread (`load_things`) and shown here; actions go out as
-signals to the main window.
+an engine thread in seconds. Data is read on an engine thread (`load_things`: engine.read_models) and shown here;
+actions go out as signals to the main window.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Any
 
 from PySide6.QtCore import QSize, QStringListModel, Qt, Signal
 from PySide6.QtGui import QIcon, QPixmap
@@ -29,8 +27,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.api import Library
-from engine.catalog import Photo
+from engine.api import Photo
+from engine.read_models import ThingInfo, ThingsData, thing_info, things_page
 
 from .grid import thumb_key
 from .thumbnails import ThumbKey, ThumbnailLoader
@@ -41,70 +39,9 @@ log = logging.getLogger(__name__)
 TILE_PX = 120
 
 
-@dataclass
-class ThingInfo:
-    id: int
-    name: str
-    kind: str
-    identifier: str
-    head_state: str
-    embedding_state: str
-    metrics: dict[str, Any] | None
-    photos: int
-    examples: int
-    cover: Photo | None
-    error: str | None = None
-
-
-@dataclass
-class SuggestionInfo:
-    photo_ids: list[int]
-    days: int
-    samples: list[Photo] = field(default_factory=list)
-
-
-@dataclass
-class ThingsData:
-    things: list[ThingInfo]
-    suggestions: list[SuggestionInfo]
-    suggestions_note: str = ""   # why there are none (no CLIP weights, nothing recurring yet)
-
-
-def concept_info(lib: Library, c: Any) -> ThingInfo:
-    reg = lib.concepts()
-    photos = reg.photos_with(c.id)
-    examples = [e["photo_id"] for e in reg.examples(c.id) if e.get("photo_id")]
-    cover_id = examples[0] if examples else (photos[0] if photos else None)
-    cover = lib.catalog.photo(cover_id) if cover_id else None
-    return ThingInfo(c.id, c.name, c.kind, c.identifier, c.head_state, c.embedding_state, c.metrics,
-                     len(set(photos) | set(examples)), len(examples), cover, c.last_error)
-
-
-def load_things(lib: Library, with_suggestions: bool = True) -> ThingsData:
-    """Everything the Things page shows. Runs on an engine thread (suggestions compare CLIP embeddings)."""
-    reg = lib.concepts()
-    things = [concept_info(lib, c) for c in reg.list("object")]
-    suggestions: list[SuggestionInfo] = []
-    note = ""
-    if with_suggestions:
-        try:
-            enc = lib.clip_encoder()
-            missing = enc.missing_reason()
-        except Exception as exc:  # noqa: BLE001 - no CLIP: no suggestions, the rest works
-            enc, missing = None, str(exc)
-        if missing or enc is None:
-            note = f"Suggestions need the CLIP model: {missing}"
-        else:
-            from engine.concepts.suggest import suggest_things
-
-            for s in suggest_things(lib.catalog, enc.key, enc.dim, limit=8):
-                ids = [s.representative] + [p for p in s.photo_ids if p != s.representative]
-                samples = [p for p in (lib.catalog.photo(i) for i in ids[:4]) if p is not None]
-                suggestions.append(SuggestionInfo(s.photo_ids, s.days, samples))
-            if not suggestions:
-                note = "Nothing recurring to suggest yet: suggestions come from photos that look alike, taken on " \
-                       "several days."
-    return ThingsData(things, suggestions, note)
+# the page's data: engine.read_models.things_page, run on an engine thread (suggestions compare CLIP embeddings)
+load_things = things_page
+concept_info = thing_info
 
 
 def metrics_text(info: ThingInfo) -> str:

@@ -44,9 +44,10 @@ from PySide6.QtWidgets import (
 )
 
 from engine.api import Library
+from engine.read_models import Prepared, TargetRow, device_text, teaching_targets
 
 from .grid import thumb_key
-from .tasks import CancelFlag, EngineThread, SingleJobThread, user_message
+from .tasks import CancelFlag, EngineThread, SingleJobThread, is_cancelled, is_expected, user_message
 from .thumbnails import ThumbKey, ThumbnailLoader
 
 log = logging.getLogger(__name__)
@@ -54,69 +55,9 @@ log = logging.getLogger(__name__)
 DEFAULT_STEPS = 100
 
 
-# -- preparing (engine thread) --------------------------------------------------------------------------------------
+# -- preparing (engine.read_models.teaching_targets, on an engine thread) --------------------------------------------
 
-@dataclass
-class TargetRow:
-    example_id: int
-    label: str
-    captions: list[str]
-    needs_review: bool
-    photo: Any = None  # engine.catalog.Photo when the example is an album photo
-
-
-@dataclass
-class Prepared:
-    concept_id: int
-    name: str
-    identifier: str
-    rows: list[TargetRow]
-    vlm: str
-    device: str
-    embedding_state: str
-
-
-def device_text(device: Any, vlm: str | None = None) -> str:
-    """"CPU (about 2 min a concept, measured here)": the device, and how long teaching takes on it (the same
-    estimate as Settings ▸ Models)."""
-    kind = getattr(device, "type", str(device))
-    if kind == "cuda":
-        try:
-            import torch
-
-            text = f"GPU ({torch.cuda.get_device_name(device)})"
-        except Exception:  # noqa: BLE001
-            text = "GPU"
-    else:
-        text = "Apple GPU" if kind == "mps" else "CPU"
-    if vlm:
-        from engine.personalize.estimates import HERE_LABEL, device_key, estimate, minutes_text
-
-        e = estimate(vlm, kind, device_key(device))
-        if e.concept_s is not None:
-            where = "on this computer" if e.concept_source == HERE_LABEL else "on the benchmark's 2-core CPU"
-            text += f" (about {minutes_text(e.concept_s)} a concept {where})"
-    return text
-
-
-def prepare_teaching(lib: Library, concept_id: int | None = None, person_id: int | None = None,
-                     regenerate: bool = False) -> Prepared:
-    """Make the concept (for a person), then generate and return the training targets for review."""
-    if concept_id is None:
-        if person_id is None:
-            raise ValueError("a concept or a person is needed")
-        concept_id = lib.person_concept(person_id).id
-    pers = lib.personalizer()
-    items = pers.prepare_targets(concept_id, regenerate=regenerate)
-    concept = lib.concepts().get(concept_id)
-    rows = []
-    examples = {e["id"]: e for e in lib.concepts().examples(concept_id)}
-    for t in items:
-        ex = examples.get(t.example_id) or {}
-        photo = lib.catalog.photo(ex["photo_id"]) if ex.get("photo_id") else None
-        rows.append(TargetRow(t.example_id, Path(t.label).name or t.label, list(t.captions), t.needs_review, photo))
-    return Prepared(concept_id, concept.name, concept.identifier, rows, pers.vlm_name,
-                    device_text(pers.wrapper.device, pers.vlm_name), pers.embedding_state(concept))
+prepare_teaching = teaching_targets
 
 
 # -- training (QThread + worker object) ----------------------------------------------------------------------------
@@ -152,10 +93,6 @@ class TrainingJob(QObject):
 
     @Slot()
     def run(self) -> None:
-        from engine.concepts.object_head import TrainingCancelled
-        from engine.personalize.estimates import TrainingClock
-        from engine.personalize.training import TrainingConfig
-
         out = TrainingOutcome(self.concept_id)
         started = time.perf_counter()
         lib = None
@@ -163,34 +100,21 @@ class TrainingJob(QObject):
             lib = Library(self.root)
             lib.options.update(self.options)
             pers = lib.personalizer()
-            for example_id, captions in self.edits.items():
-                pers.set_targets(example_id, captions)
             self.started.emit(device_text(pers.wrapper.device, pers.vlm_name))
-            clock = TrainingClock()
-
-            def progress(p: Any) -> None:
-                clock(p)
-                self.progress.emit(p)
-
-            result = pers.train([self.concept_id], self.task, TrainingConfig(steps=self.steps),
-                                progress=progress, cancel=self.flag)
-            if getattr(pers.wrapper, "record_timings", False):   # this computer's time per concept, for the next estimate
-                clock.finish(pers.vlm_name, pers.wrapper.device)
+            result = lib.teach_captioner([self.concept_id], self.task, {"steps": self.steps}, edits=self.edits,
+                                         progress=self.progress.emit, cancel=self.flag, personalizer=pers)
             out.ok = True
             out.steps = result[self.concept_id].step if self.concept_id in result else self.steps
-            out.photos_to_recaption = int(lib.catalog.scalar(
-                "SELECT COUNT(*) FROM concept_signals WHERE concept_id = ? AND fired = 1", [self.concept_id]) or 0)
-        except TrainingCancelled:
-            out.cancelled = True
+            out.photos_to_recaption = len(lib.concepts().photos_with(self.concept_id))
         except Exception as exc:
-            from engine.catalog import DiskFull
-            from engine.personalize.training import TrainingOutOfMemory
-
-            if isinstance(exc, (TrainingOutOfMemory, DiskFull)):   # the message says it all: no traceback
-                log.error("training failed: %s", exc)
+            if is_cancelled(exc):
+                out.cancelled = True
             else:
-                log.exception("training failed")
-            out.error = user_message(exc)
+                if is_expected(exc):   # out of memory, a full disk: the message says it all, no traceback
+                    log.error("training failed: %s", exc)
+                else:
+                    log.exception("training failed")
+                out.error = user_message(exc)
         finally:
             if lib is not None:
                 lib.close()

@@ -9,8 +9,7 @@ from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QImage
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
-from engine.catalog import Photo
-from engine.library import LibraryPaths
+from engine.api import LibraryPaths, Photo
 
 from .detail import FaceBox, PhotoCanvas, PreviewLoader
 

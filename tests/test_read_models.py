@@ -1,0 +1,87 @@
+"""The GUI pages' read models (engine/read_models.py) and the verbs behind them, on a real catalog with a few rows:
+plain data with the numbers the pages show, read without Qt."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.errors import InvalidInput
+from engine.read_models import PeopleData, people_page, settings_view, teaching_targets, things_page
+from engine.settings import SETTINGS
+from tests.test_people import World
+
+
+@pytest.fixture
+def world(library) -> World:
+    return World(library)
+
+
+def test_people_page_counts_photos_groups_and_hidden(world: World) -> None:
+    lib, people = world.lib, world.lib.people()
+    # Alex: 3 faces; bo: 1 face; two unnamed groups of 2 and 3 faces; a hidden one
+    alex = people.create("Alex", [world.face("alex") for _ in range(3)])
+    bo = people.create("bo", [world.face("bo")])
+    small = people.create(None, [world.face("x"), world.face("x")])
+    big = people.create(None, [world.face("y") for _ in range(3)])
+    gone = people.create(None, [world.face("z")])
+    people.hide(gone)
+
+    data = people_page(lib, with_suggestions=False)
+    assert isinstance(data, PeopleData)
+    named = {g.name: g for g in data.named}
+    assert set(named) == {"Alex", "bo"} and named["Alex"].id == alex and named["bo"].id == bo
+    assert (named["Alex"].faces, named["Alex"].photos, named["bo"].photos) == (3, 3, 1)
+    assert [g.id for g in data.groups] == [big, small]   # unnamed, largest first; the hidden one left out
+    assert [g.faces for g in data.groups] == [3, 2] and not any(g.suggestions for g in data.groups)
+    assert data.groups[0].face_ids == [f["id"] for f in people.faces_of(big)]
+    assert data.hidden == 1 and data.names == ["Alex", "bo"]   # any case, sorted as a person reads them
+    with_hidden = people_page(lib, include_hidden=True, with_suggestions=False)
+    assert gone in [g.id for g in with_hidden.groups] and next(g for g in with_hidden.groups if g.id == gone).hidden
+
+
+def test_things_page_cards_and_library_photo_lookup(world: World) -> None:
+    lib = world.lib
+    photos = [world.photo() for _ in range(4)]
+    bella = lib.concepts().add_object("Bella", photos[1:3])
+    data = things_page(lib, with_suggestions=False)
+    assert data.suggestions == [] and data.suggestions_note == ""
+    (card,) = data.things
+    assert (card.id, card.name, card.kind, card.head_state) == (bella.id, "Bella", "object", "untrained")
+    assert (card.photos, card.examples) == (2, 2)
+    assert card.cover is not None and card.cover.id == photos[1]   # its first example
+    assert lib.photo(photos[0]).path.endswith("1.jpg") and lib.photo(10_000) is None
+
+
+def test_settings_view_shows_every_declared_setting(world: World) -> None:
+    lib = world.lib
+    view = settings_view(lib)
+    values = view["settings"]
+    assert set(values) == set(SETTINGS)
+    for key, decl in SETTINGS.items():
+        if key != "vlm":
+            assert values[key] == decl.default, key
+    assert values["vlm"] in {key for key, *_ in view["vlms"]}   # with no setting: the one this computer would use
+    assert view["folders"] == [{"id": world.folder, "path": "/album", "status": "online"}]
+    assert view["library"] == str(lib.paths.root)
+    lib.set_setting("watch_polling", True)
+    lib.set_setting("search_clip_floor", {"ViT-B-32": 0.2})
+    values = settings_view(lib)["settings"]
+    assert values["watch_polling"] is True and values["search_clip_floor"] == {"ViT-B-32": 0.2}
+
+
+def test_save_settings_checks_everything_before_storing_anything(world: World) -> None:
+    from myvlm_desktop.settings_dialog import save_settings
+
+    lib = world.lib
+    with pytest.raises(InvalidInput):
+        save_settings(lib, {"watch_polling": True, "preview_cache_bytes": "lots"}, [])
+    assert lib.settings()["watch_polling"] is False   # the good value was not stored either
+    world.photo()
+    assert save_settings(lib, {"watch_polling": True}, [world.folder]) == {"removed_photos": 1}
+    assert lib.settings()["watch_polling"] is True
+    assert lib.folders() == [] and lib.photos() == []
+
+
+def test_teaching_needs_a_concept_or_a_person(library) -> None:
+    with pytest.raises(InvalidInput, match="a concept or a person"):
+        teaching_targets(library)
