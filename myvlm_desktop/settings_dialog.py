@@ -174,8 +174,7 @@ class SettingsDialog(QDialog):
         self.vlm.setToolTip(SETTINGS["vlm"].help)
         form.addRow("Captions and questions", self.vlm)
         self.instant_names = QCheckBox("Use names as soon as people and things are recognised, before teaching")
-        self.instant_names.setToolTip("Captions and answers name the people and things the app recognised, marked "
-                                      "\"named from recognition\"; teaching the captioner replaces them.")
+        self.instant_names.setToolTip(SETTINGS["instant_names"].help)
         form.addRow("", self.instant_names)
         self.clip = QComboBox()
         for key, text in CLIP_MODELS:

@@ -44,7 +44,7 @@ from PySide6.QtWidgets import (
 )
 
 from engine.api import Library
-from engine.read_models import Prepared, TargetRow, device_text, teaching_targets
+from engine.read_models import Prepared, TargetRow, concept_photo_count, device_text, teaching_targets
 
 from .grid import thumb_key
 from .tasks import CancelFlag, EngineThread, SingleJobThread, is_cancelled, is_expected, user_message
@@ -105,7 +105,7 @@ class TrainingJob(QObject):
                                          progress=self.progress.emit, cancel=self.flag, personalizer=pers)
             out.ok = True
             out.steps = result[self.concept_id].step if self.concept_id in result else self.steps
-            out.photos_to_recaption = len(lib.concepts().photos_with(self.concept_id))
+            out.photos_to_recaption = concept_photo_count(lib, self.concept_id)
         except Exception as exc:
             if is_cancelled(exc):
                 out.cancelled = True

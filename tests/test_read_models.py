@@ -85,3 +85,32 @@ def test_save_settings_checks_everything_before_storing_anything(world: World) -
 def test_teaching_needs_a_concept_or_a_person(library) -> None:
     with pytest.raises(InvalidInput, match="a concept or a person"):
         teaching_targets(library)
+
+
+def test_settings_dialog_has_a_field_for_every_declared_setting(world: World, qtbot) -> None:
+    """The dialog's fields, defaults and help come from engine.settings: one field per declared setting, its help
+    as the tooltip; an Advanced field typed as `myvlm settings` takes it becomes a change of that setting."""
+    from myvlm_desktop.settings_dialog import SettingsDialog, save_settings
+    from myvlm_desktop.tasks import EngineThread
+
+    lib = world.lib
+    lib.set_setting("face_backend", "insightface:antelopev2")   # a pack the combo box does not list
+    engine = EngineThread(lib.paths.root)
+    try:
+        dlg = SettingsDialog(engine, None)
+        qtbot.addWidget(dlg)
+        qtbot.waitUntil(lambda: dlg.data is not None, timeout=60_000)
+        assert set(dlg.fields) == set(SETTINGS)
+        assert all(dlg.fields[key].toolTip() == decl.help for key, decl in SETTINGS.items())
+        assert dlg.changes() == {}   # nothing typed: nothing changes (the unlisted face pack is kept, not replaced)
+        assert dlg.face_backend.currentData() == "insightface:antelopev2"
+        dlg.fields["search_clip_floor"].setText('{"ViT-B-32": 0.25}')
+        dlg.fields["clip_weights"].setText("/models/clip.bin")
+        assert dlg.changes() == {"search_clip_floor": {"ViT-B-32": 0.25}, "clip_weights": "/models/clip.bin"}
+        save_settings(lib, dlg.changes(), [])
+        assert lib.settings()["search_clip_floor"] == {"ViT-B-32": 0.25}
+        dlg.fields["search_clip_floor"].setText("lots")
+        with pytest.raises(InvalidInput):
+            save_settings(lib, dlg.changes(), [])
+    finally:
+        assert engine.shutdown()
