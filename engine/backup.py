@@ -50,7 +50,8 @@ FORMAT = "myvlm-library-backup/1"
 MANIFEST = "manifest.json"
 DB_NAME = "library.db"
 DB_SIDE_FILES = ("library.db-wal", "library.db-shm", "library.db-journal")
-LAYOUT = {DB_NAME, *DB_SIDE_FILES, "thumbs", "previews", "models", "concepts", "faces", "logs"}
+LAYOUT = {DB_NAME, *DB_SIDE_FILES, "thumbs", "previews", "models", "concepts", "faces", "logs",
+          "search"}  # search: the picture-search matrix saved between processes (engine/search/visual.py), a cache
 CHUNK = 1024 * 1024
 BUSY_TIMEOUT_S = 120.0
 COUNTED_TABLES = ("folders", "photos", "people", "faces", "concepts", "captions", "qa")

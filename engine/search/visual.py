@@ -2,8 +2,9 @@
 
 Image embeddings are the CLIP stage's (clip_embeddings, one L2-normalised float32 blob per photo and model). They
 are read once into one matrix per library and model, shared by every searcher in the process; afterwards only the
-rows the catalog's change log names are read again. Text embeddings of queries are cached, so a repeated query
-costs no model forward.
+rows the catalog's change log names are read again. A full load is saved in the library folder (search/), so the
+next process maps it from disk and catches up from the log instead of reading every embedding again. Text
+embeddings of queries are cached, so a repeated query costs no model forward.
 
 The floor: cosine similarity between a text and an image says little by itself, and every model has its own
 scale. Below the floor a photo is not returned on looks alone; a model without a known floor does not search by
@@ -13,10 +14,15 @@ pairs; the `search_clip_floor` setting overrides (a number, or {model key: numbe
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -40,6 +46,10 @@ COARSE_DIM = 128
 COARSE_KEEP = 4_000  # candidates of the coarse pass scored exactly
 EXACT_EXTRA = 4_000  # photos the bound may add to the coarse pass's best; beyond, its best stand
 BOUND_SLACK = 1e-4  # float32 rounding in the bound: score a photo exactly when its bound comes this close
+SAVED_DIR = "search"  # in the library folder: the matrix saved by the last full load, memory-mapped by the next
+SAVED_CHECKS = 16  # rows compared with the catalog before a saved matrix is trusted
+
+log = logging.getLogger(__name__)
 
 
 class TextEncoder(Protocol):
@@ -123,16 +133,21 @@ class ImageMatrix:
         if last == self.seq:
             return
         first = catalog.scalar("SELECT min(seq) FROM search_clip_log") or 0
+        opened = self.seq < 0 and self._open_saved(catalog, first)   # a new process: map what the last one saved
         changed: list[int] = []
         if self.seq >= 0 and first <= self.seq + 1:
             changed = [r[0] for r in catalog.query(
                 "SELECT DISTINCT photo_id FROM search_clip_log WHERE seq > ? AND seq <= ?", [self.seq, last])]
-        if self.seq < 0 or first > self.seq + 1 or len(changed) > max(5000, len(self) // 4):
-            self._load_all(catalog)
-        else:
+        full = self.seq < 0 or first > self.seq + 1 or len(changed) > max(5000, len(self) // 4)
+        if not full:
             for i in range(0, len(changed), 500):
                 self._apply(catalog, changed[i : i + 500])
+            full = opened and not self._agrees(catalog)   # e.g. a restored backup under an old saved matrix
+        if full:
+            self._load_all(catalog)
         self.seq = last
+        if full:
+            self._save(catalog)
 
     def _rows(self, catalog: Catalog, where: str = "", params: tuple = ()) -> list:
         return catalog.query(
@@ -201,6 +216,72 @@ class ImageMatrix:
             part = self.vecs[i : min(self.n, i + 65_536)]
             self.proj[i : i + len(part)] = part @ self.basis
             self.resid[i : i + len(part)] = _residual_norms(part, self.proj[i : i + len(part)])
+
+    # -- saved between processes ---------------------------------------------------------------------------------
+    # The first query of a process would read every embedding from the catalog and fit the projection (seconds at
+    # 100,000 photos). A full load saves the arrays as .npy files in the library folder; the next process maps
+    # them (np.load mmap_mode="c": pages are read when a scan touches them, a changed row is copied privately) and
+    # catches up from search_clip_log as a running process does. It is a cache: anything odd means a full load.
+
+    def _saved_dir(self, catalog: Catalog) -> Path:
+        return catalog.paths.root / SAVED_DIR / hashlib.sha1(self.key.encode()).hexdigest()[:16]
+
+    def _save(self, catalog: Catalog) -> None:
+        folder = self._saved_dir(catalog)
+        n, tag = self.n, f"{self.seq}-{os.getpid()}"
+        if n == 0:   # nothing to map (a library without pictures searched by looks keeps no folder for it)
+            return
+        arrays = {"vecs": self.vecs[:n], "ids": self.ids[:n], "dates": self.dates[:n]}
+        if self.proj is not None:
+            arrays.update(proj=self.proj[:n], resid=self.resid[:n], basis=self.basis)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, arr in arrays.items():
+                np.save(folder / f"{name}-{tag}.npy", np.ascontiguousarray(arr))
+            meta = {"key": self.key, "dim": self.dim, "seq": self.seq, "n": n, "tag": tag, "arrays": sorted(arrays)}
+            (folder / f"meta-{tag}.tmp").write_text(json.dumps(meta))
+            os.replace(folder / f"meta-{tag}.tmp", folder / "meta.json")
+            for old in folder.iterdir():   # earlier saves (a process mapping them keeps its pages until it ends)
+                if old.name != "meta.json" and not old.name.endswith(f"-{tag}.npy"):
+                    old.unlink(missing_ok=True)
+        except OSError as exc:   # e.g. the disk is full: searching goes on, the next process loads in full
+            log.warning("could not save the search matrix in %s: %s", folder, exc)
+
+    def _open_saved(self, catalog: Catalog, first_seq: int) -> bool:
+        folder = self._saved_dir(catalog)
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+            if meta["key"] != self.key or meta["dim"] != self.dim or first_seq > meta["seq"] + 1:
+                return False   # another space, or the log no longer reaches back to the save
+            arrays = {name: np.load(folder / f"{name}-{meta['tag']}.npy", mmap_mode="c") for name in meta["arrays"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        n = int(meta["n"])
+        if arrays["vecs"].shape != (n, self.dim) or len(arrays["ids"]) != n or len(arrays["dates"]) != n:
+            return False
+        self._clear(0)
+        self.vecs, self.n = arrays["vecs"], n
+        self.ids, self.dates = np.array(arrays["ids"]), np.array(arrays["dates"])
+        self.live = np.ones(n, bool)
+        self.row = {int(pid): i for i, pid in enumerate(self.ids)}
+        if "proj" in arrays:
+            self.proj, self.resid, self.basis = arrays["proj"], np.array(arrays["resid"]), np.array(arrays["basis"])
+        self.seq = int(meta["seq"])
+        return True
+
+    def _agrees(self, catalog: Catalog) -> bool:
+        """The catalog holds as many embeddings of this space as the matrix, and a sample of them byte for byte
+        (an embedding of the wrong size, never written by the clip stage, only costs full loads)."""
+        count = catalog.scalar("SELECT COUNT(*) FROM clip_embeddings WHERE model = ?", [self.key])
+        if count != len(self):
+            return False
+        live = np.flatnonzero(self.live[: self.n])
+        for row in live[np.linspace(0, len(live) - 1, min(SAVED_CHECKS, len(live))).astype(int)] if len(live) else []:
+            blob = catalog.scalar("SELECT embedding FROM clip_embeddings WHERE photo_id = ? AND model = ?",
+                                  [int(self.ids[row]), self.key])
+            if blob is None or blob != self.vecs[row].tobytes():
+                return False
+        return True
 
     # -- searching --------------------------------------------------------------------------------------------------
 
