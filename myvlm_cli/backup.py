@@ -7,18 +7,14 @@ never copied, moved or changed by any of them: the catalog keeps their paths.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from .common import print_json
+
 if TYPE_CHECKING:
     from tqdm import tqdm
-
-
-def _print_json(data: Any) -> None:
-    json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
-    sys.stdout.write("\n")
 
 
 def _mb(n: int) -> str:
@@ -55,44 +51,31 @@ class _Bar:
             self.bar = None
 
 
-def _release(lib) -> None:
-    """The command line opened the library before the command ran; a restore or move works on the folder itself,
-    so the catalog connection and the log file are let go first (closing again later is harmless)."""
-    from engine.library import close_logging
-
-    lib.close()
-    close_logging(lib.paths)
-
-
 def _run(args: argparse.Namespace, fn) -> tuple[int, Any]:
-    from engine.backup import BackupError
+    """Run a backup, restore or move with a progress bar: what it refuses (a BackupError) exits 2, what the disk
+    refuses 1, a Ctrl-C 130."""
+    from engine.errors import UserError
 
     bar = _Bar(args.json or args.no_progress or not sys.stderr.isatty())   # bars only where they can be drawn
     try:
         report = fn(bar)
-    except BackupError as exc:
-        print(f"myvlm: {exc}", file=sys.stderr)
-        return 2, None
     except KeyboardInterrupt:
         print("myvlm: interrupted; nothing was changed (the unfinished copy was removed)", file=sys.stderr)
         return 130, None
-    except OSError as exc:
+    except (UserError, OSError) as exc:
         print(f"myvlm: {exc}", file=sys.stderr)
-        return 1, None
+        return (1 if isinstance(exc, OSError) else 2), None
     finally:
         bar.close()
     return 0, report
 
 
 def cmd_backup(args: argparse.Namespace, lib) -> int:
-    from engine.backup import backup_library
-
-    rc, r = _run(args, lambda bar: backup_library(lib.paths.root, args.dest, with_thumbnails=args.with_thumbnails,
-                                               progress=bar))
+    rc, r = _run(args, lambda bar: lib.backup(args.dest, with_thumbnails=args.with_thumbnails, progress=bar))
     if rc:
         return rc
     if args.json:
-        _print_json(r.to_json())
+        print_json(r.to_json())
     else:
         c = r.counts
         print(f"backed up {lib.paths.root} to {r.path}: {r.files} files, {_mb(r.bytes)} "
@@ -103,15 +86,11 @@ def cmd_backup(args: argparse.Namespace, lib) -> int:
 
 
 def cmd_restore(args: argparse.Namespace, lib) -> int:
-    from engine.backup import restore_library
-
-    target = lib.paths.root
-    _release(lib)
-    rc, r = _run(args, lambda bar: restore_library(args.backup, target, force=args.force, progress=bar))
+    rc, r = _run(args, lambda bar: lib.close_and_restore(args.backup, force=args.force, progress=bar))
     if rc:
         return rc
     if args.json:
-        _print_json(r.to_json())
+        print_json(r.to_json())
     else:
         c = r.counts
         print(f"restored the backup of {r.created} (MyVLM Desktop {r.app_version}) into {r.library}"
@@ -123,16 +102,13 @@ def cmd_restore(args: argparse.Namespace, lib) -> int:
 
 
 def cmd_move_library(args: argparse.Namespace, lib) -> int:
-    from engine.backup import move_library
-    from engine.library import ENV_LIBRARY
+    from engine.api import ENV_LIBRARY
 
-    source = lib.paths.root
-    _release(lib)
-    rc, r = _run(args, lambda bar: move_library(source, args.new_path, delete_old=args.delete_old, progress=bar))
+    rc, r = _run(args, lambda bar: lib.close_and_move(args.new_path, delete_old=args.delete_old, progress=bar))
     if rc:
         return rc
     if args.json:
-        _print_json(r.to_json())
+        print_json(r.to_json())
         return 0
     print(f"moved the library {r.old} to {r.new} ({r.files} files, {_mb(r.bytes)}, every one checked); "
           "the photos stay where they are")

@@ -1,4 +1,4 @@
-"""`myvlm check`: is the library whole? (SQLite's checks plus the catalog's invariants: engine/integrity.py)."""
+"""`myvlm check`: is the library whole? (SQLite's checks plus the catalog's invariants: Library.check)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ import sys
 
 
 def cmd_check(args: argparse.Namespace, lib) -> int:
-    from engine.integrity import check_library
-
-    rep = check_library(lib.catalog, files=not args.no_files, clean=args.clean)
+    rep = lib.check(files=not args.no_files, clean=args.clean)
     if args.json:
         json.dump(rep.to_json(), sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")

@@ -11,14 +11,14 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
-from engine.library import default_pictures_path
-from engine.pipeline import ALL, ERRORS, MISSING
-
 from .common import is_terminal, print_json, rate_text
 
 if TYPE_CHECKING:   # the engine's API (stages, models) is imported once the command is known
-    from engine.api import Library
-    from engine.pipeline import ProgressEvent
+    from engine.api import Library, ProgressEvent
+
+# the pipeline's modes (engine.api's MISSING, ALL, ERRORS), spelled out so that parsing the command line imports no
+# engine module (tests/test_cli.py checks they are the pipeline's)
+MODES = ("missing", "all", "errors")
 
 
 class IndexProgress:
@@ -124,7 +124,7 @@ def _install_interrupt(lib: Library) -> threading.Event:
 # -- commands -----------------------------------------------------------------------------------------------------
 
 def cmd_index(args: argparse.Namespace, lib: Library) -> int:
-    from engine.api import FolderNotFound
+    from engine.api import FolderNotFound, default_pictures_path
 
     targets = list(args.paths)
     if not targets and not lib.folders():
@@ -171,7 +171,6 @@ def cmd_index(args: argparse.Namespace, lib: Library) -> int:
 
 def cmd_watch(args: argparse.Namespace, lib: Library) -> int:
     from engine.api import FolderNotFound
-    from engine.watch import FolderWatcher
 
     for t in args.paths:
         try:
@@ -183,7 +182,7 @@ def cmd_watch(args: argparse.Namespace, lib: Library) -> int:
         print("myvlm: no folders to watch; give one: myvlm watch PATH", file=sys.stderr)
         return 2
     if args.polling is not None:
-        lib.catalog.set_setting("watch_polling", bool(args.polling))
+        lib.set_setting("watch_polling", bool(args.polling))
     done = threading.Event()
 
     def on_update(update: Any) -> None:
@@ -196,15 +195,12 @@ def cmd_watch(args: argparse.Namespace, lib: Library) -> int:
         else:
             print(line, file=sys.stderr, flush=True)
 
-    watcher = FolderWatcher(lib.paths.root, open_library=type(lib), poll_interval=args.interval,
-                            on_update=on_update)
-
     def handler(signum: int, frame: Any) -> None:
         done.set()
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
-    watcher.start(wait_ready=False)
+    watcher = lib.watch_folders(on_update, run_pipeline=True, poll_interval=args.interval)
     if not args.json:
         print(f"watching {len(lib.folders())} folder(s); Ctrl-C to stop", file=sys.stderr)
     while not done.wait(0.5):
@@ -286,7 +282,7 @@ def cmd_photos(args: argparse.Namespace, lib: Library) -> int:
 
 def cmd_folders(args: argparse.Namespace, lib: Library) -> int:
     if args.remove is not None:
-        n = lib.catalog.remove_folder(args.remove)
+        n = lib.remove_folder(args.remove)
         print(f"stopped watching folder {args.remove}; forgot {n} photos (the files themselves are untouched)",
               file=sys.stderr)
     folders = lib.status()["folders"]
@@ -299,7 +295,7 @@ def cmd_folders(args: argparse.Namespace, lib: Library) -> int:
 
 
 def cmd_purge(args: argparse.Namespace, lib: Library) -> int:
-    n = lib.catalog.purge_gone()
+    n = lib.purge_gone()
     if args.json:
         print_json({"purged": n})
     else:
@@ -308,7 +304,7 @@ def cmd_purge(args: argparse.Namespace, lib: Library) -> int:
 
 
 def cmd_rotate(args: argparse.Namespace, lib: Library) -> int:
-    photo = lib.catalog.photo(args.photo_id)
+    photo = lib.photo(args.photo_id)
     if photo is None:
         print(f"myvlm: no photo with id {args.photo_id}", file=sys.stderr)
         return 2
@@ -320,7 +316,7 @@ def cmd_rotate(args: argparse.Namespace, lib: Library) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("index", help="add folders and run every stage to completion")
     s.add_argument("paths", nargs="*", metavar="PATH", help="photo folders (default: the watched ones, else Pictures)")
-    s.add_argument("--mode", choices=[MISSING, ALL, ERRORS], default=MISSING,
+    s.add_argument("--mode", choices=list(MODES), default=MODES[0],
                    help="missing: only what is not done yet (default); all: redo everything; errors: retry failures")
     s.add_argument("--stage", dest="stages", action="append", metavar="NAME", help="run only this stage (repeatable)")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")

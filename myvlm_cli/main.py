@@ -16,6 +16,9 @@ from engine import __version__
 
 from . import backup, check, indexing, models, people, personalize, search, settings, things
 
+# under "engine": the library's log file (engine.library.setup_logging) records that logger's tree
+log = logging.getLogger("engine.cli")
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="myvlm", description="MyVLM Desktop from the command line.")
@@ -41,7 +44,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("engine").addHandler(handler)
         logging.getLogger("engine").setLevel(logging.INFO)
     from engine.api import Library
-    from engine.catalog import DiskFull
 
     try:
         lib = Library(args.library)
@@ -55,14 +57,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.global_vlm:
         lib.options["vlm"] = args.global_vlm
     with lib:
-        try:
-            return int(args.func(args, lib) or 0)
-        except BrokenPipeError:  # `myvlm photos | head` is fine
-            sys.stderr.close()
-            return 0
-        except DiskFull as exc:  # the message says what could not be written and what to do
-            print(f"myvlm: {exc}", file=sys.stderr)
-            return 1
+        return _run(args, lib)
+
+
+def _run(args: argparse.Namespace, lib) -> int:
+    """The command, with the one error contract (engine.errors): a UserError's message is for the user
+    (`myvlm: <message>`; exit status 2, or 1 where the disk refused: a full disk), a Cancelled exits 130 quietly,
+    anything else is a bug: its traceback goes to the library's log and a short sentence to stderr (exit status 1)."""
+    from engine.errors import Cancelled, UserError
+
+    try:
+        return int(args.func(args, lib) or 0)
+    except BrokenPipeError:  # `myvlm photos | head` is fine
+        sys.stderr.close()
+        return 0
+    except Cancelled:
+        return 130
+    except UserError as exc:
+        print(f"myvlm: {exc}", file=sys.stderr)
+        return 1 if isinstance(exc, OSError) else 2   # DiskFull says what could not be written and what to do
+    except Exception as exc:  # noqa: BLE001 - a bug: logged whole, said short
+        log.exception("myvlm %s failed", args.command)
+        print(f"myvlm: {args.command} failed: {type(exc).__name__}: {exc} (the details are in {lib.paths.log_file}; "
+              "run with -v to see them here)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -12,25 +12,21 @@
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
+from .common import print_json
+
 if TYPE_CHECKING:
     from tqdm import tqdm
 
 
-def _print_json(data: Any) -> None:
-    json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
-    sys.stdout.write("\n")
-
-
 def _size(n: int | None) -> str:
-    from engine.model_manager import _human
+    from engine.api import human_size
 
-    return _human(n)
+    return human_size(n)
 
 
 class _Bar:
@@ -80,14 +76,14 @@ def _interrupt(after: str) -> threading.Event:
 
 
 def _manager(args: argparse.Namespace, lib):
-    from engine.model_manager import ModelManager
+    from engine.api import ModelManager
 
     return ModelManager(lib.paths.models if lib is not None else None,
                         face_pack_repo=getattr(args, "repo", None))
 
 
 def cmd_models(args: argparse.Namespace, lib) -> int:
-    from engine.model_manager import DownloadCancelled, ModelError
+    from engine.api import DownloadCancelled, ModelError
 
     action = getattr(args, "models_action", None)
     as_json = bool(getattr(args, "json", False) or getattr(args, "list_json", False))
@@ -100,7 +96,7 @@ def cmd_models(args: argparse.Namespace, lib) -> int:
         if action == "verify":
             rep = mm.verify(args.name, fix=args.fix)
             if as_json:
-                _print_json(rep.as_dict())
+                print_json(rep.as_dict())
             else:
                 for f in rep.checked:
                     print(f"ok          {f}")
@@ -115,7 +111,7 @@ def cmd_models(args: argparse.Namespace, lib) -> int:
         if action == "remove":
             freed = mm.remove(args.name)
             if as_json:
-                _print_json({"name": mm.entry(args.name).name, "freed_bytes": freed,
+                print_json({"name": mm.entry(args.name).name, "freed_bytes": freed,
                              "state": mm.state(args.name)})
             else:
                 print(f"{mm.entry(args.name).name}: removed, {_size(freed)} freed")
@@ -128,7 +124,7 @@ def cmd_models(args: argparse.Namespace, lib) -> int:
             finally:
                 bar.close()
             if as_json:
-                _print_json(res.as_dict())
+                print_json(res.as_dict())
             else:
                 print(f"{res.name}: imported ({res.state}) → {res.path}")
             return 0 if res.state == "present" else 1
@@ -144,7 +140,7 @@ def cmd_models(args: argparse.Namespace, lib) -> int:
 def _list(mm, as_json: bool) -> int:
     rows = mm.status()
     if as_json:
-        _print_json({"hub_cache": str(mm.cache_dir), "endpoint": mm.endpoint, "offline": mm.offline,
+        print_json({"hub_cache": str(mm.cache_dir), "endpoint": mm.endpoint, "offline": mm.offline,
                      "face_pack_repo": mm.face_pack_repo, "models": [r.as_dict() for r in rows]})
         return 0
     table = [("FEATURE", "MODEL", "SIZE", "LICENCE", "STATE", "WHERE")]
@@ -166,7 +162,7 @@ def _get(mm, args: argparse.Namespace, as_json: bool) -> int:
     e = mm.entry(args.name)
     if not as_json:
         print(f"{e.title}: about {_size(e.size_bytes)}, licence: {e.licence}", file=sys.stderr)
-    from engine.model_manager import TokenRequired
+    from engine.api import TokenRequired
 
     bar = _Bar(not as_json and not args.no_progress)
     try:
@@ -183,7 +179,7 @@ def _get(mm, args: argparse.Namespace, as_json: bool) -> int:
     finally:
         bar.close()
     if as_json:
-        _print_json(res.as_dict())
+        print_json(res.as_dict())
     elif res.already_present:
         print(f"{res.name}: already present → {res.path}")
     else:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import TYPE_CHECKING, Any
 
 from .common import print_json
@@ -19,17 +18,13 @@ def _face_json(f: dict[str, Any]) -> dict[str, Any]:
 
 
 def cmd_people(args: argparse.Namespace, lib: Library) -> int:
-    people = lib.people()
+    from engine.read_models import people_list
+
     named = True if args.named else (False if args.unnamed else None)
-    rows = people.people(include_hidden=args.all, named=named)
-    offers = people.suggestions_by_group(lib.face_backend().thresholds.suggest_distance)
-    out = []
-    for p in rows:
-        faces = [_face_json(f) for f in people.faces_of(p["id"])]
-        sugg = [{"id": s.person_id, "name": s.name, "similarity": round(s.similarity, 4)}
-                for s in ([offers[p["id"]]] if p["id"] in offers else [])]
-        out.append({"id": p["id"], "name": p["name"], "hidden": bool(p["hidden"]), "faces": faces,
-                    "suggestions": sugg})
+    out = [{"id": p["id"], "name": p["name"], "hidden": p["hidden"], "faces": [_face_json(f) for f in p["faces"]],
+            "suggestions": [{"id": s.person_id, "name": s.name, "similarity": round(s.similarity, 4)}
+                            for s in p["suggestions"]]}
+           for p in people_list(lib, include_hidden=args.all, named=named)]
     if args.json:
         print_json(out)
         return 0
@@ -47,15 +42,11 @@ def cmd_people(args: argparse.Namespace, lib: Library) -> int:
 
 
 def _people_action(fn):
-    """Run a naming action; a PeopleError is a clear message and exit code 2."""
-    from engine.people import PeopleError
+    """A naming action (a Library verb) and the line it prints; what the library refuses (a UserError) is said by
+    main() as `myvlm: <message>`, exit status 2."""
 
     def run(args: argparse.Namespace, lib: Library) -> int:
-        try:
-            msg = fn(args, lib.people())
-        except PeopleError as exc:
-            print(f"myvlm: {exc}", file=sys.stderr)
-            return 2
+        msg = fn(args, lib)
         if msg:
             print(msg)
         return 0
@@ -63,65 +54,64 @@ def _people_action(fn):
 
 
 @_people_action
-def cmd_name(args, people):
-    pid = people.name(args.person_id, args.name)
+def cmd_name(args, lib):
+    pid = lib.name_person(args.person_id, args.name)
     return f"person {pid} is {args.name}" + (f" (merged into existing person {pid})" if pid != args.person_id else "")
 
 
 @_people_action
-def cmd_merge(args, people):
-    people.merge(args.target, args.sources)
+def cmd_merge(args, lib):
+    lib.merge_people(args.target, args.sources)
     return f"merged {', '.join(map(str, args.sources))} into {args.target}"
 
 
 @_people_action
-def cmd_move(args, people):
-    people.move_faces(args.face_ids, args.to)
+def cmd_move(args, lib):
+    lib.move_faces(args.face_ids, args.to)
     return f"moved {len(args.face_ids)} face(s) to person {args.to}"
 
 
 @_people_action
-def cmd_split(args, people):
-    return f"new person {people.split(args.person_id, args.face_ids)}"
+def cmd_split(args, lib):
+    return f"new person {lib.split_person(args.person_id, args.face_ids)}"
 
 
 @_people_action
-def cmd_reject(args, people):
-    people.reject(args.face_id, args.person_id)
+def cmd_reject(args, lib):
+    lib.reject_faces([args.face_id], args.person_id)
     return f"face {args.face_id} is not person {args.person_id}; it will not be suggested for them again"
 
 
 @_people_action
-def cmd_confirm(args, people):
-    people.confirm(args.face_id)
+def cmd_confirm(args, lib):
+    lib.confirm_face(args.face_id)
     return f"face {args.face_id} confirmed"
 
 
 @_people_action
-def cmd_hide(args, people):
+def cmd_hide(args, lib):
     if args.small is not None:
-        hidden = people.hide_small(args.small)
+        hidden = lib.hide_small_groups(args.small)
         return f"hid {len(hidden)} unnamed group(s) of at most {args.small} faces"
     if args.person_id is None:
-        from engine.people import PeopleError
+        from engine.errors import InvalidInput
 
-        raise PeopleError("give a person id, or --small N")
-    people.hide(args.person_id, not args.unhide)
+        raise InvalidInput("give a person id, or --small N")
+    lib.hide_person(args.person_id, not args.unhide)
     return f"person {args.person_id} {'shown' if args.unhide else 'hidden'}"
 
 
 @_people_action
-def cmd_forget(args, people):
-    n = people.forget(args.person_id)
+def cmd_forget(args, lib):
+    n = lib.forget_person(args.person_id)
     return f"forgot person {args.person_id} and {n} face(s) of theirs"
 
 
 def cmd_faces(args: argparse.Namespace, lib: Library) -> int:
-    photo = lib.catalog.photo(int(args.photo)) if args.photo.isdigit() else lib.catalog.photo_by_path(args.photo)
-    if photo is None:
-        print(f"myvlm: no photo {args.photo!r} in the catalog", file=sys.stderr)
-        return 2
-    faces = lib.people().faces_in_photo(photo.id)
+    from engine.read_models import faces_in_photo
+
+    photo = lib.find_photo(args.photo)
+    faces = faces_in_photo(lib, photo.id)
     if args.json:
         print_json([{**_face_json({**f, "photo_path": photo.path}), "person_id": f["person_id"],
                       "person": f["person_name"]} for f in faces])
@@ -134,10 +124,7 @@ def cmd_faces(args: argparse.Namespace, lib: Library) -> int:
 
 
 def cmd_recluster(args: argparse.Namespace, lib: Library) -> int:
-    from engine.faces.clustering import FaceClusterer
-
-    backend = lib.face_backend()
-    report = FaceClusterer(lib.catalog, backend.key, backend.embedding_dim, backend.thresholds).recluster()
+    report = lib.recluster()
     if args.json:
         print_json(report.to_json())
     else:

@@ -1,53 +1,54 @@
-"""`myvlm train`, `targets`, `caption`, `ask`, `locate` and `research-train`: the personalisation front door.
+"""`myvlm train`, `targets`, `caption`, `ask`, `locate`, `export-embedding` and `research-train`: the
+personalisation front door.
 
-`register(sub)` adds the subcommands (myvlm_cli/main.py builds the parser).
+`register(sub)` adds the subcommands (myvlm_cli/main.py builds the parser). A command's `--vlm` is this run's
+choice of VLM (Library.options), as the global `--vlm` is. What the library refuses (an unknown concept or photo, a
+VLM that cannot run here, damaged weights) exits 2, running out of memory or disk 1, a stopped training 130.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .common import print_json
+
+if TYPE_CHECKING:
+    from engine.api import Library
 
 
-def _print_json(data: Any) -> None:
-    json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
-    sys.stdout.write("\n")
+def _refused():
+    """What a command says as `myvlm: <message>` with exit status 2: the engine's UserErrors, and the builtin
+    errors its readers of user-given files raise (a research folder without captions.json)."""
+    from engine.errors import UserError
 
-
-def _errors():
-    from engine.concepts.object_head import TrainingCancelled
-    from engine.concepts.registry import ConceptError
-    from engine.errors import NotFound
-    from engine.model_manager import ModelError
-    from engine.personalize.vlm import VlmError
-
-    # ModelError covers model_files.ModelLoadError: damaged weights or a refused pickle, said in one sentence
-    return (ConceptError, VlmError, ModelError, ValueError, FileNotFoundError, NotFound), TrainingCancelled
+    return (UserError, ValueError, FileNotFoundError)
 
 
 def _resource_errors():
     """Out of memory, a full disk: the job failed for a reason the message explains (exit status 1)."""
-    from engine.catalog import DiskFull
-    from engine.personalize.training import TrainingOutOfMemory
+    from engine.api import DiskFull, TrainingOutOfMemory
 
     return (DiskFull, TrainingOutOfMemory)
 
 
-def _config(args: argparse.Namespace):
-    from engine.personalize.training import TrainingConfig
+def _use_vlm(lib: Library, args: argparse.Namespace) -> None:
+    if getattr(args, "vlm", None):
+        lib.options["vlm"] = args.vlm
 
-    cfg = TrainingConfig()
+
+def _config(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainingConfig fields the command line changes."""
+    cfg: dict[str, Any] = {}
     if args.steps is not None:
-        cfg.steps = args.steps
+        cfg["steps"] = args.steps
     if args.reg_lambda is not None:
-        cfg.reg_lambda = args.reg_lambda
+        cfg["reg_lambda"] = args.reg_lambda
     if args.seed is not None:
-        cfg.seed = args.seed
+        cfg["seed"] = args.seed
     if getattr(args, "no_augment", False):
-        cfg.augment = False
+        cfg["augment"] = False
     return cfg
 
 
@@ -70,26 +71,20 @@ class _TrainBar:
         self.bar.close()
 
 
-def _prepare_people(lib, names) -> None:
-    """Make each name teachable, as the app's "Teach the captioner" does (`Library.person_concept`): a named person
-    without a concept gets one (their confirmed faces), a person concept without training photos gets their faces'
-    photos. A name that is neither a concept nor a person is refused with where to look."""
-    from engine.concepts.registry import ConceptError
+def _prepare_people(lib: Library, names) -> None:
+    """Make each name teachable (Library.prepare_teaching: a named person gets a concept from their confirmed faces,
+    as the app's "Teach the captioner" does); a name that is neither a concept nor a person is refused with where to
+    look."""
+    from engine.errors import NotFound
 
-    reg = lib.concepts()
     for name in names:
         try:
-            c = reg.get(name)
-        except ConceptError:
-            person = None if str(name).isdigit() else lib.people().find(name)
-            if person is None:
-                raise ConceptError(_unknown_name(name)) from None
-            concept = lib.person_concept(person["id"])
-            print(f"{concept.name} had no concept yet: made one from their confirmed faces "
-                  f"(as `myvlm concept add-person {person['id']}` does)", file=sys.stderr)
-            continue
-        if c.kind == "person" and c.person_id is not None and not reg.examples(c.id):
-            lib.person_concept(c.person_id)
+            made = lib.prepare_teaching([name])
+        except NotFound:
+            raise NotFound(_unknown_name(name)) from None
+        for m in made:
+            print(f"{m['name']} had no concept yet: made one from their confirmed faces "
+                  f"(as `myvlm concept add-person {m['person_id']}` does)", file=sys.stderr)
 
 
 def _unknown_name(name: str) -> str:
@@ -98,62 +93,56 @@ def _unknown_name(name: str) -> str:
             f"`myvlm concept add-object {name} PHOTO...`")
 
 
-def cmd_train(args: argparse.Namespace, lib) -> int:
-    errors, cancelled = _errors()
-    pers = lib.personalizer(args.vlm)
-    bar = _TrainBar(args.json, "training")
-    from engine.personalize.estimates import TrainingClock
+def cmd_train(args: argparse.Namespace, lib: Library) -> int:
+    from engine.errors import Cancelled
 
-    clock = TrainingClock()   # this computer's time per concept, for the estimates (`myvlm doctor`)
+    _use_vlm(lib, args)
+    bar = _TrainBar(args.json, "training")
     try:
         _prepare_people(lib, args.concepts)
-        result = pers.train(args.concepts, args.task, _config(args), progress=lambda p: (clock(p), bar(p)),
-                            resume=not args.restart)
-        if getattr(pers.wrapper, "record_timings", False):
-            clock.finish(pers.vlm_name, pers.wrapper.device)
-    except cancelled as exc:
+        result = lib.teach_captioner(args.concepts, args.task, _config(args), progress=bar,
+                                     resume=not args.restart)
+    except Cancelled as exc:
         print(f"myvlm: {exc}; run the same command again to continue from the last checkpoint", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
         print("myvlm: interrupted; run the same command again to continue from the last checkpoint",
               file=sys.stderr)
         return 130
-    except errors as exc:
-        print(f"myvlm: {exc}", file=sys.stderr)
-        return 2
     except _resource_errors() as exc:
         print(f"myvlm: {exc}", file=sys.stderr)
         return 1
+    except _refused() as exc:
+        print(f"myvlm: {exc}", file=sys.stderr)
+        return 2
     finally:
         bar.close()
-    reg = lib.concepts()
-    out = [{"concept": reg.get(cid).name, "identifier": e.identifier, "vlm": e.checkpoint, "task": e.task,
+    out = [{"concept": lib.concept(cid).name, "identifier": e.identifier, "vlm": e.checkpoint, "task": e.task,
             "steps": e.step, "checkpoints": list(e.history)} for cid, e in result.items()]
     if args.json:
-        _print_json(out)
+        print_json(out)
     else:
         for o in out:
             print(f"{o['concept']} ({o['identifier']!r}): trained on {o['vlm']} for {o['task']}, {o['steps']} steps")
     return 0
 
 
-def cmd_targets(args: argparse.Namespace, lib) -> int:
-    errors, _ = _errors()
-    pers = lib.personalizer(args.vlm)
+def cmd_targets(args: argparse.Namespace, lib: Library) -> int:
+    _use_vlm(lib, args)
     try:
         if args.set is not None:
-            pers.set_targets(args.set[0], args.set[1:])
-            items = pers.targets(args.concept, args.task)
+            lib.set_targets(args.set[0], args.set[1:])
+            items = lib.targets(args.concept, args.task)
         elif args.generate or args.regenerate:
             _prepare_people(lib, [args.concept])
-            items = pers.prepare_targets(args.concept, args.task, regenerate=args.regenerate)
+            items = lib.generate_targets(args.concept, args.task, regenerate=args.regenerate)
         else:
-            items = pers.targets(args.concept, args.task)
-    except errors as exc:
+            items = lib.targets(args.concept, args.task)
+    except _refused() as exc:
         print(f"myvlm: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        _print_json([t.to_json() for t in items])
+        print_json([t.to_json() for t in items])
         return 0
     for t in items:
         flag = "  (check: no phrase named the concept)" if t.needs_review else ""
@@ -165,108 +154,87 @@ def cmd_targets(args: argparse.Namespace, lib) -> int:
     return 0
 
 
-def _photo(lib, text: str):
-    photo = lib.catalog.photo(int(text)) if text.isdigit() else lib.catalog.photo_by_path(text)
-    if photo is None:
-        raise ValueError(f"no photo {text!r} in the catalog (give a photo id or the path of an indexed photo)")
-    return photo
-
-
-def _show_text(args, lib, photo, g, kind: str, store: bool) -> int:
-    from engine.captions import CaptionStore
-
-    captions = CaptionStore(lib.catalog)
-    if store:
-        if kind == "answer":
-            captions.put_answer(photo.id, args.question, g.template, model=g.model, concept_ids=g.concepts,
-                                instant=g.instant)
-        else:
-            captions.put_caption(photo.id, "personalised" if g.personalised or g.instant else "original",
-                                 g.template, model=g.model, prompt=g.prompt or None, concept_ids=g.concepts,
-                                 instant=g.instant)
-    rendered = captions.render(g.template)
+def _show_text(args: argparse.Namespace, photo, said: dict[str, Any], kind: str) -> int:
+    """`said`: a Library.caption / Library.ask answer ({kind: the text with today's names, "text", "model", ...})."""
     if args.json:
-        _print_json({"photo": photo.path, kind: rendered, **g.to_json(), "text": g.text})
+        print_json({"photo": photo.path, **said})
     else:
-        print(rendered)
+        print(said[kind])
     return 0
 
 
-def cmd_caption(args: argparse.Namespace, lib) -> int:
-    errors, _ = _errors()
+def cmd_caption(args: argparse.Namespace, lib: Library) -> int:
+    _use_vlm(lib, args)
     try:
-        photo = _photo(lib, args.photo)
-        g = lib.personalizer(args.vlm).caption(photo.id, personalised=not args.original)
-    except errors as exc:
+        photo = lib.find_photo(args.photo)
+        said = lib.caption(photo.id, personalised=not args.original, store=not args.no_store)
+    except _refused() as exc:
         print(f"myvlm: {exc}", file=sys.stderr)
         return 2
-    return _show_text(args, lib, photo, g, "caption", store=not args.no_store)
+    return _show_text(args, photo, said, "caption")
 
 
-def cmd_ask(args: argparse.Namespace, lib) -> int:
-    errors, _ = _errors()
+def cmd_ask(args: argparse.Namespace, lib: Library) -> int:
+    _use_vlm(lib, args)
     try:
-        photo = _photo(lib, args.photo)
-        g = lib.personalizer(args.vlm).ask(photo.id, args.question)
-    except errors as exc:
+        photo = lib.find_photo(args.photo)
+        said = lib.ask(photo.id, args.question, store=not args.no_store)
+    except _refused() as exc:
         print(f"myvlm: {exc}", file=sys.stderr)
         return 2
-    return _show_text(args, lib, photo, g, "answer", store=not args.no_store)
+    return _show_text(args, photo, said, "answer")
 
 
-def cmd_locate(args: argparse.Namespace, lib) -> int:
+def cmd_locate(args: argparse.Namespace, lib: Library) -> int:
     """JSON: {"photo", "concept", "box": [x1, y1, x2, y2] in pixels or null, "raw": the model's text}."""
-    from engine.personalize.locate import locate
+    from engine.errors import NotFound
 
-    errors, _ = _errors()
+    _use_vlm(lib, args)
     try:
-        photo = _photo(lib, args.photo)
+        photo = lib.find_photo(args.photo)
         try:
-            lib.concepts().get(args.concept)
-        except errors[0]:
-            raise ValueError(_unknown_name(args.concept)) from None
-        where = locate(lib.personalizer(args.vlm), photo.id, args.concept)
-    except errors as exc:
+            concept = lib.concept(args.concept)
+        except _refused():
+            raise NotFound(_unknown_name(args.concept)) from None
+        where = lib.locate(photo.id, concept.id)
+    except _refused() as exc:
         print(f"myvlm: {exc}", file=sys.stderr)
         return 2
-    _print_json(where.as_dict())
+    if "cannot" in where:   # a VLM that does not answer with boxes
+        print(f"myvlm: {where['cannot']}", file=sys.stderr)
+        return 2
+    print_json(where)
     return 0
 
 
-def cmd_research_train(args: argparse.Namespace, lib) -> int:
-    from engine.personalize.research_run import run_research_training
+def cmd_research_train(args: argparse.Namespace, lib: Library) -> int:
+    from engine.api import research_train
+    from engine.errors import Cancelled
 
-    errors, cancelled = _errors()
     bar = _TrainBar(args.json, "training")
     try:
-        report = run_research_training(Path(args.folder), Path(args.out), vlm=args.vlm or "blip2", task=args.task,
-                                       config=_config(args), models_dir=lib.paths.models,
-                                       eval_images=Path(args.images) if args.images else None, progress=bar)
-    except cancelled as exc:
+        report = research_train(args.folder, args.out, vlm=args.vlm or "blip2", task=args.task, config=_config(args),
+                                models_dir=lib.paths.models, eval_images=args.images, progress=bar)
+    except Cancelled as exc:
         print(f"myvlm: {exc}", file=sys.stderr)
         return 130
-    except errors as exc:
+    except _refused() as exc:
         print(f"myvlm: {exc}", file=sys.stderr)
         return 2
     finally:
         bar.close()
     if args.json:
-        _print_json(report)
+        print_json(report)
     else:
         print(f"wrote {report['embeddings']} and {report['outputs']}")
     return 0
 
 
-def cmd_export_embedding(args: argparse.Namespace, lib) -> int:
-    from engine.personalize.vlm import resolve_spec
-
-    errors, _ = _errors()
-    pers = lib.personalizer(args.vlm)
+def cmd_export_embedding(args: argparse.Namespace, lib: Library) -> int:
+    _use_vlm(lib, args)
     try:
-        concept = lib.concepts().get(args.concept)
-        spec, checkpoint = resolve_spec(pers.vlm_name)
-        path = pers.store.export_research(concept.id, checkpoint, args.task, Path(args.out), spec.family)
-    except errors as exc:
+        path = lib.export_embedding(args.concept, args.task, args.out)
+    except _refused() as exc:
         print(f"myvlm: {exc}", file=sys.stderr)
         return 2
     print(path)

@@ -7,7 +7,6 @@ import sys
 from typing import TYPE_CHECKING
 
 from .common import print_json
-from .things import _photo_arg
 
 if TYPE_CHECKING:
     from engine.api import Library
@@ -28,14 +27,11 @@ def cmd_search(args: argparse.Namespace, lib: Library) -> int:
 
 
 def cmd_caption_edit(args: argparse.Namespace, lib: Library) -> int:
-    try:
-        photo = _photo_arg(lib, args.photo)
-    except ValueError as exc:
-        print(f"myvlm: {exc}", file=sys.stderr)
-        return 2
-    store = lib.captions()
-    store.put_user_caption(photo.id, args.text)
-    caption = store.caption(photo.id)
+    from engine.read_models import photo_caption
+
+    photo = lib.find_photo(args.photo)
+    lib.save_caption(photo.id, args.text)
+    caption = photo_caption(lib, photo.id)
     if args.json:
         print_json({"id": photo.id, "photo": photo.path, "caption": caption})
     else:

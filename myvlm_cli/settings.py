@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import TYPE_CHECKING
 
 from .common import print_json
@@ -13,54 +12,32 @@ if TYPE_CHECKING:
     from engine.api import Library
 
 
-SETTINGS_HELP = {"face_backend": "auto, dlib, dlib-cnn, insightface, insightface:PACK or a pack folder",
-                 "clip_model": "ViT-B-32 (default) or DFN5B-CLIP-ViT-H-14-378",
-                 "clip_weights": "a local open_clip weights file (default: the Hugging Face cache)",
-                 "vlm": "a VLM key (`myvlm models list`; default: the one `myvlm doctor` recommends for this "
-                        "computer), a tiny-* preset or a checkpoint folder",
-                 "watch_polling": "true/false", "preview_cache_bytes": "bytes",
-                 "instant_names": "true (default): captions use a name as soon as a face or thing is recognised, "
-                                  "before training; false: only trained concepts are named",
-                 "search_clip_floor": "CLIP similarity under which search ignores looks: a number, or {model: number}"}
-
-
 def cmd_settings(args: argparse.Namespace, lib: Library) -> int:
-    if args.key is None:
-        for key, help_ in SETTINGS_HELP.items():
-            print(f"{key} = {json.dumps(lib.catalog.get_setting(key))}    ({help_})")
-        return 0
-    if args.key not in SETTINGS_HELP:
-        print(f"myvlm: unknown setting {args.key!r}; known: {', '.join(SETTINGS_HELP)}", file=sys.stderr)
-        return 2
-    if args.value is None:
-        print(json.dumps(lib.catalog.get_setting(args.key)))
-        return 0
-    try:
-        value = json.loads(args.value)
-    except json.JSONDecodeError:
-        value = args.value
-    if args.key == "vlm":
-        from engine.personalize.vlm import VlmError, resolve_spec
+    """Each setting is declared once (engine.settings: type, default, help, validation); a value is stored through
+    Library.set_setting, which refuses a wrong one (InvalidInput: `myvlm: <message>`, exit status 2) and applies
+    what changing it implies (a new vlm makes the concepts trained on another stale)."""
+    from engine import settings
 
-        try:
-            resolve_spec(str(value))
-        except VlmError as exc:
-            print(f"myvlm: {exc}", file=sys.stderr)
-            return 2
-    lib.catalog.set_setting(args.key, value)
-    print(f"{args.key} = {json.dumps(value)}")
-    if args.key == "vlm":   # concept embeddings belong to one VLM: the others' become stale
-        states = lib.personalizer().refresh_states()
-        stale = sum(st == "stale" for st in states.values())
-        if stale:
-            print(f"{stale} concept(s) were trained on another VLM: retrain them with `myvlm train NAME`")
+    if args.key is None:
+        values = lib.settings()
+        for key, s in settings.SETTINGS.items():
+            print(f"{key} = {json.dumps(values[key])}    ({s.help})")
+        return 0
+    if args.value is None:
+        settings.setting(args.key)   # an unknown key is refused with the known ones
+        print(json.dumps(lib.settings()[args.key]))
+        return 0
+    done = lib.set_setting(args.key, settings.parse(args.key, args.value))
+    print(f"{args.key} = {json.dumps(done['value'])}")
+    if done["stale_concepts"]:
+        print(f"{done['stale_concepts']} concept(s) were trained on another VLM: retrain them with `myvlm train NAME`")
     return 0
 
 
 def cmd_doctor(args: argparse.Namespace, lib: Library | None) -> int:
-    from engine.doctor import report
+    from engine.api import doctor_report
 
-    rep = report(lib.paths if lib else None)
+    rep = doctor_report(lib.paths if lib else None)
     if args.json:
         print_json(rep)
         return 0

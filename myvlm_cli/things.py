@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .common import is_terminal, print_json
@@ -13,16 +12,9 @@ if TYPE_CHECKING:
     from engine.api import Library
 
 
-def _photo_arg(lib: Library, text: str):
-    photo = lib.catalog.photo(int(text)) if text.isdigit() else lib.catalog.photo_by_path(text)
-    if photo is None:
-        raise ValueError(f"no photo {text!r} in the catalog (give a photo id or the path of an indexed photo)")
-    return photo
-
-
-def _train_and_report(args: argparse.Namespace, lib: Library, concept, create=None) -> int:
-    """Train a concept's head and say how it went; `create(train)`, when given, makes the concept with `train`
-    (add-object: nothing is left behind when the head cannot be trained)."""
+def _train_and_report(args: argparse.Namespace, lib: Library, train) -> int:
+    """Train a concept's head with `train(progress)` (a Library verb; it returns the concept's id) and say how it
+    went."""
     from tqdm import tqdm
 
     bar = tqdm(total=None, desc="training", unit="step", file=sys.stderr, leave=False,
@@ -34,109 +26,95 @@ def _train_and_report(args: argparse.Namespace, lib: Library, concept, create=No
         bar.n = p.done
         bar.refresh()
 
-    def train(concept_id: int):
-        return lib.train_concept_head(concept_id, progress=progress, negatives_folder=getattr(args, "negatives", None))
-
     try:
-        concept = create(train) if create is not None else train(concept.id)
+        concept = lib.concept(train(progress))
     finally:
         bar.close()
     if args.json:
         print_json(concept.to_json())
     else:
+        from engine.read_models import concept_photo_count
+
         m = concept.metrics or {}
-        found = len(lib.concepts().photos_with(concept.id))
         quality = ""
         if m.get("precision") is not None and m.get("recall") is not None:
             quality = f"; held-out precision {m['precision']:.2f}, recall {m['recall']:.2f} ({m.get('method', '')})"
         print(f"{concept.name} ({concept.kind}, identifier {concept.identifier!r}): head ready{quality}; "
-              f"found in {found} photo(s)")
+              f"found in {concept_photo_count(lib, concept.id)} photo(s)")
     return 0
 
 
-def _why_no_suggestions(encoder: Any) -> str:
+def _why_no_suggestions(lib: Library) -> str:
     """Suggestions come from CLIP embeddings: without its weights there are none to look at, which is not the same
     as "nothing recurring"."""
-    missing = encoder.missing_reason()
+    missing = lib.clip_unavailable()
     if missing:
         return f"no suggestions: finding recurring things needs CLIP, which cannot run here — {missing}"
     return "nothing recurring to suggest yet"
 
 
 def cmd_concept(args: argparse.Namespace, lib: Library) -> int:
-    from engine.concepts.registry import ConceptError
-    from engine.faces.backends import FaceBackendError
-    from engine.model_manager import ModelError  # and model_files.ModelLoadError: a CLIP file that does not load
+    """What the library refuses (an unknown concept or photo, no CLIP here, a damaged model file) is a UserError,
+    said by main() as `myvlm: <message>`, exit status 2."""
+    negatives = getattr(args, "negatives", None)
+    if args.action == "add-object":   # a name already used for a thing adds these photos to it (Library.teach_thing)
+        photos = [lib.find_photo(p).id for p in args.photos]
+        return _train_and_report(args, lib, lambda progress: lib.teach_thing(
+            args.name, photos, identifier=args.identifier, progress=progress, negatives_folder=negatives))
+    if args.action in ("add-person", "train"):
+        concept = (lib.add_person_concept(args.person_id, identifier=args.identifier) if args.action == "add-person"
+                   else lib.concept(args.concept))
+        return _train_and_report(args, lib, lambda progress: lib.train_concept_head(
+            concept.id, progress=progress, negatives_folder=negatives).id)
+    if args.action == "list":
+        from engine.read_models import concept_list
 
-    reg = lib.concepts()
-    try:
-        if args.action == "add-object":
-            photos = [_photo_arg(lib, p).id for p in args.photos]
-            return _train_and_report(args, lib, None, create=lambda train: reg.add_object_trained(
-                args.name, photos, train, identifier=args.identifier))
-        if args.action == "add-person":
-            concept = reg.add_person(args.person_id, identifier=args.identifier)
-            return _train_and_report(args, lib, concept)
-        if args.action == "train":
-            return _train_and_report(args, lib, reg.get(args.concept))
-        if args.action == "list":
-            concepts = reg.list()
-            if args.json:
-                print_json([{**c.to_json(), "photos": len(reg.photos_with(c.id)),
-                              "examples": len(reg.examples(c.id))} for c in concepts])
-            elif not concepts:
-                print("no concepts yet: myvlm concept add-object NAME PHOTO... or add-person PERSON_ID")
-            for c in concepts if not args.json else []:
-                print(f"{c.id:>4}  {c.name:<20} {c.kind:<7} identifier={c.identifier!r:<10} head={c.head_state:<9} "
-                      f"embedding={c.embedding_state:<9} "
-                      f"in {len(reg.photos_with(c.id))} photos")
+        rows = concept_list(lib)
+        if args.json:
+            print_json([{**r["concept"].to_json(), "photos": r["photos"], "examples": r["examples"]} for r in rows])
             return 0
-        if args.action == "detect":
-            from engine.concepts.detect import ConceptDetector
+        if not rows:
+            print("no concepts yet: myvlm concept add-object NAME PHOTO... or add-person PERSON_ID")
+        for r in rows:
+            c = r["concept"]
+            print(f"{c.id:>4}  {c.name:<20} {c.kind:<7} identifier={c.identifier!r:<10} head={c.head_state:<9} "
+                  f"embedding={c.embedding_state:<9} in {r['photos']} photos")
+        return 0
+    if args.action == "detect":
+        photo = lib.find_photo(args.photo)
+        out = [{**d, "score": round(d["score"], 4)} for d in lib.detect_concepts(photo.id)]
+        if args.json:
+            print_json(out)
+        else:
+            print(f"{photo.path}:")
+            for o in out:
+                face = f" (face {o['face_id']})" if o["face_id"] else ""
+                print(f"  {'✓' if o['fired'] else ' '} {o['name']}: {o['score']:.2f}{face}")
+            if not out:
+                print("  no concept here")
+        return 0
+    if args.action == "import":
+        from engine.read_models import concept_list
 
-            photo = _photo_arg(lib, args.photo)
-            concepts, signals, _ = ConceptDetector(lib.catalog).compute(photo_ids=[photo.id])
-            names = {c.id: c for c in concepts}
-            out = [{"concept_id": s.concept_id, "name": names[s.concept_id].name, "kind": names[s.concept_id].kind,
-                    "score": round(s.score, 4), "fired": s.fired, "face_id": s.face_id}
-                   for s in sorted(signals, key=lambda s: -s.score)]
-            if args.json:
-                print_json(out)
-            else:
-                print(f"{photo.path}:")
-                for o in out:
-                    face = f" (face {o['face_id']})" if o["face_id"] else ""
-                    print(f"  {'✓' if o['fired'] else ' '} {o['name']}: {o['score']:.2f}{face}")
-                if not out:
-                    print("  no concept here")
-            return 0
-        if args.action == "import":
-            from engine.concepts.research import import_research_concept
-
-            concept = import_research_concept(reg, Path(args.folder), name=args.name)
-            print(f"imported {concept.name} ({len(reg.examples(concept.id))} images)")
-            return 0
-        if args.action == "suggest":
-            from engine.concepts.suggest import suggest_things
-
-            enc = lib.clip_encoder()
-            found = suggest_things(lib.catalog, enc.key, enc.dim)
-            if args.json:
-                print_json([s.to_json() for s in found])
-            else:
-                for s in found:
-                    rep = lib.catalog.photo(s.representative)
-                    print(f"{len(s.photo_ids)} photos of this over {s.days} days — name it? e.g. {rep.path if rep else '?'}"
-                          f"\n    myvlm concept add-object NAME {' '.join(map(str, s.photo_ids[:4]))}")
-                if not found:
-                    print(_why_no_suggestions(enc))
-            return 0
-        if args.action == "remove":
-            reg.remove(reg.get(args.concept).id)
-            return 0
-    except (ConceptError, FaceBackendError, ModelError, ValueError) as exc:
-        print(f"myvlm: {exc}", file=sys.stderr)
-        return 2
+        concept = lib.import_concept(args.folder, name=args.name)
+        examples = next(r["examples"] for r in concept_list(lib) if r["concept"].id == concept.id)
+        print(f"imported {concept.name} ({examples} images)")
+        return 0
+    if args.action == "suggest":
+        found = lib.thing_suggestions()
+        if args.json:
+            print_json([s.to_json() for s in found])
+        else:
+            for s in found:
+                rep = lib.photo(s.representative)
+                print(f"{len(s.photo_ids)} photos of this over {s.days} days — name it? e.g. {rep.path if rep else '?'}"
+                      f"\n    myvlm concept add-object NAME {' '.join(map(str, s.photo_ids[:4]))}")
+            if not found:
+                print(_why_no_suggestions(lib))
+        return 0
+    if args.action == "remove":
+        lib.remove_concept(args.concept)
+        return 0
     return 2
 
 

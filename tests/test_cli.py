@@ -217,3 +217,33 @@ def test_concept_suggest_says_clip_is_missing(tmp_path: Path, album: Path):
     out = myvlm("concept", "suggest", library=lib).stdout
     assert "nothing recurring" not in out
     assert "finding recurring things needs CLIP" in out and "myvlm models get" in out
+
+
+def test_index_modes_are_the_pipelines():
+    """The parser spells the modes out (parsing imports no engine module); they are the pipeline's."""
+    from engine.pipeline import ALL, ERRORS, MISSING
+    from myvlm_cli.indexing import MODES
+
+    assert MODES == (MISSING, ALL, ERRORS)
+
+
+def test_errors_user_errors_said_cancels_quiet_bugs_logged(tmp_path: Path, monkeypatch, capsys):
+    """One error contract at the top (myvlm_cli.main): a UserError is `myvlm: <message>` (2), a Cancelled exits 130
+    saying nothing, anything else is a short sentence on stderr (1) with its traceback in the library's log."""
+    from engine.api import Library
+    from engine.errors import Cancelled, NotFound
+    from myvlm_cli.main import main
+
+    lib = tmp_path / "lib"
+    assert main(["--library", str(lib), "faces", "12345"]) == 2
+    assert capsys.readouterr().err.startswith("myvlm: no photo '12345' in the catalog")
+    for raised, code in ((NotFound("no such thing"), 2), (Cancelled("stopped"), 130), (KeyError("boom"), 1)):
+        def purge_gone(self, exc=raised):
+            raise exc
+        monkeypatch.setattr(Library, "purge_gone", purge_gone)
+        assert main(["--library", str(lib), "purge"]) == code
+        err = capsys.readouterr().err
+        assert {2: "myvlm: no such thing\n", 130: ""}.get(code, err) == err
+    assert "myvlm: purge failed: KeyError: 'boom'" in err and "Traceback" not in err
+    log = LibraryPaths(lib).log_file.read_text()
+    assert "Traceback" in log and "KeyError: 'boom'" in log

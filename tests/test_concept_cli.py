@@ -33,6 +33,13 @@ def test_concept_commands(tmp_path: Path, test_data: Path):
     assert concept["head"]["metrics"]["method"] == "leave-one-out"
     signals = json.loads(myvlm("concept", "detect", str(album / "spiff.jpg"), "--json", library=lib).stdout)
     assert signals[0]["name"] == "Spiff" and signals[0]["fired"] is True  # its own training photo
+    # a name already used (in any case) ADDS the photos to that thing and retrains it, as the app does
+    # (Library.teach_thing; the command line used to refuse the name)
+    again = json.loads(myvlm("concept", "add-object", "spiff", str(album / "snow.jpg"), "--json", library=lib).stdout)
+    assert (again["id"], again["name"], again["head"]["state"]) == (concept["id"], "Spiff", "ready")
+    assert again["head"]["revision"] > concept["head"]["revision"]
+    assert [(c["name"], c["examples"]) for c in json.loads(myvlm("concept", "list", "--json", library=lib).stdout)] \
+        == [("Spiff", 3)]
 
     people = json.loads(myvlm("people", "--json", library=lib).stdout)
     obama = people[0]["id"]
