@@ -11,9 +11,6 @@ The frozen tower's output is everything before the token, so the trainer may cac
 
 from __future__ import annotations
 
-
-import torch
-
 from .llava import LlavaWrapper
 from .vlm_base import GenerationSettings
 

@@ -20,9 +20,9 @@ The parts and where their weights come from:
 Where the concept goes (docs/method.md §6): after `llama_proj`, rescaled to the mean norm of the image tokens:
 256 → 257.
 The frozen tower and the grouping come before it, so the trainer may cache them per augmented view, as for LLaVA,
-whose prompt, loss and regulariser plumbing (the language model's attention rows of the concept tokens) this
-wrapper reuses. REC ("[refer] sks in the image") uses the same captioning embedding, as in the paper, and answers
-with a box `{<x1><y1><x2><y2>}` on a 0–100 grid of the whole photo (`parse_box`).
+with which it shares the prompt, loss and regulariser plumbing (the language model's attention rows of the concept
+tokens: vlm_base.DecoderVlmWrapper). REC ("[refer] sks in the image") uses the same captioning embedding, as in the
+paper, and answers with a box `{<x1><y1><x2><y2>}` on a 0–100 grid of the whole photo (`parse_box`).
 """
 
 from __future__ import annotations
@@ -41,8 +41,7 @@ from torch import nn
 
 from ..errors import Cancelled
 from .concept_layer import ConceptLayer, match_mean_token_norm
-from .llava import LlavaWrapper
-from .vlm_base import GenerationSettings, VlmSpec, VlmWrapper, seeded
+from .vlm_base import DecoderVlmWrapper, GenerationSettings, VlmSpec, seeded
 
 log = logging.getLogger(__name__)
 
@@ -269,12 +268,12 @@ def chat_prompt(instruction: str) -> str:
     return f"[INST] <Img>{IMAGE_HERE}</Img> {instruction} [/INST]"
 
 
-class MiniGptV2Wrapper(LlavaWrapper):
+class MiniGptV2Wrapper(DecoderVlmWrapper):
     family = "minigpt-v2"
     can_locate = True
 
     def __init__(self, model: MiniGptV2Model, processor, spec, checkpoint, device, dtype):
-        VlmWrapper.__init__(self, model, processor, spec, checkpoint, device, dtype)
+        super().__init__(model, processor, spec, checkpoint, device, dtype)
         cfg = model.config
         vcfg = model.vision_model.config
         self.n_visual_tokens = (cfg.image_size // vcfg.patch_size) ** 2 // cfg.group      # 256 at 448 px

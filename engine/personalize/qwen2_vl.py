@@ -1,13 +1,13 @@
 """Qwen2-VL and Qwen2.5-VL (`Qwen2VLForConditionalGeneration`, `Qwen2_5_VLForConditionalGeneration`) with the
 MyVLM concept layer.
 
-Where the concept goes: after the vision merger, Qwen2-VL's vision→language projector, as for LLaVA (llava.py, whose
-loading, attention capture and regulariser this wrapper reuses), at the norm of the first image token. Each photo is
-one view, the whole photo resized to a 448 px square (or the largest square the image processor's pixel budget
+Where the concept goes: after the vision merger, Qwen2-VL's vision→language projector, as for LLaVA (their shared
+loading, attention capture and regulariser are vlm_base.DecoderVlmWrapper), at the norm of the first image token. Each
+photo is one view, the whole photo resized to a 448 px square (or the largest square the image processor's pixel budget
 allows): 32 × 32 patches of 14 px (each patch two identical frames deep, as Qwen2-VL embeds a still image) → the ViT
-(1280-d for the 2B model) → the merger's 2 × 2 merge and MLP → 16 × 16 = 256 tokens of 1536. Fixed-size views keep a
-CPU caption cheap and let a batch of photos be one rectangular tensor (the processor's own dynamic resolution would
-give every photo its own token count).
+(1280-d for the 2B model) → the merger's 2 × 2 merge and MLP → 16 × 16 = 256 tokens of 1536. Fixed-size views keep a CPU
+caption cheap and let a batch of photos be one rectangular tensor (the processor's own dynamic resolution would give
+every photo its own token count).
 
 Positions (M-RoPE). Qwen2-VL gives every token three rotary positions (temporal, height, width), computed by the
 model's `get_rope_index` from `input_ids`, `mm_token_type_ids` (0 text, 1 image) and `image_grid_thw`: image tokens
@@ -38,11 +38,10 @@ from PIL import Image
 from torch import nn
 
 from .concept_layer import ConceptLayer, match_first_token_norm
-from .llava import LlavaWrapper
-from .llava_onevision import IM_END, IM_START
-from .vlm_base import GenerationSettings, VlmWrapper, seeded
+from .vlm_base import DecoderVlmWrapper, GenerationSettings, seeded
 
 VISION = "<|vision_start|><|image_pad|><|vision_end|>"
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"   # Qwen2's chat markers (as in llava_onevision.py, also Qwen2)
 SYSTEM = "You are a helpful assistant."
 VIEW_SIDE = 448          # px; the square each photo is resized to (32 × 32 patches → 256 image tokens)
 
@@ -81,13 +80,12 @@ def raster_order(vision_config, grid: tuple[int, int, int]) -> torch.Tensor | No
     return torch.argsort(window_index)
 
 
-class Qwen2VlWrapper(LlavaWrapper):
+class Qwen2VlWrapper(DecoderVlmWrapper):
     family = "qwen2-vl"
     model_class = "AutoModelForImageTextToText"   # Qwen2-VL or Qwen2.5-VL, as the checkpoint's config says
 
     def __init__(self, model, processor, spec, checkpoint, device, dtype):
-        # LLaVA's plumbing on Qwen2-VL's modules: LlavaWrapper.__init__ reads LLaVA's config, so set them up here
-        VlmWrapper.__init__(self, model, processor, spec, checkpoint, device, dtype)
+        super().__init__(model, processor, spec, checkpoint, device, dtype)   # then the plumbing on Qwen2-VL's modules
         cfg = model.config
         self.image_token_id = cfg.image_token_id
         self.vision_start_id, self.vision_end_id = cfg.vision_start_token_id, cfg.vision_end_token_id

@@ -1,9 +1,9 @@
 """SmolVLM (`Idefics3ForConditionalGeneration`, SmolLM2 language model) with the MyVLM concept layer.
 
-Where the concept goes: after the connector, the vision→language projector, as for LLaVA (llava.py, whose prompt
-and loss plumbing this wrapper reuses), at the norm of the first image token. For SmolVLM-256M/500M: SigLIP-B/16 at
-512 px → 32 × 32 = 1024 patches of 768 (after `post_layernorm`) → the connector's pixel shuffle (scale 4) → 64
-positions of 768·16 = 12288 → one linear → 64 tokens of 576 (256M) or 960 (500M); the concept token makes 65.
+Where the concept goes: after the connector, the vision→language projector, as for LLaVA (their shared prompt and loss
+plumbing is vlm_base.DecoderVlmWrapper), at the norm of the first image token. For SmolVLM-256M/500M: SigLIP-B/16 at 512
+px → 32 × 32 = 1024 patches of 768 (after `post_layernorm`) → the connector's pixel shuffle (scale 4) → 64 positions of
+768·16 = 12288 → one linear → 64 tokens of 576 (256M) or 960 (500M); the concept token makes 65.
 
 Each photo is one view, the whole photo resized to a 512 px square: SmolVLM's "global image", without the 512 px
 tiles its processor would add for large photos (a caption of the whole photo needs no tiles, and 64 image tokens keep
@@ -21,8 +21,7 @@ import torch
 from PIL import Image
 
 from .concept_layer import ConceptLayer, match_first_token_norm
-from .llava import LlavaWrapper
-from .vlm_base import GenerationSettings, VlmWrapper
+from .vlm_base import DecoderVlmWrapper, GenerationSettings
 
 END_OF_UTTERANCE = "<end_of_utterance>"
 
@@ -33,13 +32,12 @@ def smolvlm_prompt(question: str) -> str:
     return f"<|im_start|>User:{image}{question}{END_OF_UTTERANCE}\nAssistant:"
 
 
-class SmolVlmWrapper(LlavaWrapper):
+class SmolVlmWrapper(DecoderVlmWrapper):
     model_class = "Idefics3ForConditionalGeneration"
     family = "smolvlm"
 
     def __init__(self, model, processor, spec, checkpoint, device, dtype):
-        # LLaVA's plumbing on Idefics3's modules: LlavaWrapper.__init__ reads LLaVA's config, so set them up here
-        VlmWrapper.__init__(self, model, processor, spec, checkpoint, device, dtype)
+        super().__init__(model, processor, spec, checkpoint, device, dtype)   # then the plumbing on Idefics3's modules
         cfg = model.config
         vcfg = cfg.vision_config
         self.image_token_id = cfg.image_token_id

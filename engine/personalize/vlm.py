@@ -3,8 +3,8 @@
 `load_vlm` resolves a key, repo id or folder to its spec (specs.py), finds the weights on disk, plans where the model
 goes (hardware.py) and loads the family's wrapper. Families are named, not imported: `VLM_FAMILIES` maps each family
 to "module:Class" and `wrapper_class` imports that module when a model of the family is loaded (as transformers'
-auto classes do): neither this module nor the wrappers' base (vlm_base.py) imports a family, and a family imports the
-base (the LLaVA-style ones also llava.py, whose prompt, loss and regulariser plumbing they reuse).
+auto classes do): neither this module nor the wrappers' base (vlm_base.py) imports a family, and a family imports only
+the base (LLaVA-OneVision, LLaVA's layout with another language model, also llava.py).
 
 Weights are only ever read from disk (`local_files_only`): nothing leaves the machine unless the user asks the model
 manager to download a checkpoint.
