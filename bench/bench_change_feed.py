@@ -181,7 +181,7 @@ def main() -> None:
                 times.setdefault(("retrain, all fire", feed), []).append(retrain[1])
                 for d in tmp.glob(f"*-{tag}"):
                     shutil.rmtree(d)
-        print(f"\n| phase | feed off (CPU s) | feed on (CPU s) | on / off |\n|---|---:|---:|---:|")
+        print("\n| phase | feed off (CPU s) | feed on (CPU s) | on / off |\n|---|---:|---:|---:|")
         for phase in ("index", "catalog writes", "retrain, 1 in 20 fires", "retrain, all fire"):
             off, on = statistics.median(times[(phase, False)]), statistics.median(times[(phase, True)])
             print(f"| {phase} | {off:.2f} | {on:.2f} | {on / off:.2f} |")

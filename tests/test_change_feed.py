@@ -121,7 +121,8 @@ def test_concept_signals_count_where_they_fire(indexed):
 
 def test_another_process_writes_are_seen(indexed):
     library, ids, token = indexed
-    code = ("import sys; from pathlib import Path; from engine.catalog import Catalog; from engine.library import LibraryPaths\n"
+    code = ("import sys; from pathlib import Path\n"
+            "from engine.catalog import Catalog; from engine.library import LibraryPaths\n"
             "with Catalog(LibraryPaths(Path(sys.argv[1]))) as cat: cat.set_user_rotation(int(sys.argv[2]), 180)")
     subprocess.run([sys.executable, "-c", code, str(library.paths.root), str(ids[2])], check=True, cwd=ROOT)
     token, seen = changed(library, token)
