@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,19 @@ def photo_array(seed: int, width: int = 320, height: int = 240) -> np.ndarray:
     img[: height // 3, : width // 4] = rng.integers(0, 255, 3)
     img += rng.normal(0, 6, img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def stop_at_step(n: int, seen: list[int]) -> tuple[Callable, threading.Event]:
+    """A training progress callback that records each step in `seen`, and the cancel Event it sets once step `n` is
+    done (the trainer checks it before the next step, so the run stops with `n` steps done)."""
+    stop = threading.Event()
+
+    def progress(p) -> None:
+        seen.append(p.step)
+        if p.step >= n:
+            stop.set()
+
+    return progress, stop
 
 
 def write_jpeg(path: Path, seed: int, width: int = 320, height: int = 240, **save_kw) -> Path:

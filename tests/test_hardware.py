@@ -200,7 +200,7 @@ def test_real_use_is_measured(models_dir, memory):
     assert memory.get("tiny-blip2", key)["caption_s"] > 0
     clock = TrainingClock()
     for step in range(1, 11):
-        clock(TrainingProgress(step, 10, 1.0, 1.0, 0.0, elapsed_s=2.0 * step, eta_s=0.0))
+        clock(TrainingProgress("training", step, 10, loss=1.0, lm_loss=1.0, elapsed_s=2.0 * step))
     concept = clock.finish("tiny-blip2", w.device, memory)
     got = memory.get("tiny-blip2", key)
     assert got["step_s"] == pytest.approx(2.0) and got["concept_s"] == pytest.approx(concept)

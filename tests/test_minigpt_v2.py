@@ -36,6 +36,8 @@ from engine.personalize.tiny import ensure_tiny_checkpoint
 from engine.personalize.training import ConceptToTrain, ConceptTrainer, TrainingConfig, TrainingExample
 from engine.personalize.vlm import VlmWeightsMissing, load_vlm
 
+from .helpers import stop_at_step
+
 PRESET = "tiny-minigpt-v2"
 
 
@@ -209,10 +211,9 @@ def test_training_lowers_the_loss_resumes_and_exports_the_research_format(wrappe
     assert full[7].family == "minigpt-v2" and sorted(full[7].history) == [4, 8, 10]
     store = EmbeddingStore(tmp_path / "b")
     seen: list[int] = []
+    progress, stop = stop_at_step(5, seen)
     with pytest.raises(TrainingCancelled):
-        ConceptTrainer(w, store, cfg).train([ConceptToTrain(7, "sks")], examples,
-                                            progress=lambda p: seen.append(p.step),
-                                            cancel=lambda: bool(seen) and seen[-1] >= 5)
+        ConceptTrainer(w, store, cfg).train([ConceptToTrain(7, "sks")], examples, progress=progress, cancel=stop)
     resumed = ConceptTrainer(w, store, cfg).train([ConceptToTrain(7, "sks")], examples)
     assert np.allclose(resumed[7].values, full[7].values, atol=1e-6)
     # research export under the reference's name, then imported back with a research concept folder

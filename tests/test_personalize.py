@@ -7,6 +7,7 @@ same wrapper code as the real checkpoints (no hub is reachable here).
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from engine.personalize.training import (
     ConceptTrainer,
     TrainingConfig,
     TrainingExample,
+    TrainingProgress,
 )
 from engine.personalize.vlm import VlmError, VlmWeightsMissing, load_vlm, resolve_spec
 
@@ -225,18 +227,19 @@ def test_cancel_and_resume_continue_exactly_where_the_run_stopped(models_dir, tm
     full = ConceptTrainer(w, EmbeddingStore(tmp_path / "a"), cfg).train([ConceptToTrain(7, "sks")], _examples(w))
 
     store = EmbeddingStore(tmp_path / "b")
-    stop = {"at": 30}
-
-    def cancel():
-        return stop["at"] is not None and _seen[-1] >= stop["at"] if _seen else False
-
+    cancel = threading.Event()
     _seen: list[int] = []
+
+    def stop_at_30(p: TrainingProgress) -> None:
+        _seen.append(p.step)
+        if p.step >= 30:
+            cancel.set()
+
     with pytest.raises(TrainingCancelled):
-        ConceptTrainer(w, store, cfg).train([ConceptToTrain(7, "sks")], _examples(w),
-                                            progress=lambda p: _seen.append(p.step), cancel=cancel)
+        ConceptTrainer(w, store, cfg).train([ConceptToTrain(7, "sks")], _examples(w), progress=stop_at_30,
+                                            cancel=cancel)
     partial = store.load(7, w.checkpoint, "caption")
     assert partial.step == 30 and not partial.complete           # cancel saves the step reached
-    stop["at"] = None
     resumed = ConceptTrainer(w, store, cfg).train([ConceptToTrain(7, "sks")], _examples(w),
                                                   progress=lambda p: _seen.append(p.step))
     assert _seen[30] == 31                                       # it went on from step 30, not from 0

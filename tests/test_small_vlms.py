@@ -20,6 +20,8 @@ from engine.personalize.specs import CONCEPT_DIM
 from engine.personalize.training import ConceptToTrain, ConceptTrainer, TrainingConfig, TrainingExample
 from engine.personalize.vlm import VLM_SPECS, GenerationSettings, load_vlm, resolve_spec
 
+from .helpers import stop_at_step
+
 PRESETS = ["tiny-smolvlm", "tiny-llava-ov", "tiny-qwen2-vl", "tiny-qwen2.5-vl"]
 
 
@@ -158,10 +160,9 @@ def test_cancel_and_resume_continue_exactly_where_the_run_stopped(preset, models
     assert full[7].settings["feature_views"] == 3
     store = EmbeddingStore(tmp_path / "b")
     seen: list[int] = []
+    progress, stop = stop_at_step(7, seen)
     with pytest.raises(TrainingCancelled):
-        ConceptTrainer(w, store, cfg).train([ConceptToTrain(7, "sks")], examples,
-                                            progress=lambda p: seen.append(p.step),
-                                            cancel=lambda: bool(seen) and seen[-1] >= 7)
+        ConceptTrainer(w, store, cfg).train([ConceptToTrain(7, "sks")], examples, progress=progress, cancel=stop)
     assert store.load(7, w.checkpoint, "caption").step == 7
     resumed = ConceptTrainer(w, store, cfg).train([ConceptToTrain(7, "sks")], examples,
                                                   progress=lambda p: seen.append(p.step))

@@ -20,6 +20,8 @@ from engine.personalize.training import (
 )
 from engine.personalize.vlm import load_vlm
 
+from .helpers import stop_at_step
+
 CACHING = ["tiny-smolvlm", "tiny-llava-ov", "tiny-llava"]
 
 
@@ -117,10 +119,10 @@ def test_a_run_with_another_pool_does_not_resume_and_blip2_keeps_its_key(models_
     w = load_vlm("tiny-smolvlm", models_dir=models_dir)
     store = EmbeddingStore(tmp_path)
     seen: list[int] = []
+    progress, stop = stop_at_step(4, seen)
     with pytest.raises(TrainingCancelled):
         ConceptTrainer(w, store, TrainingConfig(steps=8, checkpoint_every=4, feature_views=2)).train(
-            [ConceptToTrain(7, "sks")], _examples(w), progress=lambda p: seen.append(p.step),
-            cancel=lambda: bool(seen) and seen[-1] >= 4)
+            [ConceptToTrain(7, "sks")], _examples(w), progress=progress, cancel=stop)
     seen.clear()
     ConceptTrainer(w, store, TrainingConfig(steps=8, checkpoint_every=4, feature_views=3)).train(
         [ConceptToTrain(7, "sks")], _examples(w), progress=lambda p: seen.append(p.step))

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,7 @@ from PIL import Image, ImageEnhance
 
 from ..concepts.object_head import TrainingCancelled, rotate_filled
 from ..errors import InvalidInput, UserError
+from ..progress import Progress, ProgressFn
 from .concept_layer import init_values
 from .embeddings import ConceptEmbedding, EmbeddingStore, as_numpy
 from .vlm import CAPTION, VQA, VlmWrapper
@@ -116,28 +118,34 @@ class ConceptToTrain:
     keys: np.ndarray = field(default_factory=lambda: np.zeros((1, 1), np.float32))  # what recognises it
 
 
-@dataclass
-class TrainingProgress:
-    step: int
-    steps: int
-    loss: float
-    lm_loss: float
-    reg_loss: float
-    elapsed_s: float
-    eta_s: float
+@dataclass(frozen=True)
+class TrainingProgress(Progress):
+    """One optimisation step of a concept embedding: a Progress ("training", step, steps) with the losses and the
+    time so far and left (`checkpoint`: this step was saved)."""
+
+    loss: float = 0.0
+    lm_loss: float = 0.0
+    reg_loss: float = 0.0
+    elapsed_s: float = 0.0
+    eta_s: float = 0.0
     checkpoint: bool = False
 
+    @property
+    def step(self) -> int:
+        return self.done
+
+    @property
+    def steps(self) -> int:
+        return int(self.total or 0)
+
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"step": self.step, "steps": self.steps, "loss": self.loss, "lm_loss": self.lm_loss,
+                "reg_loss": self.reg_loss, "elapsed_s": self.elapsed_s, "eta_s": self.eta_s,
+                "checkpoint": self.checkpoint}
 
 
-ProgressFn = Callable[[TrainingProgress], None]
-
-
-def _is_cancelled(cancel: Any) -> bool:
-    if cancel is None:
-        return False
-    return bool(cancel.is_set() if hasattr(cancel, "is_set") else cancel())
+def _is_cancelled(cancel: threading.Event | None) -> bool:
+    return cancel is not None and cancel.is_set()
 
 
 def augment_view(image: Image.Image, rng: np.random.Generator, config: TrainingConfig) -> Image.Image:
@@ -218,7 +226,7 @@ def pool_views(config: TrainingConfig) -> int:
 
 
 def build_feature_pool(wrapper: VlmWrapper, images: Sequence[Image.Image], config: TrainingConfig,
-                       cancel: Any = None) -> FeaturePool:
+                       cancel: threading.Event | None = None) -> FeaturePool:
     """Augment each image `pool_views` times (each view from its own seeded generator, so a resumed run rebuilds
     the same pool) and run the vision tower once per view, a batch at a time."""
     n_views = pool_views(config)
@@ -296,7 +304,7 @@ class ConceptTrainer:
         return found
 
     def train(self, concepts: Sequence[ConceptToTrain], examples: Sequence[TrainingExample], task: str = CAPTION,
-              progress: ProgressFn | None = None, cancel: Any = None, resume: bool = True
+              progress: ProgressFn | None = None, cancel: threading.Event | None = None, resume: bool = True
               ) -> dict[int, ConceptEmbedding]:
         """Train; returns the final embeddings by concept id (also saved). Raises TrainingCancelled on cancel,
         after saving a checkpoint of the step reached."""
@@ -386,8 +394,8 @@ class ConceptTrainer:
                 if progress is not None:
                     elapsed = time.perf_counter() - t0
                     rate = elapsed / (done - start)
-                    progress(TrainingProgress(done, cfg.steps, total, lm, reg, elapsed, rate * (cfg.steps - done),
-                                              is_ckpt))
+                    progress(TrainingProgress("training", done, cfg.steps, loss=total, lm_loss=lm, reg_loss=reg,
+                                              elapsed_s=elapsed, eta_s=rate * (cfg.steps - done), checkpoint=is_ckpt))
                 step = done
         except TrainingCancelled:
             if step > start:
