@@ -163,10 +163,9 @@ class Worker:
                     pipeline.cancel()
                 result["pipeline"] = lib.process(mode=mode, progress=self._on_progress, pipeline=pipeline).to_json()
         except Exception as exc:
-            from engine.api import DiskFull
             from engine.errors import UserError
 
-            if isinstance(exc, (UserError, DiskFull)):   # a sentence that says what to do, not a bug
+            if isinstance(exc, UserError):   # e.g. a full disk: a sentence that says what to do, not a bug
                 log.error("indexing stopped: %s", exc)
                 result["error"] = str(exc)
             else:

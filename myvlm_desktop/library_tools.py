@@ -29,10 +29,6 @@ log = logging.getLogger(__name__)
 PHASES = {"catalog": "Copying the catalog…", "files": "Copying files…", "verify": "Checking the copy…"}
 
 
-def _message(exc: BaseException) -> str:
-    return user_message(exc)
-
-
 def _mb(n: int) -> str:
     return f"{n / 1e6:,.1f} MB"
 
@@ -142,7 +138,7 @@ class LibraryTools(QObject):
 
     def _failed(self, what: str, exc: BaseException) -> None:
         if self.orphaned:
-            log.warning("%s (finished after Settings closed) failed: %s", what, _message(exc))
+            log.warning("%s (finished after Settings closed) failed: %s", what, user_message(exc))
             return
         self._end()
         if is_cancelled(exc):
@@ -150,7 +146,7 @@ class LibraryTools(QObject):
             return
         from .widgets import show_error
 
-        text = _message(exc)
+        text = user_message(exc)
         show_error(self.dialog, "Backup Failed" if what == "backup" else "Library Not Moved", text)
         self.failed.emit(what, text)
 

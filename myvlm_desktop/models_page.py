@@ -54,10 +54,6 @@ def _human(n: int | None) -> str:
     return human_size(n)
 
 
-def _message(exc: BaseException) -> str:
-    return user_message(exc)
-
-
 HEADERS = ["Model", "For", "State", "Size", "Time here", "Licence"]
 TIME_COLUMN = 4
 TIME_TIP = ("Seconds per photo and time to teach a concept (100 steps) on this computer: measured here once the "
@@ -153,7 +149,7 @@ class ModelJob(QObject):
                 out.needs_token = isinstance(exc, TokenRequired)
                 if not is_expected(exc):
                     log.exception("model %s of %s failed", self.action, self.name)
-                out.error = _message(exc)
+                out.error = user_message(exc)
         finally:
             try:
                 if mm is not None:
