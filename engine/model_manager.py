@@ -43,10 +43,12 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Protocol
 from urllib.parse import quote, urlparse
 
 from .errors import Cancelled
+from .progress import Progress, ProgressFn
 from .model_files import ModelError  # defined with the weight checks (the lowest module that needs it)
 from .model_sizes import SIZES as _SIZES, download_size_text  # noqa: F401 - re-exported
 from .model_sizes import human as _human
@@ -211,27 +213,30 @@ def face_pack_source(override: str | None = None) -> tuple[str, str]:
 
 # -- progress --------------------------------------------------------------------------------------------------------
 
-@dataclass
-class Progress:
-    name: str
-    phase: str              # "listing" | "downloading" | "copying" | "verifying" | "done"
-    done: int = 0           # bytes of the model on disk (finished files and partial ones)
-    total: int | None = None
-    file: str = ""
+@dataclass(frozen=True)
+class DownloadProgress(Progress):
+    """A model's download, import or check: Progress(phase, bytes of the model on disk (finished files and partial
+    ones), bytes in all, the file in hand). phase: "listing" | "downloading" | "copying" | "verifying" | "done"."""
+
+    name: str = ""
     files_done: int = 0
     files_total: int = 0
     resumed: int = 0        # bytes that were already here when this run started
 
     @property
-    def fraction(self) -> float | None:
-        return None if not self.total else min(1.0, self.done / self.total)
+    def file(self) -> str:
+        return self.detail
 
 
 class _Reporter:
-    """Calls progress() at most every PROGRESS_EVERY_S (the GUI gets a signal per call), and always when forced."""
+    """Calls progress() at most every PROGRESS_EVERY_S (the GUI gets a signal per call), and always when forced.
+    `state` holds the report's fields as they change (DownloadProgress is frozen: each call gets a new one)."""
 
-    def __init__(self, callback: Callable[[Progress], None] | None, state: Progress):
-        self.callback, self.state, self._last = callback, state, 0.0
+    def __init__(self, callback: ProgressFn | None, name: str, phase: str, total: int | None = None,
+                 files_total: int = 0):
+        self.callback, self._last = callback, 0.0
+        self.state = SimpleNamespace(name=name, phase=phase, done=0, total=total, file="", files_done=0,
+                                     files_total=files_total, resumed=0)
 
     def __call__(self, force: bool = False, **changes: Any) -> None:
         for key, value in changes.items():
@@ -241,7 +246,9 @@ class _Reporter:
         now = time.monotonic()
         if force or now - self._last >= PROGRESS_EVERY_S:
             self._last = now
-            self.callback(Progress(**asdict(self.state)))
+            s = self.state
+            self.callback(DownloadProgress(s.phase, s.done, s.total, s.file, name=s.name, files_done=s.files_done,
+                                           files_total=s.files_total, resumed=s.resumed))
 
 
 # -- results ---------------------------------------------------------------------------------------------------------
@@ -545,7 +552,7 @@ class ModelManager:
 
     # -- download ---------------------------------------------------------------------------------------------------
 
-    def get(self, name: str, progress: Callable[[Progress], None] | None = None,
+    def get(self, name: str, progress: ProgressFn | None = None,
             cancel: Cancel | None = None) -> GetResult:
         """Download a model (resuming whatever an earlier run left). Raises OfflineError before any connection
         when offline, DownloadCancelled when cancelled (the partial files stay for the next get()), ModelError
@@ -569,7 +576,7 @@ class ModelManager:
                 f"sent over the network. Unset HF_HUB_OFFLINE to download it, or import a copy from a folder "
                 f"(`myvlm models import {e.name} FOLDER`).")
         with self._lock(e):
-            report = _Reporter(progress, Progress(e.name, "listing"))
+            report = _Reporter(progress, e.name, "listing")
             report(force=True)
             commit, files = self._listing(e)
             if e.kind == FACE_PACK:
@@ -884,7 +891,7 @@ class ModelManager:
 
     # -- verify -----------------------------------------------------------------------------------------------------
 
-    def verify(self, name: str, fix: bool = False, progress: Callable[[Progress], None] | None = None,
+    def verify(self, name: str, fix: bool = False, progress: ProgressFn | None = None,
                cancel: Cancel | None = None) -> VerifyReport:
         """Check the model's files on disk against their sizes and hashes, without the network. fix=True deletes
         damaged files (and their cache entries), so that get() fetches them again."""
@@ -897,7 +904,7 @@ class ModelManager:
     def _verify(self, e: ModelEntry, progress, cancel, *, fix: bool) -> VerifyReport:
         st = self._status(e)
         rep = VerifyReport(e.name, False, st.state)
-        report = _Reporter(progress, Progress(e.name, "verifying"))
+        report = _Reporter(progress, e.name, "verifying")
         if e.kind == PACKAGE:
             info = dlib_models()
             for fname, ok in (info.get("files") or {}).items():
@@ -1077,7 +1084,7 @@ class ModelManager:
 
     # -- import -----------------------------------------------------------------------------------------------------
 
-    def import_folder(self, name: str, folder: Path | str, progress: Callable[[Progress], None] | None = None,
+    def import_folder(self, name: str, folder: Path | str, progress: ProgressFn | None = None,
                       cancel: Cancel | None = None) -> GetResult:
         """Copy a model from a local folder (an `hf download --local-dir` folder, a snapshot folder
         of another computer's cache, an unpacked face pack zip) into its place, checking it on the way. The
@@ -1137,7 +1144,7 @@ class ModelManager:
         snap = repo / "snapshots" / commit
         total = sum((source / r).stat().st_size for r in chosen)
         self._check_space(self.cache_dir, total)
-        report = _Reporter(progress, Progress(e.name, "copying", total=total, files_total=len(chosen)))
+        report = _Reporter(progress, e.name, "copying", total=total, files_total=len(chosen))
         report(force=True)
         (repo / "blobs").mkdir(parents=True, exist_ok=True)
         done = 0
@@ -1212,7 +1219,7 @@ class ModelManager:
         staging.mkdir(parents=True)
         total = sum(p.stat().st_size for p in onnx)
         self._check_space(staging, total)
-        report = _Reporter(progress, Progress(e.name, "copying", total=total, files_total=len(onnx)))
+        report = _Reporter(progress, e.name, "copying", total=total, files_total=len(onnx))
         manifest: dict[str, Any] = {"source": "import", "from": str(pack), "licence": e.licence, "files": {}}
         done = 0
         for path in onnx:

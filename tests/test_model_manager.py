@@ -40,6 +40,7 @@ from engine.model_manager import (
     OfflineError,
 )
 from engine.personalize.vlm import VLM_SPECS, VlmWeightsMissing, checkpoint_folder
+from engine.progress import Progress
 from tests.conftest import ROOT
 from tests.fake_hub import FakeHub
 
@@ -199,6 +200,9 @@ def test_get_downloads_with_progress_and_the_clip_lookup_finds_it(mm: ModelManag
     assert dones == sorted(dones) and seen[-1].done == seen[-1].total == len(CLIP_WEIGHTS) + len(
         hub.repos[CLIP_REPO].files["open_clip_config.json"])
     assert seen[-1].files_done == seen[-1].files_total == 2
+    # each report is a Progress any progress bar shows, with the model's own details
+    assert all(isinstance(p, model_manager.DownloadProgress) and isinstance(p, Progress) for p in seen)
+    assert seen[-1].name == "ViT-B-32" and seen[-1].fraction == 1.0
     # the app's lookup finds the weights, in the standard cache, byte for byte
     found = find_cached_weights(CLIP_MODELS["ViT-B-32"])
     assert found is not None and found.name == "open_clip_model.safetensors"
