@@ -26,6 +26,7 @@ from ..concepts.object_head import TrainingCancelled
 from ..concepts.registry import PERSON, Concept, ConceptError, ConceptRegistry, photo_not_indexed
 from ..concepts.research import VQA_FILE
 from ..hardware import resolve_vlm_name
+from ..progress import ProgressFn, report
 from . import instant
 from .embeddings import EmbeddingStore
 from .generated import GeneratedText  # noqa: F401 - re-exported
@@ -177,9 +178,10 @@ class Personalizer:
                                       [json.dumps(caps), example_id])
 
     def prepare_targets(self, concept: int | str, task: str = CAPTION, regenerate: bool = False,
-                        progress=None) -> list[ExampleTargets]:
+                        progress: ProgressFn | None = None) -> list[ExampleTargets]:
         """Caption the training photos with the original VLM and personalise the captions (and, for VQA, the
-        generic questions' answers); photos that already have targets keep them unless `regenerate`."""
+        generic questions' answers); photos that already have targets keep them unless `regenerate`. `progress`
+        gets Progress("captions", photos captioned, photos to caption)."""
         c = self.registry.get(concept)
         rows = self.registry.examples(c.id)
         if not rows:
@@ -194,8 +196,7 @@ class Personalizer:
             beams = w.generate([img], [w.caption_prompt(None)], None,   # a second wording, for variety
                                GenerationSettings(num_beams=3)) if w.family == "blip2" else []
             originals[r["id"]] = [greedy, *beams]
-            if progress:
-                progress(i + 1, len(todo))
+            report(progress, "captions", i + 1, len(todo))
         candidates = class_words_for(c.kind, c.name)
         class_word = pick_class_word([t for caps in originals.values() for t in caps], candidates)
         results: dict[int, TargetSet] = {}
