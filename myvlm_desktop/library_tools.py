@@ -14,15 +14,23 @@ progress dialog; the window stays responsive. The photos themselves are never co
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QObject, Qt, QTimer, Signal, Slot
-from PySide6.QtWidgets import QBoxLayout, QFileDialog, QMessageBox, QProgressDialog, QPushButton, QWidget
+from PySide6.QtWidgets import (
+    QBoxLayout,
+    QFileDialog,
+    QMessageBox,
+    QProgressDialog,
+    QPushButton,
+    QWidget,
+)
 
 from engine.progress import Progress
 
-from .tasks import CancelFlag, EngineThread, is_cancelled, user_message
+from .tasks import EngineThread, is_cancelled, user_message
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +71,7 @@ class LibraryTools(QObject):
         self.tell = lambda title, text: QMessageBox.information(self.dialog, title, text)
         self.thread: EngineThread | None = None
         self.progress: QProgressDialog | None = None
-        self.cancel_flag: CancelFlag | None = None
+        self.cancel_flag: threading.Event | None = None
         self.orphaned = False
         self.progressed.connect(self._on_progress)
         if hasattr(dialog, "finished"):
@@ -80,7 +88,7 @@ class LibraryTools(QObject):
     def busy(self) -> bool:
         return self.thread is not None
 
-    def _start(self, what: str, title: str, fn, cancel: CancelFlag | None) -> None:
+    def _start(self, what: str, title: str, fn, cancel: threading.Event | None) -> None:
         root = self.library
         assert root is not None
         self.backup_button.setEnabled(False)
@@ -178,7 +186,7 @@ class LibraryTools(QObject):
         dest = self.choose_folder("Back Up the Library Into", str(Path.home()))
         if not dest:
             return
-        flag = CancelFlag()
+        flag = threading.Event()
         self._start("backup", "Backing Up the Library",
                     lambda lib: lib.backup(dest, progress=self._emit, cancel=flag), flag)
 

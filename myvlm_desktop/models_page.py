@@ -11,6 +11,7 @@ resumes it later.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ from engine.api import (
     seconds_text,
 )
 
-from .tasks import CancelFlag, SingleJobThread, is_cancelled, is_expected, user_message
+from .tasks import SingleJobThread, is_cancelled, is_expected, user_message
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class ModelJob(QObject):
         self.options = dict(manager_options or {})
         if token:  # this job's only: the token is neither kept by the panel nor written anywhere
             self.options["token"] = token
-        self.flag = CancelFlag()
+        self.flag = threading.Event()
 
     def cancel(self) -> None:
         self.flag.set()

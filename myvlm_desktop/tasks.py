@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 import logging
 import queue
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -244,16 +243,3 @@ class SingleJobThread(QObject):
         if job is not None:
             job.deleteLater()
         self.finished.emit(outcome)
-
-
-class CancelFlag:
-    """A cancel flag for engine calls that accept `cancel` (anything with is_set())."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def set(self) -> None:
-        self._event.set()
-
-    def is_set(self) -> bool:
-        return self._event.is_set()

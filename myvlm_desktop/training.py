@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,10 +45,22 @@ from PySide6.QtWidgets import (
 )
 
 from engine.api import Library
-from engine.read_models import Prepared, TargetRow, concept_photo_count, device_text, teaching_targets
+from engine.read_models import (
+    Prepared,
+    TargetRow,
+    concept_photo_count,
+    device_text,
+    teaching_targets,
+)
 
 from .grid import thumb_key
-from .tasks import CancelFlag, EngineThread, SingleJobThread, is_cancelled, is_expected, user_message
+from .tasks import (
+    EngineThread,
+    SingleJobThread,
+    is_cancelled,
+    is_expected,
+    user_message,
+)
 from .thumbnails import ThumbKey, ThumbnailLoader
 
 log = logging.getLogger(__name__)
@@ -86,7 +99,7 @@ class TrainingJob(QObject):
         self.root, self.options = Path(library_root), dict(options)
         self.concept_id, self.steps, self.task = concept_id, steps, task
         self.edits = dict(edits or {})
-        self.flag = CancelFlag()
+        self.flag = threading.Event()
 
     def cancel(self) -> None:
         self.flag.set()
