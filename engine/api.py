@@ -92,15 +92,19 @@ class Library:
         scanner = Scanner(self.catalog, progress=progress, cancel=self._scan_cancel)
         return scanner.scan_all() if targets is None else scanner.scan_paths(targets)
 
-    def pipeline(self, stages: Iterable[str] | None = None) -> Pipeline:
+    def pipeline(self, stages: Iterable[str] | None = None, cancel: threading.Event | None = None) -> Pipeline:
         created = REGISTRY.create(stages)
         for stage in created:
             stage.configure(**self.options)
-        return Pipeline(self.catalog, created)
+        return Pipeline(self.catalog, created, cancel)
 
     def process(self, mode: str = MISSING, stages: Iterable[str] | None = None,
-                progress: ProgressCallback | None = None, pipeline: Pipeline | None = None) -> PipelineReport:
-        pipe = pipeline or self.pipeline(stages)
+                progress: ProgressCallback | None = None, pipeline: Pipeline | None = None,
+                cancel: threading.Event | None = None) -> PipelineReport:
+        """Run the stages on the photos that need them. `progress` gets ProgressEvents (Progress of each stage);
+        setting `cancel` (or Library.cancel()) stops after the photos in flight. `pipeline`: one made with
+        Library.pipeline() to pause or cancel from another thread (then it carries its own cancel event)."""
+        pipe = pipeline or self.pipeline(stages, cancel)
         if progress:
             pipe.subscribe(progress)
         self._pipeline = pipe
@@ -157,7 +161,8 @@ class Library:
 
         return resolve_encoder(self.catalog, self.options.get("clip_model"), self.options.get("clip_weights"))
 
-    def train_concept_head(self, concept_id: int, progress=None, cancel=None, negatives_folder=None):
+    def train_concept_head(self, concept_id: int, progress: ProgressFn | None = None,
+                           cancel: threading.Event | None = None, negatives_folder=None):
         """(Re)train a concept's recognition head, store it, and redo that concept's signals over the album."""
         from .concepts.detect import ConceptDetector
         from .concepts.registry import PERSON

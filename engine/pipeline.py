@@ -182,12 +182,13 @@ ProgressCallback = Callable[[ProgressEvent], None]
 
 
 class Pipeline:
-    """Runs stages in order. `cancel()` stops after the photos in flight; `pause()`/`resume()` hold new work."""
+    """Runs stages in order. `cancel()` (or setting the `cancel` event it was made with) stops after the photos in
+    flight; `pause()`/`resume()` hold new work."""
 
-    def __init__(self, catalog: Catalog, stages: list[Stage]):
+    def __init__(self, catalog: Catalog, stages: list[Stage], cancel: threading.Event | None = None):
         self.catalog = catalog
         self.stages = stages
-        self._cancel = threading.Event()
+        self._cancel = cancel if cancel is not None else threading.Event()
         self._running = threading.Event()
         self._running.set()
         self._listeners: list[ProgressCallback] = []
@@ -361,7 +362,8 @@ class _StageRun:
                             self.flush(force=True)
                             pipe._emit(ProgressEvent(stage.name, self.done, self.total, self.current,
                                                      self.rep.errors, "paused"))
-                            pipe._running.wait()
+                            while not pipe._running.wait(CLAIM_WAIT_S) and not pipe.cancelled:
+                                pass   # paused: a cancel event set from outside ends the wait too
                             continue
                         break
                     batch = self._take(max(1, stage.batch_size))

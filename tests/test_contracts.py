@@ -87,6 +87,10 @@ def test_scan_and_pipeline_report_progress(lib):
     lib.process(stages=["thumbnail"], progress=events.append)
     _all_progress(events, {"thumbnail"})
     assert events[-1].state == "finished" and events[-1].stage == "thumbnail" and events[-1].fraction == 1.0
+    stop = threading.Event()
+    stop.set()
+    report = lib.process(mode="all", stages=["thumbnail"], cancel=stop)   # set before it starts: nothing is redone
+    assert report.cancelled and report.work == 0
 
 
 def test_backup_reports_progress_and_stops_on_its_event(lib, tmp_path: Path):
