@@ -201,6 +201,29 @@ class PhotoGridModel(QAbstractListModel):
         if changed_rows:
             self.dataChanged.emit(self.index(min(changed_rows)), self.index(max(changed_rows)))
 
+    def replace_rows(self, photos: Sequence[Photo]) -> list[int]:
+        """New data for photos already shown, each kept in its row (a photo turned or re-thumbnailed: the change
+        feed's case). Only those rows are re-keyed and repainted, not every row as `set_photos` re-indexes. The
+        caller keeps the order: a photo whose date (month) changed goes through `set_photos`. Returns the rows."""
+        rows = []
+        for p in photos:
+            r = self._row_by_id.get(p.id)
+            if r is None or self._photos[r] == p:
+                continue
+            old_key, new_key = thumb_key(self._photos[r]), thumb_key(p)
+            if old_key != new_key:
+                same = self._rows_by_key.get(old_key, [])
+                if r in same:
+                    same.remove(r)
+                if not same:
+                    self._rows_by_key.pop(old_key, None)
+                self._rows_by_key.setdefault(new_key, []).append(r)
+            self._photos[r] = p
+            rows.append(r)
+        for r in rows:
+            self.dataChanged.emit(self.index(r), self.index(r))
+        return rows
+
     def _reindex(self) -> None:
         self._rows_by_key = {}
         self._row_by_id = {}

@@ -42,6 +42,7 @@ from .things_page import concept_info
 from .thumbnails import FaceCropLoader, ThumbnailLoader
 from .training import TrainingRunner
 from .widgets import PERSON_CHIP, THING_CHIP, show_error
+from .window import session
 from .window.catalog_follow import CatalogFollower
 from .window.full_view import FullViewFlow
 from .window.indexing_flow import IndexingFlow
@@ -117,7 +118,7 @@ class MainWindow(QMainWindow):
         actions.build_menus(self)
         self.state.events.busy.connect(self._show_busy)
         self.models_thread.busyChanged.connect(lambda _b: self._show_busy(self.state.busy))
-        self._restore_settings()
+        session.restore(self)
         self.refresh_now()
         self.follow.poll_timer.start()
         self.indexing_flow.sync_state()
@@ -133,32 +134,6 @@ class MainWindow(QMainWindow):
     def _dpr(self) -> float:
         screen = self.screen()
         return screen.devicePixelRatio() if screen is not None else 1.0
-
-    def _restore_settings(self) -> None:
-        s = self._settings
-        theme = "system"
-        if s is not None:
-            for key, restore in (("mainWindow/geometry", self.restoreGeometry), ("mainWindow/state", self.restoreState),
-                                 ("mainWindow/splitter", self.splitter.restoreState)):
-                value = s.value(key)
-                if value is not None:
-                    restore(value)
-            px = s.value("grid/thumbPx")
-            if px is not None:
-                try:
-                    self.zoom_slider.setValue(int(px))
-                except (TypeError, ValueError):
-                    pass
-            self.newest_first_action.setChecked(str(s.value("grid/newestFirst", "true")).lower() != "false")
-            self.group_months_action.setChecked(str(s.value("grid/months", "true")).lower() != "false")
-            self.detail_action.setChecked(str(s.value("mainWindow/detail", "true")).lower() != "false")
-            searches = s.value(self.search_flow.searches_key(), [])
-            self.search_flow.recent = [str(x) for x in (searches if isinstance(searches, list) else [searches]) if x]
-            theme = str(s.value("theme", "system"))
-        self.theme_actions.get(theme, self.theme_actions["system"]).setChecked(True)
-        self.detail.setVisible(self.detail_action.isChecked())
-        self.problems.hide()
-        self.sidebar.set_searches(self.search_flow.recent)
 
     def _show_busy(self, busy: tuple[tuple[str, str], ...]) -> None:
         if busy:
@@ -211,9 +186,10 @@ class MainWindow(QMainWindow):
         kind, key = self.state.view
         return (LIBRARY, None) if kind == PHOTOS else (kind, key)
 
-    def refresh_view_content(self, changed: set[int] | None = None) -> None:
+    def refresh_view_content(self, changed: set[int] | None = None, in_place: bool = False) -> None:
         """Show the current view's photos and header. `changed`: only these photos changed (the info pane is
-        reloaded only if it shows one of them); None: anything may have."""
+        reloaded only if it shows one of them); None: anything may have. `in_place`: no photo moved in date order,
+        so the changed photos' rows are updated where they are when the view's membership allows."""
         kind, key = self.state.view
         months = self.group_months_action.isChecked() and kind != SEARCH
         self.grid_model.group_by_month = months
@@ -221,7 +197,8 @@ class MainWindow(QMainWindow):
         self.grid_view.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff if months
                                                   else Qt.ScrollBarPolicy.ScrollBarAsNeeded)
         out = self.search_flow.outcome
-        if changed is None or changed:  # no photo changed: the grid shows what it showed (no pass over every photo)
+        # no photo changed: the grid shows what it showed; a few changed in place: those rows only
+        if changed is None or changed and not (in_place and self.follow.replace_rows(changed)):
             self.grid_model.set_photos(self.shown_photos(), out.why if kind == SEARCH and out else None)
         self.person_header.setVisible(kind == PERSON)
         self.concept_header.setVisible(kind == CONCEPT)
@@ -561,16 +538,7 @@ class MainWindow(QMainWindow):
             return
         self._closing = True
         self.follow.stop()
-        if self._settings is not None:
-            s = self._settings
-            s.setValue("mainWindow/geometry", self.saveGeometry())
-            s.setValue("mainWindow/state", self.saveState())
-            if not self.full.showing:
-                s.setValue("mainWindow/splitter", self.splitter.saveState())
-            s.setValue("grid/thumbPx", self.zoom_slider.value())
-            s.setValue("grid/newestFirst", self._newest_first)
-            s.setValue("grid/months", self.group_months_action.isChecked())
-            s.setValue("mainWindow/detail", self.detail_action.isChecked())
+        session.save(self)
         self.hide()  # feels instant; the work in flight finishes below
         self.indexing_flow.stop_watching()
         for worker in (self.trainer, self.indexer, self.search, self.actions_thread, self.models_thread,

@@ -456,9 +456,11 @@ def test_a_change_to_one_photo_rereads_that_row_only(qtbot, open_window, library
     monkeypatch.setattr(read_models, "photos_by_id",
                         lambda lib, ids: rows_read.append(tuple(ids)) or real_rows(lib, ids))
     monkeypatch.setattr(Library, "photos", lambda self, **kw: full_reads.append(kw) or real_photos(self, **kw))
-    repainted: list[tuple[int, int]] = []
+    repainted: list[tuple[int, int]] = []   # rows whose data changed
+    thumbs: list[int] = []                   # rows whose thumbnail arrived
     window.grid_model.dataChanged.connect(
-        lambda a, b, roles=(): repainted.append((a.row(), b.row())) if not roles else None)
+        lambda a, b, roles=(): thumbs.extend(range(a.row(), b.row() + 1)) if roles else
+        repainted.append((a.row(), b.row())))
 
     with Library(library_dir) as other:
         other.rotate(chosen.id, 90)
@@ -472,6 +474,10 @@ def test_a_change_to_one_photo_rereads_that_row_only(qtbot, open_window, library
     assert repainted and set(repainted) == {(row, row)}
     assert window.detail.photo.id == chosen.id and window.detail.photo.user_rotation == 90
     assert window.grid_model.rowCount() == GOOD_PHOTOS
+    # the row is keyed by its turned thumbnail: when the view has it read, that row repaints
+    window.grid_model.data(window.grid_model.index(row), Qt.ItemDataRole.DecorationRole)
+    qtbot.waitUntil(lambda: row in thumbs, timeout=INDEX_TIMEOUT_MS)
+    assert window.grid_model.data(window.grid_model.index(row), ThumbStateRole) == "loaded"
     # nothing changed: no row read; the feed cannot say (token None): every photo, once
     rows_read.clear()
     window.refresh()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QTimer
@@ -21,7 +21,8 @@ from engine import read_models
 from engine.api import OK, Library, Photo
 
 from ..folders import FolderCounts
-from ..sidebar import FOLDER, LIBRARY, PEOPLE, SEARCH, THINGS
+from ..sidebar import CONCEPT, FOLDER, LIBRARY, PEOPLE, PERSON, SEARCH, THINGS
+from ..state import PHOTOS
 from ..tasks import user_message
 
 if TYPE_CHECKING:
@@ -62,6 +63,19 @@ def read_update(lib: Library, token: int | None, folders: tuple[tuple[Any, Any],
     return CatalogUpdate(changes.token, view, False, rows)
 
 
+def count_photo(counts: dict[int | None, FolderCounts], photo: Photo | None, sign: int) -> None:
+    """Add (+1) or take away (-1) a photo's share of its folder's and the library's counts."""
+    if photo is None:
+        return
+    c = counts.setdefault(photo.folder_id, FolderCounts())
+    if photo.status == OK:
+        c.photos += sign
+        counts[None].photos += sign
+    if photo.last_error is not None:
+        c.problems += sign
+        counts[None].problems += sign
+
+
 class CatalogFollower:
     """`refresh()` reads on the reader thread, `refresh_now()` on the GUI thread; a poll asks every second whether
     another connection committed (SQLite's data_version: no table read) and refreshes then; while indexing, a timer
@@ -71,6 +85,7 @@ class CatalogFollower:
     def __init__(self, window: MainWindow):
         self.w = window
         self.token: int | None = None
+        self.counts: dict[int | None, FolderCounts] = {None: FolderCounts()}  # photos and problems per folder
         self.reading = False
         self._read_again = False
         self._read_started = 0.0
@@ -170,12 +185,15 @@ class CatalogFollower:
             self._read_again = False
             self.refresh()
 
-    def _patch(self, rows: dict[int, Photo | None]) -> None:
-        """Put the changed rows in place; re-sort only when a photo came, went or moved in date order."""
+    def _patch(self, rows: dict[int, Photo | None]) -> tuple[bool, dict[int | None, FolderCounts]]:
+        """Put the changed rows in place and adjust the folder counts by them; re-sort only when a photo came, went
+        or moved in date order. Returns (re-sorted, counts)."""
         w = self.w
-        by_id, resort = w._by_id, False
+        by_id, resort, counts = w._by_id, False, self.counts
         for pid, photo in rows.items():
             old = by_id.get(pid)
+            count_photo(counts, old, -1)
+            count_photo(counts, photo, +1)
             if photo is None:
                 resort |= by_id.pop(pid, None) is not None
                 continue
@@ -185,6 +203,24 @@ class CatalogFollower:
             w._all_photos = sorted(by_id.values(), key=read_models.date_order_key)
         elif rows:
             w._all_photos = [by_id[p.id] for p in w._all_photos]
+        return resort, counts
+
+    def replace_rows(self, changed: set[int]) -> bool:
+        """The changed photos' grid rows, updated where they are, if each stays in the view as it was (a person's or
+        a thing's photos may change with their faces: those views are read again). True: done."""
+        w = self.w
+        kind, key = w.state.view
+        fresh = [w._by_id[i] for i in changed if i in w._by_id]
+        if kind in (PERSON, CONCEPT) or len(fresh) != len(changed):
+            return False
+        for p in fresh:
+            shown = w.grid_model.row_of(p.id) is not None
+            wanted = shown if kind == SEARCH else (p.status == OK and (kind != FOLDER or p.folder_id == key)
+                                                   and (kind != PHOTOS or p.id in key))
+            if wanted != shown:
+                return False
+        w.grid_model.replace_rows(fresh)
+        return True
 
     def apply(self, update: CatalogUpdate) -> None:
         w = self.w
@@ -192,21 +228,16 @@ class CatalogFollower:
         self.token = update.token
         data = update.view
         status = w._status = data.status
+        resort = True
         if update.full:
             w._all_photos = data.photos
             w._by_id = {p.id: p for p in w._all_photos}
+            self.counts = {None: FolderCounts()}
+            for p in w._all_photos:
+                count_photo(self.counts, p, +1)
         else:
-            self._patch(update.rows)
-        counts: dict[int | None, FolderCounts] = {None: FolderCounts()}
-        for p in w._all_photos:
-            c = counts.setdefault(p.folder_id, FolderCounts())
-            if p.status == OK:
-                c.photos += 1
-                counts[None].photos += 1
-            if p.last_error is not None:
-                c.problems += 1
-                counts[None].problems += 1
-        w.folder_model.set_status(status, counts)
+            resort, _ = self._patch(update.rows)
+        w.folder_model.set_status(status, {k: replace(c) for k, c in self.counts.items()})
         kind, key = w.state.view
         if kind == FOLDER and w.folder_model.row_of(key) is None:
             w.state.view = (LIBRARY, None)  # that folder is no longer watched
@@ -215,7 +246,7 @@ class CatalogFollower:
         w._names = [p["name"] for p in data.named] + [t["name"] for t in data.things]
         w.search_names.setStringList(w._names)
         w.sidebar.select(*w.sidebar_target())
-        w.refresh_view_content(None if update.full else set(update.rows))
+        w.refresh_view_content(None if update.full else set(update.rows), in_place=not resort)
         w.problems.set_errors(status["errors"])
         w.update_problems_button()
         w.update_summary()
