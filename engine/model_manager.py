@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote, urlparse
 
 from .errors import Cancelled
@@ -105,8 +105,7 @@ class DownloadCancelled(ModelError, Cancelled):
     """The user stopped a download (engine.errors.Cancelled); the partial files are kept to resume."""
 
 
-class Cancel(Protocol):
-    def is_set(self) -> bool: ...
+Cancel = threading.Event  # the engine's one cancel (engine/progress.py): set by the front door, checked here
 
 
 # -- the catalogue ---------------------------------------------------------------------------------------------------
