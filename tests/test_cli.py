@@ -247,3 +247,21 @@ def test_errors_user_errors_said_cancels_quiet_bugs_logged(tmp_path: Path, monke
     assert "myvlm: purge failed: KeyError: 'boom'" in err and "Traceback" not in err
     log = LibraryPaths(lib).log_file.read_text()
     assert "Traceback" in log and "KeyError: 'boom'" in log
+
+
+def test_settings_are_the_declared_ones(tmp_path: Path, capsys):
+    """`myvlm settings` lists engine.settings.SETTINGS (value in use, help) and stores through Library.set_setting,
+    which checks the value against its declaration."""
+    from engine import settings
+    from myvlm_cli.main import main
+
+    lib = ["--library", str(tmp_path / "lib")]
+    assert main([*lib, "settings"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split(" = ")[0] for ln in lines] == list(settings.SETTINGS)
+    assert f'watch_polling = false    ({settings.SETTINGS["watch_polling"].help})' in lines
+    assert main([*lib, "settings", "watch_polling", "true"]) == 0 and capsys.readouterr().out == "watch_polling = true\n"
+    assert main([*lib, "settings", "watch_polling"]) == 0 and capsys.readouterr().out == "true\n"
+    assert main([*lib, "settings", "watch_polling", "yes"]) == 2
+    assert "watch_polling takes true or false" in capsys.readouterr().err
+    assert main([*lib, "settings", "colour"]) == 2 and "unknown setting 'colour'" in capsys.readouterr().err
