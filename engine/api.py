@@ -365,9 +365,10 @@ class Library:
 
         return check_library(self.catalog, files=files, clean=clean)
 
-    def name_person(self, person_id: int, name: str) -> int:
-        """Name a person or an unnamed group; a name already used merges into that person. Returns the person's id."""
-        return self.people().name(person_id, name)
+    def name_person(self, person_id: int, name: str, face_ids: Iterable[int] | None = None) -> int:
+        """Name a person or an unnamed group; a name already used merges into that person. `face_ids`: the faces
+        the user saw (naming confirms those; None: the group as it stands). Returns the person's id."""
+        return self.people().name(person_id, name, None if face_ids is None else list(face_ids))
 
     def merge_people(self, target_id: int, source_ids: Iterable[int]) -> int:
         return self.people().merge(target_id, list(source_ids))
@@ -538,6 +539,19 @@ class Library:
         reg.add_examples(existing.id, ids)
         train(existing.id)
         return existing.id
+
+    def name_face(self, face_id: int, name: str) -> int:
+        """"Who is this?" on a face of no group: a new person of that one face, confirmed (a name already used adds
+        it to that person). Returns the person's id."""
+        return self.people().create(name, [face_id])
+
+    def ignore_face(self, face_id: int) -> None:
+        """Not a face worth tracking (a poster, a crowd): never clustered again."""
+        self.people().ignore_face(face_id)
+
+    def rename_concept(self, concept_id: int, name: str) -> Any:
+        """A thing's new name (a name another concept has is refused)."""
+        return self.concepts().rename(concept_id, name)
 
     def save_caption(self, photo_id: int, text: str) -> None:
         """The user's own caption for a photo (it wins over the model's)."""

@@ -150,6 +150,17 @@ def person_page(lib: Library, person_id: int) -> PersonPage | None:
                       [(p["id"], p["name"]) for p in people.people(named=True)])
 
 
+def person_name(lib: Library, person_id: int) -> str | None:
+    """A person's name (None: an unnamed group). Raises the engine's not-found error for no such person."""
+    return lib.people().person(person_id).get("name")
+
+
+def person_concept_id(lib: Library, person_id: int) -> int | None:
+    """The concept that teaches the captioner a person, if they have one yet."""
+    c = lib.concepts().for_person(person_id)
+    return None if c is None else c.id
+
+
 def about_models() -> tuple[int, list[tuple[str, str, str]]]:
     """For the About box: how many dlib face model files, and (repo, purpose, licence) of each hub model."""
     from .doctor import DLIB_FILES, HUB_MODELS

@@ -211,7 +211,7 @@ class MainWindow(QMainWindow):
                 self.person_header.set_person(page.person, page.faces, page.photos, page.targets)
         elif kind == CONCEPT:
             try:
-                self.concept_header.set_info(concept_info(self.library, self.library.concepts().get(key)))
+                self.concept_header.set_info(concept_info(self.library, self.library.concept(key)))
             except (LookupError, ValueError):
                 self.state.view = (THINGS, None)
         self._update_grid_empty()

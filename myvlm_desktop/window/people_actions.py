@@ -61,7 +61,7 @@ class PeopleActions:
         if group_id:
             self.name_group(group_id, name, [face_id])  # the one face the user looked at
         else:
-            self.call(lambda lib: lib.people().create(name, [face_id]), f"Named {name}")
+            self.call(lambda lib: lib.name_face(face_id, name), f"Named {name}")
 
     def name_group(self, group_id: int, name: str, face_ids: list[int] | None = None) -> None:
         """`face_ids`: the faces the user saw; naming confirms those (None: the group as it stands)."""
@@ -77,7 +77,7 @@ class PeopleActions:
                 w.indexing_flow.start_indexing(scan=False, stages=["captions"])
 
         shown = list(face_ids) if face_ids else None
-        self.call(lambda lib: lib.people().name(group_id, name, shown), f"Named {name}", after)
+        self.call(lambda lib: lib.name_person(group_id, name, shown), f"Named {name}", after)
 
     def reject_suggestion(self, group_id: int, person_id: int) -> None:
         self.call(lambda lib: lib.reject_suggestion(group_id, person_id), "Noted: not them")
@@ -86,29 +86,29 @@ class PeopleActions:
         def after(_r: Any) -> None:
             if hidden and self.w.state.view == (PERSON, person_id):
                 self.w.navigate(PEOPLE, None)
-        self.call(lambda lib: lib.people().hide(person_id, hidden), "Hidden" if hidden else "Shown again", after)
+        self.call(lambda lib: lib.hide_person(person_id, hidden), "Hidden" if hidden else "Shown again", after)
 
     def hide_small_groups(self, max_faces: int) -> None:
-        self.call(lambda lib: len(lib.people().hide_small(max_faces)),
+        self.call(lambda lib: len(lib.hide_small_groups(max_faces)),
                   f"Hid every unnamed group of up to {max_faces} faces")
 
     def merge_people(self, source_id: int, target_id: int) -> None:
-        self.call(lambda lib: lib.people().merge(target_id, [source_id]), "Merged")
+        self.call(lambda lib: lib.merge_people(target_id, [source_id]), "Merged")
 
     def rename_person(self, person_id: int) -> None:
-        current = self.w.library.people().person(person_id).get("name") or ""
+        current = read_models.person_name(self.w.library, person_id) or ""
         name = self.w.prompts.ask_name(self.w, "Rename", "A new name (a name you already use merges the two).",
                                        self.person_names(), current)
         if name and name != current:
             self.name_group(person_id, name)
 
     def forget_person(self, person_id: int) -> None:
-        name = self.w.library.people().person(person_id).get("name") or "this group"
+        name = read_models.person_name(self.w.library, person_id) or "this group"
         if not self.w.prompts.confirm(self.w, "Forget This Person",
                                       f"Forget {name}? Their name and face data are deleted from the library; the "
                                       "photos stay. This cannot be undone."):
             return
-        self.call(lambda lib: lib.people().forget(person_id), f"Forgot {name}",
+        self.call(lambda lib: lib.forget_person(person_id), f"Forgot {name}",
                   lambda _r: self.w.navigate(PEOPLE, None))
 
     def reject_faces(self, face_ids: list[int], person_id: int) -> None:
@@ -116,10 +116,10 @@ class PeopleActions:
         self.call(lambda lib: lib.reject_faces(ids, person_id), "Noted: not them")
 
     def move_faces(self, face_ids: list[int], person_id: int) -> None:
-        self.call(lambda lib: lib.people().move_faces(face_ids, person_id), "Moved")
+        self.call(lambda lib: lib.move_faces(face_ids, person_id), "Moved")
 
     def confirm_face(self, face_id: int, name: str) -> None:
-        self.call(lambda lib: lib.people().confirm(face_id), f"Confirmed {name}")
+        self.call(lambda lib: lib.confirm_face(face_id), f"Confirmed {name}")
 
     def ignore_face(self, face_id: int) -> None:
-        self.call(lambda lib: lib.people().ignore_face(face_id), "The face is ignored")
+        self.call(lambda lib: lib.ignore_face(face_id), "The face is ignored")

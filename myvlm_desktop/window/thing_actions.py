@@ -80,17 +80,17 @@ class ThingActions:
         w.models_thread.call(lambda lib: lib.train_concept_head(concept_id), done, failed, label="retrain")
 
     def rename_concept(self, concept_id: int) -> None:
-        current = self.w.library.concepts().get(concept_id).name
+        current = self.w.library.concept(concept_id).name
         name = self.w.prompts.ask_name(self.w, "Rename", "A new name:", [], current)
         if name and name != current:
-            self.w.people.call(lambda lib: lib.concepts().rename(concept_id, name), f"Renamed {name}")
+            self.w.people.call(lambda lib: lib.rename_concept(concept_id, name), f"Renamed {name}")
 
     def remove_concept(self, concept_id: int) -> None:
-        name = self.w.library.concepts().get(concept_id).name
+        name = self.w.library.concept(concept_id).name
         if not self.w.prompts.confirm(self.w, "Forget This Thing", f"Forget {name}? What the app learnt about it is "
                                       "deleted; your photos stay."):
             return
-        self.w.people.call(lambda lib: lib.concepts().remove(concept_id), f"Forgot {name}",
+        self.w.people.call(lambda lib: lib.remove_concept(concept_id), f"Forgot {name}",
                            lambda _r: self.w.navigate(THINGS, None))
 
     # -- teaching the captioner ------------------------------------------------------------------------------------
@@ -98,17 +98,16 @@ class ThingActions:
     def teach(self, concept_id: int | None = None, person_id: int | None = None) -> TeachDialog:
         w = self.w
         if person_id is not None and concept_id is None:
-            c = w.library.concepts().for_person(person_id)
-            concept_id = c.id if c is not None else None
+            concept_id = read_models.person_concept_id(w.library, person_id)
         if concept_id is not None and concept_id in self.teach_dialogs:
             dlg = self.teach_dialogs[concept_id]
             dlg.show()
             dlg.raise_()
             return dlg
         if concept_id is not None:
-            title = w.library.concepts().get(concept_id).name
+            title = w.library.concept(concept_id).name
         else:
-            title = w.library.people().person(person_id).get("name") or "this person"
+            title = read_models.person_name(w.library, person_id) or "this person"
         dlg = TeachDialog(w.trainer, w.models_thread, w.loader, title=title, concept_id=concept_id,
                           person_id=person_id, parent=w)
         dlg.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose, False)
@@ -138,7 +137,7 @@ class ThingActions:
         name = ""
         if cid is not None:
             try:
-                name = w.library.concepts().get(cid).name
+                name = w.library.concept(cid).name
             except (LookupError, ValueError):
                 pass
         w.training_button.setText(f"Teaching {name} · {p.step * 100 // max(1, p.steps)}% · "
