@@ -25,6 +25,7 @@ class SearchFlow:
         self.w = window
         self.outcome: SearchOutcome | None = None
         self.recent: list[str] = []
+        window.state.events.search_chips.connect(self.show_chips)
 
     def searches_key(self) -> str:
         import hashlib
@@ -78,13 +79,7 @@ class SearchFlow:
             return
         self.outcome = out
         state.view = (SEARCH, out.text)
-        state.search_chips = tuple(out.names)
-        chips = []
-        for name, kind, typed in out.names:
-            tip = f"Read “{typed}” as {name}" if typed else f"Only photos with {name}"
-            chips.append((name + (f" (for “{typed}”)" if typed else ""), PERSON_CHIP if kind == "person"
-                          else THING_CHIP, name, tip))
-        w.search_chips.set_chips(chips)
+        state.search_chips = tuple(out.names)   # the chip bar follows (show_chips)
         n = len([i for i in out.ids if i in w._by_id])
         w.search_title.setText("" if not n else f"{count(n, 'photo')} found · hover over a photo to see why")
         w.search_notes.setText(" ".join(out.notes))
@@ -92,6 +87,15 @@ class SearchFlow:
         w.refresh_view_content()
         w.show_center()
         w.update_summary()
+
+    def show_chips(self, names: tuple[tuple[str, str, str], ...]) -> None:
+        """The names the query was read as, one chip each (observes `state.search_chips`)."""
+        chips = []
+        for name, kind, typed in names:
+            tip = f"Read “{typed}” as {name}" if typed else f"Only photos with {name}"
+            chips.append((name + (f" (for “{typed}”)" if typed else ""), PERSON_CHIP if kind == "person"
+                          else THING_CHIP, name, tip))
+        self.w.search_chips.set_chips(chips)
 
     def on_chip(self, kind: str, key: Any) -> None:
         lib = self.w.library
