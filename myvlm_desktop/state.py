@@ -6,7 +6,8 @@ part for the main window. Each field is a psygnal evented dataclass field: assig
 views can observe the state without re-painting on every assignment. Values are immutable (tuples) for that reason:
 a mutated list would change without an event.
 
-Tested as plain Python (tests/test_app_state.py); the views subscribe in `main_window.py`.
+Tested as plain Python (tests/test_app_state.py); the views subscribe in `main_window.py`, `actions.py` and
+`window/` (busy label, actions' enabled state, the pause action, the search chips).
 """
 
 from __future__ import annotations

@@ -489,6 +489,35 @@ def test_a_change_to_one_photo_rereads_that_row_only(qtbot, open_window, library
     assert rows_read == [] and len(full_reads) == 1 and window.grid_model.rowCount() == GOOD_PHOTOS
 
 
+def test_actions_are_declared_once_and_follow_the_app_state(qtbot) -> None:
+    """Every window action is declared once (myvlm_desktop/actions.py), the menus name only declared actions, and
+    an action's enabled state follows the Qt-free app state's events; triggering calls what it declares."""
+    from PySide6.QtWidgets import QMainWindow
+
+    from myvlm_desktop import actions
+    from myvlm_desktop.state import AppState
+
+    ids = [a.id for a in actions.ACTIONS]
+    assert len(ids) == len(set(ids))
+    assert {i for _, items in actions.MENUS for i in items if i} - set(ids) == {"themes", "problems_action"}
+    w = QMainWindow()
+    qtbot.addWidget(w)
+    w.state = AppState()
+    acts = actions.build_actions(w)
+    assert acts["index_action"].isEnabled() and not acts["pause_action"].isEnabled()
+    w.state.indexing = True
+    assert not acts["index_action"].isEnabled()
+    assert acts["pause_action"].isEnabled() and acts["cancel_action"].isEnabled()
+    w.state.cancelling = True
+    assert not acts["cancel_action"].isEnabled() and not acts["pause_action"].isEnabled()
+    w.state.indexing = w.state.cancelling = False
+    assert acts["index_action"].isEnabled() and not acts["cancel_action"].isEnabled()
+    calls: list[str] = []
+    w.indexing_flow = type("Flow", (), {"start_indexing": lambda self: calls.append("index")})()
+    acts["index_action"].trigger()
+    assert calls == ["index"] and w.index_action is acts["index_action"]
+
+
 def test_naming_a_thing_too_early_points_at_the_app_not_the_command_line(qtbot, open_window, album: Path) -> None:
     """A new user names a thing before any photo has CLIP features: the message says what to do in the app
     (Settings ▸ Models, Index Now), not a command to type."""
