@@ -37,6 +37,7 @@ class ActionSpec:
     checkable: bool = False
     checked: bool = False
     enabled: Callable[[AppState], bool] | None = None  # None: always
+    role: QAction.MenuRole | None = None               # where macOS puts it (the app menu)
 
 
 def _idle(s: AppState) -> bool:
@@ -59,8 +60,9 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("cancel_action", "&Stop Indexing", lambda w: w.indexing_flow.cancel_indexing(), None,
                "Stop after the photos in progress; the next run picks up where this one ended",
                ("process-stop", SP.SP_BrowserStop), enabled=_running),
-    ActionSpec("settings_action", "&Settings…", lambda w: w.open_settings(), Key.Preferences),
-    ActionSpec("quit_action", "&Quit", lambda w: w.close(), Key.Quit),
+    ActionSpec("settings_action", "&Settings…", lambda w: w.open_settings(), Key.Preferences,
+               role=QAction.MenuRole.PreferencesRole),
+    ActionSpec("quit_action", "&Quit", lambda w: w.close(), Key.Quit, role=QAction.MenuRole.QuitRole),
     ActionSpec("find_action", "&Find…", lambda w: w.search_flow.focus_search(), Key.Find,
                "Search your photos by names, words and dates"),
     ActionSpec("rotate_left_action", "Rotate &Left", lambda w: w.photo_actions.rotate_current(-90), "Ctrl+Shift+R"),
@@ -79,7 +81,7 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("library_action", "&All Photos", lambda w: w.navigate(LIBRARY, None), "Ctrl+0"),
     ActionSpec("name_thing_action", "&Name This Thing…", lambda w: w.things.name_thing(), "Ctrl+T",
                "Teach the app a pet or a thing from the selected photos"),
-    ActionSpec("about_action", f"&About {APP_NAME}", lambda w: w.about()),
+    ActionSpec("about_action", f"&About {APP_NAME}", lambda w: w.about(), role=QAction.MenuRole.AboutRole),
 )
 
 THEMES = (("system", "Like the &System"), ("light", "&Light"), ("dark", "&Dark"))
@@ -109,6 +111,8 @@ def make_action(parent: Any, spec: ActionSpec, window: MainWindow) -> QAction:
         a.setStatusTip(spec.tip)
     a.setCheckable(spec.checkable)
     a.setChecked(spec.checked)
+    if spec.role is not None:
+        a.setMenuRole(spec.role)
     call = spec.call
     if call is not None:
         if spec.checkable:
@@ -124,7 +128,6 @@ def build_actions(window: MainWindow) -> dict[str, QAction]:
     actions = {spec.id: make_action(window, spec, window) for spec in ACTIONS}
     for name, a in actions.items():
         setattr(window, name, a)
-    window.settings_action.setMenuRole(QAction.MenuRole.PreferencesRole)
     window.theme_group = QActionGroup(window)
     window.theme_actions = {}
     for key, text in THEMES:
