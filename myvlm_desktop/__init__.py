@@ -7,7 +7,7 @@ Modules:
     actions          every window action declared once (text, shortcut, icon, what it calls, when enabled); menus.
     window/          what the window does: layout, catalog_follow (refresh by the engine's change feed),
                      people_actions, thing_actions, photo_actions, search_flow, indexing_flow, full_view,
-                     stages_popup, prompts.
+                     stages_popup, prompts, session.
     indexing         `IndexRunner`: scan + pipeline in the worker process `index_worker` (JSON lines).
     index_worker     the worker process (no Qt): runs the engine, reports progress, obeys pause/cancel.
     tasks            `EngineThread`: engine calls on a thread with its own `Library`; errors in words.
