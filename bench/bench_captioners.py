@@ -1,7 +1,7 @@
 """The captioners at their real sizes on this machine's CPU: seconds per caption, per training step and per concept,
 and peak RAM, with BLIP-2 FlanT5-XL (the paper's) as the baseline in the same run.
 
-No hub is reachable, so each family is built from its published config values (engine/personalize/tiny.py:
+No hub is reachable, so each family is built from its published config values (engine/models/vlm/tiny.py:
 SMOLVLM_256M, SMOLVLM_500M, LLAVA_OV_05B, QWEN2_VL_2B, QWEN25_VL_3B, blip2_flan_t5_xl_parts) with random weights, in
 bf16, and wrapped by the same wrapper classes the app loads real checkpoints with. Random weights cost what trained
 ones cost: every caption is forced to the same number of new tokens (`--tokens`, default 20).
@@ -19,7 +19,7 @@ The load average is recorded: the machine may be shared.
 
 Run: `.venv/bin/python bench/bench_captioners.py` (about 10 minutes on 2 cores with BLIP-2; `--families` to pick,
 `--quick` for one tiny preset of each family). `--write-estimates` stores the results in
-engine/personalize/cpu_times.py, where the app reads its CPU estimates from; with `--merge-estimates` the families of
+engine/models/vlm/cpu_times.py, where the app reads its CPU estimates from; with `--merge-estimates` the families of
 this run replace only their own rows (e.g. `--families qwen2-vl-2b --merge-estimates`).
 """
 
@@ -53,31 +53,31 @@ def build_wrapper(key: str, models_dir: Path):
     """The wrapper of `key` at its real sizes with random weights (bf16, CPU), or a tiny preset as loaded."""
     import torch
 
-    from engine.personalize import tiny
-    from engine.personalize.vlm import VLM_SPECS, load_vlm
+    from engine.models.vlm import tiny
+    from engine.models.vlm.auto import VLM_SPECS, load_vlm
 
     spec = VLM_SPECS[key]
     if spec.tiny:
         return load_vlm(key, models_dir=models_dir, device="cpu", dtype="bf16")
     dtype, cpu = torch.bfloat16, torch.device("cpu")
     if spec.family == "smolvlm":
-        from engine.personalize.smolvlm import SmolVlmWrapper
+        from engine.models.vlm.smolvlm import SmolVlmWrapper
 
         sizes = tiny.SMOLVLM_256M if key == "smolvlm-256m" else tiny.SMOLVLM_500M
         return SmolVlmWrapper(*tiny.smolvlm_parts(sizes, dtype=dtype), spec, spec.checkpoint, cpu, dtype)
     if spec.family == "llava-onevision":
-        from engine.personalize.llava_onevision import LlavaOnevisionWrapper
+        from engine.models.vlm.llava_onevision import LlavaOnevisionWrapper
 
         return LlavaOnevisionWrapper(*tiny.llava_onevision_parts(tiny.LLAVA_OV_05B, dtype=dtype), spec,
                                      spec.checkpoint, cpu, dtype)
     if spec.family == "qwen2-vl":
-        from engine.personalize.qwen2_vl import Qwen2VlWrapper
+        from engine.models.vlm.qwen2_vl import Qwen2VlWrapper
 
         sizes, version = (tiny.QWEN2_VL_2B, "2") if key == "qwen2-vl-2b" else (tiny.QWEN25_VL_3B, "2.5")
         return Qwen2VlWrapper(*tiny.qwen2_vl_parts(sizes, dtype=dtype, version=version), spec, spec.checkpoint, cpu,
                               dtype)
     if key == "blip2":
-        from engine.personalize.blip2 import Blip2Wrapper
+        from engine.models.vlm.blip2 import Blip2Wrapper
 
         return Blip2Wrapper(*tiny.blip2_flan_t5_xl_parts(dtype=dtype), spec, spec.checkpoint, cpu, dtype)
     raise SystemExit(f"no real-size preset for {key}")
@@ -93,7 +93,7 @@ def _photos(n: int):
 
 def _fixed_length(tokens: int):
     """Greedy settings that always generate `tokens` new tokens (random weights may say end-of-text at once)."""
-    from engine.personalize.vlm import GenerationSettings
+    from engine.models.vlm.auto import GenerationSettings
 
     @dataclass
     class FixedLength(GenerationSettings):
@@ -122,8 +122,8 @@ def time_captions(w, batches: list[int], captions: int, tokens: int) -> dict[str
 
 def time_training(w, steps: int, pool_views: int) -> dict[str, float]:
     """Seconds per step with a fresh view per step, and (where the wrapper can) with the feature pool."""
-    from engine.personalize.embeddings import EmbeddingStore
-    from engine.personalize.training import (
+    from engine.domain.personalize.embeddings import EmbeddingStore
+    from engine.domain.personalize.training import (
         ConceptToTrain,
         ConceptTrainer,
         TrainingConfig,
@@ -157,7 +157,7 @@ def time_training(w, steps: int, pool_views: int) -> dict[str, float]:
 
 def concept_seconds(r: dict, steps: int = 100, photos: int = 4) -> float:
     """A whole concept: the pool of `photos` × the default views, then `steps` steps (fresh views without a pool)."""
-    from engine.personalize.training import TrainingConfig
+    from engine.domain.personalize.training import TrainingConfig
 
     if "step_cached_s" in r:
         return r["pool_view_s"] * photos * TrainingConfig().feature_views + r["step_cached_s"] * steps
@@ -231,7 +231,7 @@ def table(results: list[dict], baseline: dict | None) -> str:
 
 
 def write_estimates(results: list[dict], path: Path, threads: int, merge: bool = False) -> None:
-    """engine/personalize/cpu_times.py: what this run measured, as the app's CPU estimates. `merge` keeps the rows
+    """engine/models/vlm/cpu_times.py: what this run measured, as the app's CPU estimates. `merge` keeps the rows
     (and the stamp lines) of the families this run did not measure."""
     keep = ("caption_b1_s", "step_s", "step_cached_s", "pool_view_s", "concept_s", "peak_rss_gb")
     measured = {r["key"]: {k: round(r[k], 3) for k in keep if k in r} for r in results}
@@ -266,7 +266,7 @@ def main() -> None:
     ap.add_argument("--caption-only", default="", help="families timed without training (comma-separated)")
     ap.add_argument("--no-training", action="store_true")
     ap.add_argument("--json", type=Path, help="write the results here")
-    ap.add_argument("--write-estimates", action="store_true", help="store them in engine/personalize/cpu_times.py")
+    ap.add_argument("--write-estimates", action="store_true", help="store them in engine/models/vlm/cpu_times.py")
     ap.add_argument("--merge-estimates", action="store_true",
                     help="store them there, keeping the rows of the families this run did not measure")
     ap.add_argument("--one", help=argparse.SUPPRESS)

@@ -41,8 +41,8 @@ sys.path.insert(0, str(ROOT))
 
 from PIL import Image  # noqa: E402
 
-from engine.api import Library  # noqa: E402
-from engine.catalog import CHANGES_KEPT, now  # noqa: E402
+from engine.library import Library  # noqa: E402
+from engine.storage.catalog import CHANGES_KEPT, now  # noqa: E402
 
 STAGES = ("thumbnail", "faces", "clip", "concepts", "captions")
 

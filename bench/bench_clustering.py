@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark: face clustering (engine.faces.clustering.FaceClusterer) on 100,000 synthetic embeddings, against
+"""Benchmark: face clustering (engine.domain.face_clustering.FaceClusterer) on 100,000 synthetic embeddings, against
 scikit-learn's DBSCAN on the same data, with pairwise precision / recall / F1 against the true identities.
 
 Data: L2-normalised embeddings (128-d like dlib's ResNet; --dim 512 for InsightFace's ArcFace) drawn as identity
@@ -61,12 +61,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.api import Library  # noqa: E402
-from engine.catalog import Catalog, now  # noqa: E402
-from engine.faces.dlib_backend import DLIB_KEY, DLIB_THRESHOLDS  # noqa: E402
-from engine.faces.insightface_backend import INSIGHTFACE_THRESHOLDS  # noqa: E402
-from engine.faces import clustering  # noqa: E402
-from engine.faces.clustering import MIN_CLUSTER_SIZE, FaceClusterer  # noqa: E402
+from engine.library import Library  # noqa: E402
+from engine.storage.catalog import Catalog, now  # noqa: E402
+from engine.models.faces.dlib_backend import DLIB_KEY, DLIB_THRESHOLDS  # noqa: E402
+from engine.models.faces.insightface_backend import INSIGHTFACE_THRESHOLDS  # noqa: E402
+from engine.domain import face_clustering as clustering  # noqa: E402
+from engine.domain.face_clustering import MIN_CLUSTER_SIZE, FaceClusterer  # noqa: E402
 
 CACHE = ROOT / ".cache" / "bench"
 

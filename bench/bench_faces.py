@@ -54,9 +54,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.api import Library  # noqa: E402
-from engine.faces.dlib_backend import DLIB_RECOGNISER, DLIB_SHAPE_PREDICTOR, dlib_model_dir  # noqa: E402
-from engine.stages.faces import FaceStage, iou  # noqa: E402
+from engine.library import Library  # noqa: E402
+from engine.models.faces.dlib_backend import DLIB_RECOGNISER, DLIB_SHAPE_PREDICTOR, dlib_model_dir  # noqa: E402
+from engine.pipeline.faces import FaceStage, iou  # noqa: E402
 
 CACHE = ROOT / ".cache" / "bench"
 DATA = ROOT / ".cache" / "test-data"

@@ -2,7 +2,7 @@
 """Benchmark: the desktop app's grid on a synthetic 10,000-photo library, and how long the GUI thread ever waits
 while photos index in the background (offscreen Qt).
 
-Library: a real catalog (engine.api.Library in a temporary folder) with N photos written straight into it (ok,
+Library: a real catalog (engine.library.Library in a temporary folder) with N photos written straight into it (ok,
 dated over ten years, one folder), each with its own content hash; their thumbnails are hard links to 64
 distinct 256 × 192 JPEGs, so every cell is a real file read and decode, none cached by content.
 
@@ -49,9 +49,9 @@ from PIL import Image, ImageDraw
 from PySide6.QtCore import QEvent, QObject, QThread, QTimer, Signal
 from PySide6.QtWidgets import QApplication
 
-from engine.api import Library
-from engine.catalog import now
-from engine.image_cache import ImageCache
+from engine.library import Library
+from engine.storage.catalog import now
+from engine.ingest.image_cache import ImageCache
 
 TARGET_STALL_MS = 100.0
 

@@ -9,7 +9,7 @@
                CLIP image encoder, then one step of the linear head (cross-entropy, AdamW 1e-3 / wd 0.01, cosine
                schedule, grad clip 0.1). `--paper-steps` (default 20) steps are timed after one untimed warm-up
                step and extrapolated to 500.
-      ours     engine.concepts.object_head: `augment` 16 views of each positive once, one batched encode
+      ours     engine.domain.concepts.object_head: `augment` 16 views of each positive once, one batched encode
                (64 images), then `train_linear_head`: 500 steps on the cached features. Negatives are the
                photos' stored embeddings (the clip stage computed them for search anyway): not timed here; a
                second row adds encoding them, as if the album had none stored.
@@ -19,8 +19,8 @@
     float32 blobs into a real catalog; heads trained on synthetic clusters so some photos fire):
       loop        per photo, per head: logits = W @ x + b, softmax (numpy), the embeddings already in memory
       vectorised  one (10000, 512) @ (512, 20) matmul and a 2-way softmax per head, embeddings already in memory
-      score_heads engine.concepts.object_head.score_heads: the logit differences, one (10000, 512) @ (512, 10)
-      detector    engine.concepts.detect.ConceptDetector(catalog): compute() (reads the embeddings from SQLite,
+      score_heads engine.domain.concepts.object_head.score_heads: the logit differences, one (10000, 512) @ (512, 10)
+      detector    engine.domain.concepts.detect.ConceptDetector(catalog): compute() (reads the embeddings from SQLite,
                   scores, builds signals) and run() (compute + store the signals), when that module exists
     All methods must agree (max |Δp| < 1e-5; same photos fire). Target (issue): detection under a second.
 
@@ -44,15 +44,15 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.clip import RANDOM, ClipEncoder
-from engine.concepts.object_head import (
+from engine.models.clip import RANDOM, ClipEncoder
+from engine.domain.concepts.object_head import (
     ObjectHeadConfig,
     augment,
     score,
     score_heads,
     train_linear_head,
 )
-from engine.concepts.registry import Head, softmax_p1
+from engine.domain.concepts.registry import Head, softmax_p1
 
 DATA = Path(os.environ.get("MYVLM_TEST_DATA", ROOT / ".cache" / "test-data"))
 TARGET_TRAIN = 20.0
@@ -209,9 +209,9 @@ def make_embeddings(n: int, k: int, dim: int, per_head: int, rng: np.random.Gene
 
 
 def make_catalog(root: Path, emb: np.ndarray, space: str):
-    from engine.catalog import Catalog, now
-    from engine.library import LibraryPaths
-    from engine.vectors import to_blob
+    from engine.storage.catalog import Catalog, now
+    from engine.storage.library_folder import LibraryPaths
+    from engine.storage.vectors import to_blob
 
     n = len(emb)
     cat = Catalog(LibraryPaths(root))
@@ -266,10 +266,10 @@ def time_best(fn, reps: int) -> tuple[float, object]:
 
 
 def bench_detection(args: argparse.Namespace) -> dict:
-    from engine.concepts.registry import ConceptRegistry
+    from engine.domain.concepts.registry import ConceptRegistry
 
     try:
-        from engine.concepts.detect import ConceptDetector
+        from engine.domain.concepts.detect import ConceptDetector
     except ImportError:
         ConceptDetector = None
 
@@ -337,7 +337,7 @@ def bench_detection(args: argparse.Namespace) -> dict:
                   f"(slowest of ours {worst:.3f} s)")
             out[label] = {"fired": fired, "stored": above_floor, "seconds": dict(table)}
         if ConceptDetector is None:
-            print("engine.concepts.detect.ConceptDetector is absent: only our vectorised functions were timed")
+            print("engine.domain.concepts.detect.ConceptDetector is absent: only our vectorised functions were timed")
         cat.close()
     finally:
         import shutil

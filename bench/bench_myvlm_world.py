@@ -40,20 +40,20 @@ sys.path.insert(0, str(ROOT))
 
 from bench.world import world as W
 from bench.world import world2 as V
-from engine.concepts.object_head import (
+from engine.domain.concepts.object_head import (
     ObjectHeadConfig,
     augment,
     score,
     train_linear_head,
 )
-from engine.personalize.embeddings import EmbeddingStore
-from engine.personalize.training import (
+from engine.domain.personalize.embeddings import EmbeddingStore
+from engine.domain.personalize.training import (
     ConceptToTrain,
     ConceptTrainer,
     TrainingConfig,
     TrainingExample,
 )
-from engine.personalize.vlm import VQA, GenerationSettings, VlmWrapper, load_vlm
+from engine.models.vlm.auto import VQA, GenerationSettings, VlmWrapper, load_vlm
 
 CHECKPOINT = ROOT / "bench" / "world" / "models" / "blip2-world"
 CHECKPOINT_V2 = ROOT / "bench" / "world" / "models" / "blip2-world2"

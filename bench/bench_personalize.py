@@ -22,15 +22,15 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.personalize.embeddings import EmbeddingStore
-from engine.personalize.training import (
+from engine.domain.personalize.embeddings import EmbeddingStore
+from engine.domain.personalize.training import (
     ConceptToTrain,
     ConceptTrainer,
     TrainingConfig,
     TrainingExample,
     augment_view,
 )
-from engine.personalize.vlm import load_vlm
+from engine.models.vlm.auto import load_vlm
 
 
 def _images(n: int, seed: int = 0) -> list[Image.Image]:

@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.api import Library, ScanReport  # noqa: E402
+from engine.library import Library, ScanReport  # noqa: E402
 
 CACHE = ROOT / ".cache" / "bench"
 

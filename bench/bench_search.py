@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Benchmark: hybrid search over a synthetic 100,000-photo library, beside a bare FTS5 MATCH on the same database.
 
-The library is a real catalog (engine.api.Library in a temporary folder) filled the way the engine fills it, only
+The library is a real catalog (engine.library.Library in a temporary folder) filled the way the engine fills it, only
 faster: photos, named people with faces, person and object concepts with example photos, a personalised and an
 original caption per photo (CaptionStore, placeholders and all), answers for one photo in ten, and a 512-d CLIP
 embedding per photo. The embeddings come from a stand-in encoder (a photo "shows" a few scene words; a text is the
 sum of its words' fixed random directions, plus noise), since no CLIP weights can be had here; the floor is
-calibrated on it with engine.search.choose_floor, as it would be for a real model.
+calibrated on it with engine.domain.search.choose_floor, as it would be for a real model.
 
 Timed:
   index build     documents.refresh() over every photo (all dirty after the inserts), then the FTS5 optimize
@@ -43,14 +43,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.api import Library
-from engine.captions import placeholder
-from engine.catalog import now
-from engine.search import Searcher, choose_floor
-from engine.search.documents import refresh
-from engine.search.text import fts_quote
-from engine.search.visual import TEXT_CACHE
-from engine.vectors import to_blob
+from engine.library import Library
+from engine.domain.captions import placeholder
+from engine.storage.catalog import now
+from engine.domain.search import Searcher, choose_floor
+from engine.domain.search.documents import refresh
+from engine.domain.search.text import fts_quote
+from engine.domain.search.visual import TEXT_CACHE
+from engine.storage.vectors import to_blob
 
 TARGET_P95_MS = 30.0
 _FIRST = ("Alex Bella Sam Anne Jesper Maria Tom Lena Omar Yuki Priya Noah Emma Liam Sofia Lucas Mia Ethan Ava Leo "
@@ -198,7 +198,7 @@ def picture_scan_compare(n: int, dim: int = 512, repeats: int = 20, seed: int = 
     case). Returns {filter: {method: (p50 ms, p95 ms), "coarse_recall": share}}."""
     import faiss
 
-    from engine.search.visual import ImageMatrix
+    from engine.domain.search.visual import ImageMatrix
 
     rng = np.random.default_rng(seed)
     words = rng.normal(size=(60, dim)).astype(np.float32)
@@ -315,8 +315,8 @@ def peak_rss_gb() -> float:
 def first_query_of_a_process(lib: Library, enc) -> dict[str, float]:
     """The first query of a new process, three ways, in this process: the image matrix read whole from the catalog
     as before it was saved; read whole and saved (the first process of a library); mapped from the save
-    (engine/search/visual.py, every later process). The process's matrices are dropped before each."""
-    from engine.search import visual
+    (engine/domain/search/visual.py, every later process). The process's matrices are dropped before each."""
+    from engine.domain.search import visual
 
     out = {}
     real_save = visual.ImageMatrix._save
@@ -434,7 +434,7 @@ def main() -> int:
                rename_ms=rename_ms, rename_photos=photos_of_alex, per_query_p50_ms=per_query, results=counts)
 
     if not args.no_clip_forward:
-        from engine.clip import RANDOM, ClipEncoder
+        from engine.models.clip import RANDOM, ClipEncoder
 
         clip = ClipEncoder("ViT-B-32", weights=RANDOM, device="cpu")
         t0 = time.perf_counter()

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Benchmark: why the catalog's hot paths keep hand-written prepared statements rather than sqlite-utils' table
-methods (engine/catalog.py uses sqlite-utils for schema set-up: tables, columns, FTS).
+methods (engine/storage/catalog.py uses sqlite-utils for schema set-up: tables, columns, FTS).
 
 Same catalog schema, same rows, in this one process, one write transaction per 500 rows as the scanner does:
 
-  photo rows   the scanner's insert of a new photo (engine/scanner.py _insert_photo): cat.conn.execute(prepared
+  photo rows   the scanner's insert of a new photo (engine/ingest/scanner.py _insert_photo): cat.conn.execute(prepared
                INSERT) per row, against db["photos"].insert(row) per row
   stage marks  Catalog.mark_stage (INSERT ... ON CONFLICT DO UPDATE, one prepared statement) against
                db["stage_status"].upsert(row, pk=(photo_id, stage)) (which cannot add to `runs`: it only sets)
@@ -27,8 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.catalog import Catalog, now  # noqa: E402
-from engine.library import LibraryPaths  # noqa: E402
+from engine.storage.catalog import Catalog, now  # noqa: E402
+from engine.storage.library_folder import LibraryPaths  # noqa: E402
 
 _COLUMNS = ("folder_id", "path", "path_bytes", "name", "kind", "size", "mtime_ns", "added_at", "updated_at",
             "content_hash", "status", "last_error")

@@ -7,7 +7,7 @@ Methods, all timed in this process over the same photos (already in the OS page 
   make (1 thr) engine ImageCache.make() called in a loop on one thread: JPEG draft-mode decode + one resize chain;
                isolates the algorithmic gain from parallelism.
   pipeline     the real thing: Library(tmp).add_folder + scan (reported separately, not in the ratio), then
-               Library.process(stages=["thumbnail"]) through engine.pipeline.Pipeline and its thread pool.
+               Library.process(stages=["thumbnail"]) through engine.pipeline.runner.Pipeline and its thread pool.
 
 Photos are generated once (smooth gradients, shapes, fine texture and noise, with EXIF dates; about 2.6 MB each at
 quality 90) and cached in .cache/bench/ so reruns start at once.
@@ -34,10 +34,10 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.api import Library  # noqa: E402
-from engine.library import LibraryPaths  # noqa: E402
-from engine.image_cache import PREVIEW_QUALITY, PREVIEW_SIZE, THUMB_QUALITY, THUMB_SIZE, ImageCache  # noqa: E402
-from engine.stages.thumbnails import ThumbnailStage  # noqa: E402
+from engine.library import Library  # noqa: E402
+from engine.storage.library_folder import LibraryPaths  # noqa: E402
+from engine.ingest.image_cache import PREVIEW_QUALITY, PREVIEW_SIZE, THUMB_QUALITY, THUMB_SIZE, ImageCache  # noqa: E402
+from engine.pipeline.thumbnails import ThumbnailStage  # noqa: E402
 
 GEN_VERSION = 1  # bump when make_photo changes, so cached photos are regenerated
 CACHE = ROOT / ".cache" / "bench"

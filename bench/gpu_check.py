@@ -32,9 +32,9 @@ def build(device: torch.device):
         Blip2VisionConfig,
     )
 
-    from engine.personalize.blip2 import Blip2Wrapper
-    from engine.personalize.tiny import WORDS, build_word_tokenizer
-    from engine.personalize.vlm import VLM_SPECS
+    from engine.models.vlm.blip2 import Blip2Wrapper
+    from engine.models.vlm.tiny import WORDS, build_word_tokenizer
+    from engine.models.vlm.auto import VLM_SPECS
 
     tok = build_word_tokenizer(WORDS, specials={"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"},
                                append_eos=True)
@@ -66,14 +66,14 @@ def main() -> None:
     if not torch.cuda.is_available():
         print("no CUDA device: this check needs a GPU")
         sys.exit(1)
-    from engine.personalize.embeddings import EmbeddingStore
-    from engine.personalize.training import (
+    from engine.domain.personalize.embeddings import EmbeddingStore
+    from engine.domain.personalize.training import (
         ConceptToTrain,
         ConceptTrainer,
         TrainingConfig,
         TrainingExample,
     )
-    from engine.personalize.vlm import GenerationSettings
+    from engine.models.vlm.auto import GenerationSettings
 
     device = torch.device("cuda")
     t = time.perf_counter()

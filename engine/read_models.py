@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .catalog import Photo
+from engine.storage.catalog import Photo
 
 if TYPE_CHECKING:
-    from .api import Library
+    from engine.library import Library
 
 
 # -- main window (read models) -------------------------------------------------------------------------------------
@@ -163,7 +163,7 @@ def person_concept_id(lib: Library, person_id: int) -> int | None:
 
 def about_models() -> tuple[int, list[tuple[str, str, str]]]:
     """For the About box: how many dlib face model files, and (repo, purpose, licence) of each hub model."""
-    from .doctor import DLIB_FILES, HUB_MODELS
+    from engine.admin.doctor import DLIB_FILES, HUB_MODELS
 
     return len(DLIB_FILES), [tuple(m) for m in HUB_MODELS]
 
@@ -297,9 +297,9 @@ def settings_view(lib: Library) -> dict[str, Any]:
     """What the Settings dialog shows: the watched folders, every declared setting's value (`settings`: key ->
     the stored value, else its default; the `vlm` the one this computer would use), the captioners to choose from
     and the doctor's report (it looks at the model caches and the GPU: an engine thread's work)."""
-    from .doctor import report
-    from .hardware import resolve_vlm_name
-    from .personalize.specs import VLM_SPECS
+    from engine.admin.doctor import report
+    from engine.models.hardware import resolve_vlm_name
+    from engine.models.vlm.specs import VLM_SPECS
 
     values = lib.settings()
     values["vlm"] = resolve_vlm_name(lib.catalog)   # with no setting: the captioner that fits this computer
@@ -348,7 +348,7 @@ def device_text(device: Any, vlm: str | None = None) -> str:
     else:
         text = "Apple GPU" if kind == "mps" else "CPU"
     if vlm:
-        from .personalize.estimates import HERE_LABEL, device_key, estimate, minutes_text
+        from engine.models.vlm.estimates import HERE_LABEL, device_key, estimate, minutes_text
 
         e = estimate(vlm, kind, device_key(device))
         if e.concept_s is not None:
@@ -361,7 +361,7 @@ def teaching_targets(lib: Library, concept_id: int | None = None, person_id: int
                      regenerate: bool = False) -> Prepared:
     """Make the concept (for a person), then generate the training targets (the original VLM's captions with the
     subject's words replaced by the concept's identifier) for the user to review."""
-    from .errors import InvalidInput
+    from engine.errors import InvalidInput
 
     if concept_id is None:
         if person_id is None:

@@ -2,7 +2,7 @@
 
 The CLI (`myvlm settings`), the app's Settings dialog and the engine's readers all use these declarations, so a
 setting has one default and one check wherever it is read or written. Values live in the catalog's `settings`
-table as JSON (engine.catalog.Catalog.get_setting / set_setting); the engine's own bookkeeping keys kept in that
+table as JSON (engine.storage.catalog.Catalog.get_setting / set_setting); the engine's own bookkeeping keys kept in that
 table (e.g. the clustering marker) are not settings and are not declared here.
 """
 
@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .errors import InvalidInput
+from engine.errors import InvalidInput
 
 
 class SettingsStore(Protocol):
@@ -53,7 +53,7 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
     Setting("clip_weights", str, None, "a local open_clip weights file (default: the Hugging Face cache)"),
     Setting("vlm", str, None, "a VLM key (`myvlm models list`; default: the one `myvlm doctor` recommends for this "
                               "computer), a tiny-* preset or a checkpoint folder",
-            validator="engine.personalize.specs:check_vlm_setting"),
+            validator="engine.models.vlm.specs:check_vlm_setting"),
     Setting("watch_polling", bool, False, "true/false: watch folders by polling (network drives)"),
     Setting("preview_cache_bytes", int, 2 * 1024**3, "bytes of full-size previews kept on disk"),
     Setting("instant_names", bool, True, "true (default): captions use a name as soon as a face or thing is "

@@ -1,4 +1,4 @@
-"""`myvlm backup`, `restore` and `move-library`: keeping a library safe (engine/backup.py does the work).
+"""`myvlm backup`, `restore` and `move-library`: keeping a library safe (engine/admin/backup.py does the work).
 
 `register(sub)` adds the subcommands (myvlm_cli/main.py builds the parser). The photos themselves are
 never copied, moved or changed by any of them: the catalog keeps their paths.
@@ -102,7 +102,7 @@ def cmd_restore(args: argparse.Namespace, lib) -> int:
 
 
 def cmd_move_library(args: argparse.Namespace, lib) -> int:
-    from engine.api import ENV_LIBRARY
+    from engine.library import ENV_LIBRARY
 
     rc, r = _run(args, lambda bar: lib.close_and_move(args.new_path, delete_old=args.delete_old, progress=bar))
     if rc:

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any, TextIO
 from .common import is_terminal, print_json, rate_text
 
 if TYPE_CHECKING:   # the engine's API (stages, models) is imported once the command is known
-    from engine.api import Library, ProgressEvent
+    from engine.library import Library, ProgressEvent
 
-# the pipeline's modes (engine.api's MISSING, ALL, ERRORS), spelled out so that parsing the command line imports no
+# the pipeline's modes (engine.library's MISSING, ALL, ERRORS), spelled out so that parsing the command line imports no
 # engine module (tests/test_cli.py checks they are the pipeline's)
 MODES = ("missing", "all", "errors")
 
@@ -124,7 +124,7 @@ def _install_interrupt(lib: Library) -> threading.Event:
 # -- commands -----------------------------------------------------------------------------------------------------
 
 def cmd_index(args: argparse.Namespace, lib: Library) -> int:
-    from engine.api import FolderNotFound, default_pictures_path
+    from engine.library import FolderNotFound, default_pictures_path
 
     targets = list(args.paths)
     if not targets and not lib.folders():
@@ -170,7 +170,7 @@ def cmd_index(args: argparse.Namespace, lib: Library) -> int:
 
 
 def cmd_watch(args: argparse.Namespace, lib: Library) -> int:
-    from engine.api import FolderNotFound
+    from engine.library import FolderNotFound
 
     for t in args.paths:
         try:

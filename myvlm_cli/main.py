@@ -16,7 +16,7 @@ from engine import __version__
 
 from . import backup, check, indexing, models, people, personalize, search, settings, things
 
-# under "engine": the library's log file (engine.library.setup_logging) records that logger's tree
+# under "engine": the library's log file (engine.storage.library_folder.setup_logging) records that logger's tree
 log = logging.getLogger("engine.cli")
 
 
@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         logging.getLogger("engine").addHandler(handler)
         logging.getLogger("engine").setLevel(logging.INFO)
-    from engine.api import Library
+    from engine.library import Library
 
     try:
         lib = Library(args.library)

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 
 def _size(n: int | None) -> str:
-    from engine.api import human_size
+    from engine.library import human_size
 
     return human_size(n)
 
@@ -76,14 +76,14 @@ def _interrupt(after: str) -> threading.Event:
 
 
 def _manager(args: argparse.Namespace, lib):
-    from engine.api import ModelManager
+    from engine.library import ModelManager
 
     return ModelManager(lib.paths.models if lib is not None else None,
                         face_pack_repo=getattr(args, "repo", None))
 
 
 def cmd_models(args: argparse.Namespace, lib) -> int:
-    from engine.api import DownloadCancelled, ModelError
+    from engine.library import DownloadCancelled, ModelError
 
     action = getattr(args, "models_action", None)
     as_json = bool(getattr(args, "json", False) or getattr(args, "list_json", False))
@@ -162,7 +162,7 @@ def _get(mm, args: argparse.Namespace, as_json: bool) -> int:
     e = mm.entry(args.name)
     if not as_json:
         print(f"{e.title}: about {_size(e.size_bytes)}, licence: {e.licence}", file=sys.stderr)
-    from engine.api import TokenRequired
+    from engine.library import TokenRequired
 
     bar = _Bar(not as_json and not args.no_progress)
     try:

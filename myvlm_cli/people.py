@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from .common import print_json
 
 if TYPE_CHECKING:
-    from engine.api import Library
+    from engine.library import Library
 
 
 def _face_json(f: dict[str, Any]) -> dict[str, Any]:

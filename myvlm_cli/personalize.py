@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .common import print_json
 
 if TYPE_CHECKING:
-    from engine.api import Library
+    from engine.library import Library
 
 
 def _refused():
@@ -28,7 +28,7 @@ def _refused():
 
 def _resource_errors():
     """Out of memory, a full disk: the job failed for a reason the message explains (exit status 1)."""
-    from engine.api import DiskFull, TrainingOutOfMemory
+    from engine.library import DiskFull, TrainingOutOfMemory
 
     return (DiskFull, TrainingOutOfMemory)
 
@@ -208,7 +208,7 @@ def cmd_locate(args: argparse.Namespace, lib: Library) -> int:
 
 
 def cmd_research_train(args: argparse.Namespace, lib: Library) -> int:
-    from engine.api import research_train
+    from engine.library import research_train
     from engine.errors import Cancelled
 
     bar = _TrainBar(args.json, "training")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from .common import print_json
 
 if TYPE_CHECKING:
-    from engine.api import Library
+    from engine.library import Library
 
 
 def cmd_search(args: argparse.Namespace, lib: Library) -> int:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from .common import print_json
 
 if TYPE_CHECKING:
-    from engine.api import Library
+    from engine.library import Library
 
 
 def cmd_settings(args: argparse.Namespace, lib: Library) -> int:
@@ -35,7 +35,7 @@ def cmd_settings(args: argparse.Namespace, lib: Library) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace, lib: Library | None) -> int:
-    from engine.api import doctor_report
+    from engine.library import doctor_report
 
     rep = doctor_report(lib.paths if lib else None)
     if args.json:

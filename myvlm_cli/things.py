@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from .common import is_terminal, print_json
 
 if TYPE_CHECKING:
-    from engine.api import Library
+    from engine.library import Library
 
 
 def _train_and_report(args: argparse.Namespace, lib: Library, train) -> int:

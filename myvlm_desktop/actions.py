@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence
 from PySide6.QtWidgets import QStyle
 
-from engine.api import APP_NAME
+from engine.library import APP_NAME
 
 from .resources import themed_icon
 from .state import LIBRARY, PEOPLE, THINGS, AppState

@@ -21,7 +21,7 @@ from PySide6.QtCore import QSettings, QTimer
 from PySide6.QtWidgets import QApplication, QDialog, QMessageBox
 
 from engine import __version__
-from engine.api import APP_NAME, APP_SLUG, ENV_LIBRARY, SchemaTooNew, default_library_path, follow_moves
+from engine.library import APP_NAME, APP_SLUG, ENV_LIBRARY, SchemaTooNew, default_library_path, follow_moves
 
 from .qt_compat import install_none_refcount_guard
 from .qt_deps import display_libraries_problem

@@ -54,7 +54,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.api import ImageCache, LibraryPaths, Photo
+from engine.library import ImageCache, LibraryPaths, Photo
 
 from .resources import icon
 from .widgets import PERSON_CHIP, THING_CHIP, ChipBar, heading, hline

@@ -18,7 +18,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.api import APP_NAME, default_pictures_path
+from engine.library import APP_NAME, default_pictures_path
 
 from .resources import app_icon
 

@@ -33,7 +33,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.api import FOLDER_OFFLINE
+from engine.library import FOLDER_OFFLINE
 
 from .qt_compat import item_data
 from .resources import icon, themed_icon

@@ -42,7 +42,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.api import FOLDER_OFFLINE, Photo
+from engine.library import FOLDER_OFFLINE, Photo
 
 from .qt_compat import item_data
 from .thumbnails import ThumbKey, ThumbnailLoader

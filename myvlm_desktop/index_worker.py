@@ -109,7 +109,7 @@ class Worker:
 
     def library(self):
         if self._lib is None:
-            from engine.api import Library
+            from engine.library import Library
 
             self._lib = Library(self.library_root)
             self._lib.options.update(self.options)

@@ -2,7 +2,7 @@
 
 `IndexRunner` lives on the GUI thread. It starts `myvlm_desktop.index_worker` once (a `QProcess`; models stay
 loaded between runs) and talks to it in JSON lines: a run, pause, resume, cancel. Progress arrives as
-`engine.pipeline.ProgressEvent`s. Model stages may hold Python's interpreter lock for most of a second per photo;
+`engine.pipeline.runner.ProgressEvent`s. Model stages may hold Python's interpreter lock for most of a second per photo;
 in their own process they cannot freeze the window (the heartbeat test and `bench/bench_gui.py` check it).
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, Signal, Slot
 
-from engine.api import ProgressEvent
+from engine.library import ProgressEvent
 
 log = logging.getLogger(__name__)
 

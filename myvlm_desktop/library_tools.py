@@ -1,4 +1,4 @@
-"""Settings ▸ Library: "Back Up…" and "Move Library…" (engine/backup.py), run on a worker thread.
+"""Settings ▸ Library: "Back Up…" and "Move Library…" (engine/admin/backup.py), run on a worker thread.
 
 Both copy files and can take a while on a big library, so they run on an `EngineThread` of their own with a
 progress dialog; the window stays responsive. The photos themselves are never copied, moved or changed.

@@ -3,7 +3,7 @@ detail pane on the right, and what the app is doing in the status bar.
 
 A shell of views: what is shown, selected, searched and running lives in the Qt-free `state.AppState`; every action
 is declared once in `actions.py`; what the window does lives in `window/` (following the catalog, people, things,
-a photo's actions, search, indexing and watching, the full view). The window reads only through `engine.api` and
+a photo's actions, search, indexing and watching, the full view). The window reads only through `engine.library` and
 `engine.read_models`, never the catalog itself.
 
 The GUI thread only reads the catalog (quick queries) and paints. Everything slow happens elsewhere:
@@ -26,7 +26,7 @@ from PySide6.QtGui import QCloseEvent
 from PySide6.QtWidgets import QApplication, QDialog, QFileDialog, QMainWindow, QMenu, QMessageBox
 
 from engine import read_models
-from engine.api import APP_NAME, OK, FolderNotFound, Library, Photo, default_library_path, default_pictures_path
+from engine.library import APP_NAME, OK, FolderNotFound, Library, Photo, default_library_path, default_pictures_path
 
 from . import actions
 from .folders import FolderListModel

@@ -1,7 +1,7 @@
 """The Models section of Settings: every model each feature can use, its state, and Download / Cancel / Remove /
 Import / Verify.
 
-The table comes from the engine's model manager (`engine.model_manager`). Every manager call (downloads, copies,
+The table comes from the engine's model manager (`engine.models.downloads`). Every manager call (downloads, copies,
 hashing, deleting, even re-reading the states afterwards) runs on a worker QThread, one job at a time, so the window
 never waits on the disk or the network; progress comes back through a signal. Nothing is downloaded unless the user
 clicks Download and confirms; Cancel stops a download after the chunk in flight and keeps what arrived, so Download
@@ -33,7 +33,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.api import (
+from engine.library import (
     HERE_LABEL,
     LibraryPaths,
     ModelManager,
@@ -285,7 +285,7 @@ class ModelsPanel(QWidget):
         self.models_dir = LibraryPaths(Path(root)).models if root else None
 
     def set_estimates(self, estimates: dict[str, dict[str, Any]]) -> None:
-        """Each captioner's time per photo and per concept here (engine.doctor.captioners()["estimates"])."""
+        """Each captioner's time per photo and per concept here (engine.admin.doctor.captioners()["estimates"])."""
         self.estimates = dict(estimates or {})
         if self.rows:
             self.set_rows(list(self.rows.values()))

@@ -12,7 +12,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
-from engine.api import Library
+from engine.library import Library
 
 from .tasks import EngineThread, user_message
 

@@ -36,7 +36,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.api import Library
+from engine.library import Library
 from engine.read_models import settings_view
 from engine.settings import SETTINGS, parse, setting
 

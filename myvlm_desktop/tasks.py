@@ -23,7 +23,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 
-from engine.api import Library
+from engine.library import Library
 from engine.errors import Cancelled, UserError
 
 log = logging.getLogger(__name__)

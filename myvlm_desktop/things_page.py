@@ -27,7 +27,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.api import Photo
+from engine.library import Photo
 from engine.read_models import ThingInfo, ThingsData, thing_info, things_page
 
 from .grid import thumb_key

@@ -20,7 +20,7 @@ from pathlib import Path
 from PySide6.QtCore import QObject, QRunnable, QSize, Qt, QThreadPool, Signal, Slot
 from PySide6.QtGui import QImage, QImageReader, QPixmap, QTransform
 
-from engine.api import THUMB_SIZE, ImageCache, LibraryPaths, crop_path
+from engine.library import THUMB_SIZE, ImageCache, LibraryPaths, crop_path
 
 ThumbKey = tuple[str, int]  # (content hash, user rotation in degrees clockwise)
 

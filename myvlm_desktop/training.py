@@ -44,7 +44,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.api import Library
+from engine.library import Library
 from engine.read_models import (
     Prepared,
     TargetRow,

@@ -9,7 +9,7 @@ from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QImage
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
-from engine.api import LibraryPaths, Photo
+from engine.library import LibraryPaths, Photo
 
 from .detail import FaceBox, PhotoCanvas, PreviewLoader
 

@@ -20,7 +20,7 @@ from PySide6.QtWidgets import (
     QWidgetItem,
 )
 
-from engine.api import APP_NAME
+from engine.library import APP_NAME
 
 log = logging.getLogger(__name__)
 

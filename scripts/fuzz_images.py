@@ -9,8 +9,8 @@ Each input is turned into a photo file one of three ways (its first byte chooses
      deletion, duplication and lying lengths, bit flips, truncation, claimed sizes);
   2  a seed photo carrying a hand-built EXIF block drawn from the input (wrong IFD offsets, huge counts, IFDs that
      point at themselves, bogus orientation, GPS and date values).
-The file is read the ways the app reads it: `engine.images.decode` (the thumbnail stage's decode), `probe` (the
-header-only read) and `engine.search.places.read_gps`. Any exception other than PhotoReadError is a crash and
+The file is read the ways the app reads it: `engine.ingest.images.decode` (the thumbnail stage's decode), `probe` (the
+header-only read) and `engine.domain.search.places.read_gps`. Any exception other than PhotoReadError is a crash and
 libFuzzer saves the input; libFuzzer's own -timeout and -rss_limit_mb catch hangs and memory blow-ups.
 
   pip install atheris          # not a dependency of the app; 3.0.0 has manylinux wheels for CPython 3.11
@@ -43,8 +43,8 @@ with atheris.instrument_imports():
     import PIL.TiffImagePlugin
     import PIL.WebPImagePlugin
 
-    from engine import images
-    from engine.search import places
+    from engine.ingest import images
+    from engine.domain.search import places
 
 from tests import fuzz_media as M
 

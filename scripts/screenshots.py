@@ -43,7 +43,7 @@ def window_size(text: str) -> tuple[int, int]:
 
 
 def build_library(album: Path, lib_dir: Path) -> dict[str, int]:
-    from engine.api import Library
+    from engine.library import Library
 
     lib = Library(lib_dir)
     lib.catalog.set_setting("face_backend", "dlib")
@@ -148,7 +148,7 @@ def main() -> int:
 
 def demo_photo_ids(album: Path, lib_dir: Path) -> dict[str, int]:
     """The photo ids of a demo library built before, by their path in the album."""
-    from engine.api import Library
+    from engine.library import Library
 
     with Library(lib_dir) as lib:
         return {Path(p.path).relative_to(album).as_posix(): p.id for p in lib.photos()}

@@ -19,7 +19,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 # 20 training steps of tiny-blip2 took 47 s with 2 threads, 3.1 s with 1.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
-# The times the app remembers after real use (engine/personalize/estimates.py) go to this run's own file, not the
+# The times the app remembers after real use (engine/models/vlm/estimates.py) go to this run's own file, not the
 # user's data folder, so the estimates a test sees do not depend on what ran on this machine before.
 os.environ.setdefault("MYVLM_TIMINGS", os.path.join(tempfile.mkdtemp(prefix="myvlm-timings-"), "timings.json"))
 
@@ -53,7 +53,7 @@ def library_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def library(library_dir: Path):
-    from engine.api import Library
+    from engine.library import Library
 
     lib = Library(library_dir)
     yield lib

@@ -1,4 +1,4 @@
-"""Library backup, restore and move (engine/backup.py, `myvlm backup|restore|move-library`).
+"""Library backup, restore and move (engine/admin/backup.py, `myvlm backup|restore|move-library`).
 
 A small real library: four real photos indexed (thumbnails, dlib faces), the face group named and made a concept
 with its face head, a caption typed by the user, a concept embedding file and an imported research-layout concept
@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.api import Library
-from engine.backup import (
+from engine.library import Library
+from engine.admin.backup import (
     MANIFEST,
     BackupError,
     Cancelled,
@@ -32,7 +32,7 @@ from engine.backup import (
     verify_backup,
 )
 from engine import errors
-from engine.library import LibraryPaths, follow_moves
+from engine.storage.library_folder import LibraryPaths, follow_moves
 from engine.progress import Progress
 
 from .conftest import myvlm
@@ -62,7 +62,7 @@ def make_library(root: Path, album: Path, test_data: Path) -> dict:
         lib.captions().put_user_caption(photo.id, "Barack Obama at the lectern")
         lib.catalog.set_setting("face_backend", "dlib")
 
-        from engine.personalize.embeddings import ConceptEmbedding, EmbeddingStore
+        from engine.domain.personalize.embeddings import ConceptEmbedding, EmbeddingStore
 
         rng = np.random.default_rng(0)
         emb_path = EmbeddingStore(lib.paths.concepts).save(ConceptEmbedding(
@@ -70,7 +70,7 @@ def make_library(root: Path, album: Path, test_data: Path) -> dict:
             values=rng.normal(size=(1, 32)).astype(np.float32), keys=rng.normal(size=(3, 16)).astype(np.float32),
             step=5, steps_total=5, history={5: rng.normal(size=(1, 32)).astype(np.float32)}))
 
-        from engine.concepts.research import import_research_concept
+        from engine.domain.concepts.research import import_research_concept
 
         research = root.parent / "research" / "mug"
         research.mkdir(parents=True)
@@ -96,7 +96,7 @@ def files_of(root: Path, sub: str) -> dict[str, bytes]:
 
 
 def example_images(root: Path) -> list[bytes]:
-    """The imported training images as the app finds them (engine/personalize/service.py resolves the same way)."""
+    """The imported training images as the app finds them (engine/domain/personalize/service.py resolves the same way)."""
     conn = sqlite3.connect(root / "library.db")
     try:
         rows = conn.execute("SELECT concept_id, path FROM concept_examples WHERE path IS NOT NULL").fetchall()
@@ -156,7 +156,7 @@ def test_round_trip_keeps_rows_and_files_byte_identical(source, tmp_path: Path):
         assert st["photos"]["ok"] == 4 and st["people"]["named"] == 1
         assert lib.captions().caption(lib.catalog.photo_by_path(source["album"] / "obama2.jpg").id) \
             == "Barack Obama at the lectern"
-        from engine.personalize.embeddings import EmbeddingStore
+        from engine.domain.personalize.embeddings import EmbeddingStore
 
         assert EmbeddingStore(lib.paths.concepts).load(source["concept"], "tiny-blip2", "caption").step == 5
     assert album_snapshot(source["album"]) == album_before
@@ -280,7 +280,7 @@ def test_a_damaged_backup_is_refused_and_the_library_left_alone(source, tmp_path
 
     # the same damage with the manifest made to match: SQLite's integrity check catches it
     manifest = json.loads((Path(rep.path) / MANIFEST).read_text())
-    from engine.backup import sha256_file
+    from engine.admin.backup import sha256_file
 
     digest, size = sha256_file(Path(rep.path) / "library.db")
     manifest["files"]["library.db"] = {"sha256": digest, "size": size}
@@ -352,7 +352,7 @@ def test_move_library_keeps_everything_and_never_touches_the_photos(tmp_path: Pa
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("MYVLM_LIBRARY", raising=False)
-    from engine.library import default_library_path, library_pointer_file
+    from engine.storage.library_folder import default_library_path, library_pointer_file
 
     old = default_library_path()
     assert old == tmp_path / "data" / "myvlm-desktop" / "library"
@@ -379,7 +379,7 @@ def test_move_library_keeps_everything_and_never_touches_the_photos(tmp_path: Pa
     assert st["library"] == str(new) and st["photos"]["ok"] == 4 and st["people"]["named"] == 1
     assert default_library_path() == new and follow_moves(old) == new
     with Library(new) as lib:
-        from engine.personalize.embeddings import EmbeddingStore
+        from engine.domain.personalize.embeddings import EmbeddingStore
 
         assert EmbeddingStore(lib.paths.concepts).load(made["concept"], "tiny-blip2", "caption").step == 5
 
@@ -493,7 +493,7 @@ def test_move_keeps_a_linked_models_folder_as_a_link(source, tmp_path: Path, mon
 def test_a_backup_carries_no_claim_of_a_run_working_on_the_library(source, tmp_path: Path):
     """A run indexing the library while it is backed up claims photos in the catalog; a restored copy has no such
     run, so it must not inherit them (its own runs would wait minutes for a claim nobody renews)."""
-    from engine.claims import ClaimOwner, claim
+    from engine.storage.claims import ClaimOwner, claim
 
     live = tmp_path / "live"
     shutil.copytree(source["root"], live)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.api import Library
+from engine.library import Library
 
 from .conftest import myvlm
 from .helpers import album_snapshot, photo_array, write_jpeg

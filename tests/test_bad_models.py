@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.model_files import ModelLoadError, folder_problem, load_problem, quick_problem
-from engine.model_manager import ModelError, ModelManager
-from engine.personalize.tiny import build_tiny_blip2
+from engine.models.files import ModelLoadError, folder_problem, load_problem, quick_problem
+from engine.models.downloads import ModelError, ModelManager
+from engine.models.vlm.tiny import build_tiny_blip2
 
 from .conftest import myvlm
 
@@ -65,7 +65,7 @@ def test_checks_name_the_file_and_never_run_the_pickle(checkpoints):
 
 @pytest.mark.parametrize("damage", ["cut", "pickle"])
 def test_loading_a_damaged_captioner_raises_one_sentence(checkpoints, damage, tmp_path):
-    from engine.personalize.vlm import load_vlm
+    from engine.models.vlm.auto import load_vlm
 
     with pytest.raises(ModelLoadError) as err:
         load_vlm(str(checkpoints[damage]), models_dir=tmp_path, device="cpu")
@@ -75,7 +75,7 @@ def test_loading_a_damaged_captioner_raises_one_sentence(checkpoints, damage, tm
 
 
 def test_a_damaged_clip_file_is_unavailable_in_one_sentence(tmp_path):
-    from engine.clip import ClipEncoder
+    from engine.models.clip import ClipEncoder
 
     bad = tmp_path / "open_clip_model.safetensors"
     bad.write_bytes((200).to_bytes(8, "little") + b"{}")   # the header says 200 bytes; the file has 2
@@ -196,7 +196,7 @@ def test_a_cut_short_model_in_the_cache_is_not_listed_as_present(checkpoints, tm
 
 
 def test_missing_weights_name_the_model_and_its_real_size(tmp_path):
-    from engine.personalize.vlm import VLM_SPECS, VlmWeightsMissing, checkpoint_folder
+    from engine.models.vlm.auto import VLM_SPECS, VlmWeightsMissing, checkpoint_folder
 
     with pytest.raises(VlmWeightsMissing) as err:
         checkpoint_folder(VLM_SPECS["blip2"], "Salesforce/blip2-flan-t5-xl-not-here", tmp_path)

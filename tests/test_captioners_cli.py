@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.concepts.research import load_research_concept_embeddings
+from engine.domain.concepts.research import load_research_concept_embeddings
 
 from .conftest import myvlm
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.captions import CaptionStore, placeholder, to_template
-from engine.catalog import now
+from engine.domain.captions import CaptionStore, placeholder, to_template
+from engine.storage.catalog import now
 from engine.errors import NotFound
 
 
@@ -142,7 +142,7 @@ def test_to_template_case_sensitive_and_empty_map():
 
 
 def test_a_generated_caption_that_no_longer_holds_can_be_dropped_but_the_users_stays(library, tmp_path):
-    from engine.captions import CaptionStore
+    from engine.domain.captions import CaptionStore
 
     from .helpers import write_jpeg
 

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import sqlite_utils
 
-from engine.api import Changes, Library
-from engine.catalog import CHANGES_KEPT, MIGRATIONS, SCHEMA_VERSION, Catalog, now
-from engine.faces.backends import FaceThresholds
-from engine.faces.clustering import FaceClusterer
-from engine.library import LibraryPaths
-from engine.people import People
-from engine.vectors import to_blob
+from engine.library import Changes, Library
+from engine.storage.catalog import CHANGES_KEPT, MIGRATIONS, SCHEMA_VERSION, Catalog, now
+from engine.models.faces.backends import FaceThresholds
+from engine.domain.face_clustering import FaceClusterer
+from engine.storage.library_folder import LibraryPaths
+from engine.domain.people import People
+from engine.storage.vectors import to_blob
 
 from .conftest import ROOT
 from .helpers import write_jpeg
@@ -122,7 +122,7 @@ def test_concept_signals_count_where_they_fire(indexed):
 def test_another_process_writes_are_seen(indexed):
     library, ids, token = indexed
     code = ("import sys; from pathlib import Path\n"
-            "from engine.catalog import Catalog; from engine.library import LibraryPaths\n"
+            "from engine.storage.catalog import Catalog; from engine.storage.library_folder import LibraryPaths\n"
             "with Catalog(LibraryPaths(Path(sys.argv[1]))) as cat: cat.set_user_rotation(int(sys.argv[2]), 180)")
     subprocess.run([sys.executable, "-c", code, str(library.paths.root), str(ids[2])], check=True, cwd=ROOT)
     token, seen = changed(library, token)

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from engine import __version__
-from engine.catalog import SCHEMA_VERSION, Catalog, SchemaTooNew
+from engine.storage.catalog import SCHEMA_VERSION, Catalog, SchemaTooNew
 from myvlm_cli.indexing import IndexProgress, status_verdict
-from engine.library import LibraryPaths
+from engine.storage.library_folder import LibraryPaths
 from engine.progress import Progress
 
 from .conftest import myvlm
@@ -153,7 +153,7 @@ def test_bars_on_a_terminal_count_the_rate_from_the_scan_start():
 
 
 def test_plain_progress_lines_say_start_progress_and_end():
-    from engine.pipeline import ProgressEvent
+    from engine.pipeline.runner import ProgressEvent
 
     now = [0.0]
     out = io.StringIO()
@@ -221,7 +221,7 @@ def test_concept_suggest_says_clip_is_missing(tmp_path: Path, album: Path):
 
 def test_index_modes_are_the_pipelines():
     """The parser spells the modes out (parsing imports no engine module); they are the pipeline's."""
-    from engine.pipeline import ALL, ERRORS, MISSING
+    from engine.pipeline.runner import ALL, ERRORS, MISSING
     from myvlm_cli.indexing import MODES
 
     assert MODES == (MISSING, ALL, ERRORS)
@@ -230,7 +230,7 @@ def test_index_modes_are_the_pipelines():
 def test_errors_user_errors_said_cancels_quiet_bugs_logged(tmp_path: Path, monkeypatch, capsys):
     """One error contract at the top (myvlm_cli.main): a UserError is `myvlm: <message>` (2), a Cancelled exits 130
     saying nothing, anything else is a short sentence on stderr (1) with its traceback in the library's log."""
-    from engine.api import Library
+    from engine.library import Library
     from engine.errors import Cancelled, NotFound
     from myvlm_cli.main import main
 

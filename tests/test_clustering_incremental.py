@@ -11,12 +11,12 @@ import numpy as np
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from engine.api import Library
-from engine.catalog import Catalog, now
-from engine.faces.backends import FaceThresholds
-from engine.faces.clustering import FaceClusterer, cluster_state
-from engine.people import People
-from engine.vectors import to_blob
+from engine.library import Library
+from engine.storage.catalog import Catalog, now
+from engine.models.faces.backends import FaceThresholds
+from engine.domain.face_clustering import FaceClusterer, cluster_state
+from engine.domain.people import People
+from engine.storage.vectors import to_blob
 
 DIM = 16
 BACKEND = "test-space"
@@ -202,7 +202,7 @@ def test_user_word_survives_runs_of_another_connection_and_a_recluster(tmp_path:
 def test_large_libraries_search_an_inverted_file_and_group_as_the_exact_index(tmp_path: Path, monkeypatch):
     """Above IVF_MIN faces the index is faiss IndexIVFFlat (sublinear); on well-separated people it groups the faces
     as the exact index does, and keeps up with new and removed faces."""
-    from engine.faces import clustering
+    from engine.domain import face_clustering as clustering
 
     vecs, quality, _ = faces_of(11, n=400, people=12, noise=0.05)
     grouped = []

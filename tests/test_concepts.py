@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.api import Library
-from engine.concepts.detect import ConceptDetector
-from engine.concepts.registry import ConceptError, ConceptRegistry, Head
-from engine.clip import resolve_encoder
-from engine.vectors import load_clip_matrix
+from engine.library import Library
+from engine.domain.concepts.detect import ConceptDetector
+from engine.domain.concepts.registry import ConceptError, ConceptRegistry, Head
+from engine.models.clip import resolve_encoder
+from engine.storage.vectors import load_clip_matrix
 
 from .helpers import write_jpeg
 

@@ -1,6 +1,6 @@
 """Two indexing runs on one library at once (issue 16, item 1): two `myvlm index` commands, or the app's folder
 watcher and a command, end with what one run gives (the same faces, groups and captions), each photo's stage done
-once, and a library `myvlm check` finds whole. A photo's stage is claimed by one run (engine/claims.py); a dead
+once, and a library `myvlm check` finds whole. A photo's stage is claimed by one run (engine/storage/claims.py); a dead
 process's claims are taken over; a library damaged by the old behaviour (every face stored twice) is repaired by
 `myvlm check --clean`, keeping every name and confirmation.
 
@@ -24,10 +24,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engine.api import Library
-from engine.claims import ClaimOwner
-from engine.integrity import check_library
-from engine.watch import FolderWatcher
+from engine.library import Library
+from engine.storage.claims import ClaimOwner
+from engine.admin.integrity import check_library
+from engine.ingest.watch import FolderWatcher
 
 from .conftest import ROOT, myvlm
 
@@ -284,7 +284,7 @@ def test_a_run_waits_for_photos_a_live_run_holds_then_finishes(album: Path, tmp_
 def test_a_photos_faces_committed_by_two_runs_are_stored_once(album: Path, tmp_path: Path):
     """Two runs that both found a photo's faces before either stored them (a claim lost, e.g. a run that hung past
     its expiry) store them once: the commit replaces the photo's faces, it does not append."""
-    from engine.stages.faces import FaceStage
+    from engine.pipeline.faces import FaceStage
 
     with Library(tmp_path / "library") as lib:
         lib.catalog.set_setting("face_backend", "dlib")
@@ -309,7 +309,7 @@ def test_a_photos_faces_committed_by_two_runs_are_stored_once(album: Path, tmp_p
 
 
 def _job(row):
-    from engine.pipeline import Job
+    from engine.pipeline.runner import Job
 
     return Job(row["id"], row["path_bytes"], row["content_hash"], row["name"])
 
@@ -322,8 +322,8 @@ def _forget_clustering(lib: Library) -> None:
 
 
 def test_two_runs_clustering_the_same_faces_at_once_make_each_group_once(single: dict, tmp_path: Path):
-    from engine.catalog import Catalog
-    from engine.faces.clustering import FaceClusterer
+    from engine.storage.catalog import Catalog
+    from engine.domain.face_clustering import FaceClusterer
 
     library = tmp_path / "library"
     shutil.copytree(single["library"], library, ignore=shutil.ignore_patterns("logs"))

@@ -47,10 +47,10 @@ def test_every_engine_exception_is_a_user_error_and_every_cancel_a_cancelled():
 
 def test_user_errors_keep_their_builtin_bases():
     """Existing `except ValueError` / `except OSError` clauses still catch what they caught."""
-    from engine.api import FolderNotFound
-    from engine.catalog import DiskFull
-    from engine.concepts.registry import ConceptError
-    from engine.people import PeopleError
+    from engine.library import FolderNotFound
+    from engine.storage.catalog import DiskFull
+    from engine.domain.concepts.registry import ConceptError
+    from engine.domain.people import PeopleError
 
     assert issubclass(ConceptError, ValueError) and issubclass(PeopleError, ValueError)
     assert issubclass(DiskFull, OSError) and issubclass(FolderNotFound, FileNotFoundError)
@@ -59,7 +59,7 @@ def test_user_errors_keep_their_builtin_bases():
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory):
     """A library of three small photos, scanned once (the scan's reports kept for the scan's test)."""
-    from engine.api import Library
+    from engine.library import Library
 
     root = tmp_path_factory.mktemp("contracts")
     album = root / "album"
@@ -94,7 +94,7 @@ def test_scan_and_pipeline_report_progress(lib):
 
 
 def test_backup_reports_progress_and_stops_on_its_event(lib, tmp_path: Path):
-    from engine.backup import backup_library
+    from engine.admin.backup import backup_library
 
     seen: list = []
     backup_library(lib.paths.root, tmp_path / "backup", progress=seen.append)
@@ -106,7 +106,7 @@ def test_backup_reports_progress_and_stops_on_its_event(lib, tmp_path: Path):
 
 
 def test_head_training_reports_progress():
-    from engine.concepts.object_head import ObjectHeadConfig, train_linear_head
+    from engine.domain.concepts.object_head import ObjectHeadConfig, train_linear_head
 
     rng = np.random.default_rng(0)
     seen: list = []
@@ -117,9 +117,9 @@ def test_head_training_reports_progress():
 
 
 def test_caption_batch_and_concept_training_on_tiny_blip2_report_progress(lib):
-    from engine.personalize.embeddings import EmbeddingStore
-    from engine.personalize.service import Personalizer
-    from engine.personalize.training import ConceptToTrain, ConceptTrainer, TrainingConfig, TrainingExample
+    from engine.domain.personalize.embeddings import EmbeddingStore
+    from engine.domain.personalize.service import Personalizer
+    from engine.domain.personalize.training import ConceptToTrain, ConceptTrainer, TrainingConfig, TrainingExample
 
     photos = [p.id for p in lib.photos()]
     concept = lib.concepts().add_object("Spiff", photos[:2])

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.images import PhotoReadError, decode, probe
+from engine.ingest.images import PhotoReadError, decode, probe
 
 from .helpers import photo_array, write_jpeg
 
@@ -63,7 +63,7 @@ def test_png_exif_after_the_pixels_still_gives_the_orientation(tmp_path: Path):
 
 
 def test_index_marks_the_damaged_png_as_an_error_and_goes_on(tmp_path: Path):
-    from engine.api import Library
+    from engine.library import Library
 
     album = tmp_path / "album"
     for i in range(3):

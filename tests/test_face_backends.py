@@ -1,4 +1,4 @@
-"""Face backends with real models on real photos (engine/faces/backends.py, dlib_backend.py, insightface_backend.py).
+"""Face backends with real models on real photos (engine/models/faces/backends.py, dlib_backend.py, insightface_backend.py).
 
 dlib: its CC0 models from `face-recognition-models` on the face_recognition test photos (Obama x3, Biden) and on
 InsightFace's group photo t1.jpg. InsightFace: the real SCRFD-2.5G detector (from the `scrfd` source distribution) on
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.faces import (
+from engine.models.faces import (
     DetectedFace,
     DlibBackend,
     FaceBackendError,

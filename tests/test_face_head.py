@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from engine.api import Library
-from engine.concepts.face_head import (
+from engine.library import Library
+from engine.domain.concepts.face_head import (
     REFERENCES,
     build_person_head,
     build_person_head_from_images,
@@ -28,8 +28,8 @@ from engine.concepts.face_head import (
     person_head_signals,
     select_references,
 )
-from engine.concepts.registry import PERSON, ConceptError, ConceptRegistry, Head
-from engine.stages.faces import iou
+from engine.domain.concepts.registry import PERSON, ConceptError, ConceptRegistry, Head
+from engine.pipeline.faces import iou
 
 ROOT = Path(__file__).resolve().parent.parent
 LABELS = ROOT / "tests" / "data" / "kphotoalbum_faces.json"
@@ -337,7 +337,7 @@ def test_jesper_head_finds_jesper(kpa_lib):
 
 
 def _new_person(lib: Library) -> int:
-    from engine.catalog import now
+    from engine.storage.catalog import now
 
     with lib.catalog.write():
         return int(lib.catalog.conn.execute(

@@ -10,7 +10,7 @@ pack somewhere on the machine cannot change the outcome.
   * face_recognition's test photos: three of Barack Obama, one of Joe Biden (plus a partial face of Obama for the
     naming workflow).
 
-The thresholds these tests run with are dlib's measured ones (engine/faces/dlib_backend.py, docs/face-thresholds.md);
+The thresholds these tests run with are dlib's measured ones (engine/models/faces/dlib_backend.py, docs/face-thresholds.md);
 the numbers asserted below are what scripts/calibrate_faces.py measured. Missing test data is a failure, not a skip.
 """
 
@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.api import Library
-from engine.faces.dlib_backend import DLIB_THRESHOLDS
-from engine.stages.faces import iou
+from engine.library import Library
+from engine.models.faces.dlib_backend import DLIB_THRESHOLDS
+from engine.pipeline.faces import iou
 
 DATA = Path(__file__).resolve().parent / "data"
 STAGES = ("thumbnail", "faces")  # what faces need; CLIP is not part of these tests

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.api import Library
-from engine.stages.faces import same_face
+from engine.library import Library
+from engine.pipeline.faces import same_face
 
 from .conftest import myvlm
 from .test_face_backends import write_tiny_arcface

@@ -2,7 +2,7 @@
 
 - `kill -9` of `myvlm index` while it finds faces and again during a caption batch, of `myvlm train` after its
   first checkpoint: the next run resumes, nothing is lost or done twice, and the library passes `myvlm check`
-  (engine/integrity.py: SQLite's integrity check plus the catalog's invariants); a resumed training ends on exactly
+  (engine/admin/integrity.py: SQLite's integrity check plus the catalog's invariants); a resumed training ends on exactly
   the embedding of an uninterrupted one.
 - A full disk, injected (OSError ENOSPC from the writes the code really makes: the thumbnail's JPEG, the checkpoint's
   safetensors file) and real (a small tmpfs, in a user and mount namespace): a clear message that says the disk is
@@ -36,13 +36,13 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.api import Library
-from engine.catalog import DiskFull
+from engine.library import Library
+from engine.storage.catalog import DiskFull
 from myvlm_cli.main import main as cli_main
-from engine.integrity import check_library
-from engine.personalize.embeddings import EmbeddingStore
-from engine.personalize.training import TrainingConfig, TrainingOutOfMemory
-from engine.personalize.vlm import VlmWrapper, resolve_spec
+from engine.admin.integrity import check_library
+from engine.domain.personalize.embeddings import EmbeddingStore
+from engine.domain.personalize.training import TrainingConfig, TrainingOutOfMemory
+from engine.models.vlm.auto import VlmWrapper, resolve_spec
 
 from .conftest import ROOT
 from .helpers import album_snapshot, write_jpeg
@@ -60,7 +60,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}   # one thr
 # during a caption batch on any machine, however fast
 SECOND_CAPTION_BATCH_HANGS = """
 import itertools, sys, time
-from engine.stages.captions import CaptionStage
+from engine.pipeline.captions import CaptionStage
 calls = itertools.count()
 original = CaptionStage.process_batch
 def process_batch(self, jobs):
@@ -344,7 +344,7 @@ def test_disk_full_while_writing_thumbnails(tmp_path: Path, monkeypatch: pytest.
 
 def test_disk_full_while_saving_a_training_checkpoint(base: dict, lib_copy: Path,
                                                       monkeypatch: pytest.MonkeyPatch):
-    from engine.personalize import embeddings
+    from engine.domain.personalize import embeddings
 
     cid = base["concept"]
     real_save_file = embeddings.save_file
@@ -401,9 +401,9 @@ mount -o remount,size=64m "$LIB" || exit 92
 AFTER = """\
 import json, os, sys
 import numpy as np
-from engine.catalog import DiskFull
+from engine.storage.catalog import DiskFull
 from myvlm_cli.main import main
-from engine.personalize.embeddings import ConceptEmbedding, EmbeddingStore
+from engine.domain.personalize.embeddings import ConceptEmbedding, EmbeddingStore
 library, ckpt = sys.argv[1], sys.argv[2]
 for argv in (["check", "--json"], ["index", "--stage", "thumbnail", "--no-progress"], ["check", "--json"]):
     print("COMMAND", json.dumps(argv), flush=True)
@@ -625,7 +625,7 @@ def test_out_of_memory_during_training_fails_the_job_and_the_library_keeps_worki
 
 def test_out_of_memory_in_the_app_shows_the_message_and_the_app_keeps_working(
         qtbot, base: dict, lib_copy: Path, monkeypatch: pytest.MonkeyPatch):
-    from engine.library import LibraryPaths
+    from engine.storage.library_folder import LibraryPaths
     from myvlm_desktop.tasks import EngineThread
     from myvlm_desktop.thumbnails import ThumbnailLoader
     from myvlm_desktop.training import TeachDialog, TrainingRunner

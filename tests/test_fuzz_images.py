@@ -27,18 +27,18 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from engine import images
-from engine.api import Library
-from engine.images import (
+from engine.ingest import images
+from engine.library import Library
+from engine.ingest.images import (
     MAX_FULL_DECODE_PIXELS,
     MAX_PIXELS,
     PhotoReadError,
     decode,
     probe,
 )
-from engine.library import LibraryPaths
-from engine.search.places import read_gps
-from engine.image_cache import PREVIEW_SIZE, THUMB_SIZE, ImageCache
+from engine.storage.library_folder import LibraryPaths
+from engine.domain.search.places import read_gps
+from engine.ingest.image_cache import PREVIEW_SIZE, THUMB_SIZE, ImageCache
 
 from . import fuzz_media as M
 from .helpers import album_snapshot

@@ -31,9 +31,9 @@ from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 from PIL import Image
 
-from engine.api import Library
-from engine.concepts.registry import OBJECT, ConceptError, ConceptRegistry
-from engine.concepts.research import (
+from engine.library import Library
+from engine.domain.concepts.registry import OBJECT, ConceptError, ConceptRegistry
+from engine.domain.concepts.research import (
     MAX_JSON_BYTES,
     VQA_FILE,
     import_research_concept,
@@ -41,12 +41,12 @@ from engine.concepts.research import (
     load_research_concept_embeddings,
     load_research_object_head,
 )
-from engine.personalize.embeddings import (
+from engine.domain.personalize.embeddings import (
     ConceptEmbedding,
     EmbeddingFileError,
     EmbeddingStore,
 )
-from engine.personalize.vlm import VLM_SPECS
+from engine.models.vlm.auto import VLM_SPECS
 
 from . import fuzz_media as M
 from .helpers import album_snapshot
@@ -706,7 +706,7 @@ def test_damaged_embedding_values(store):
                      st.tuples(st.just("header"), st_headers, st.binary(max_size=64), st.none())))
 def test_damaged_imported_embeddings(store, workdir, how):
     """The safetensors copy a research import keeps: damaged, it is a ConceptError, and the store skips it."""
-    from engine.concepts.research import _save_embeddings
+    from engine.domain.concepts.research import _save_embeddings
 
     folder = store.root / "3" / "research_embeddings"
     path = folder / "concept_embeddings_blip2_captioning.safetensors"

@@ -16,8 +16,8 @@ from PySide6.QtCore import QSettings, Qt, QTimer
 from PySide6.QtGui import QPixmap
 from PySide6.QtWidgets import QApplication, QFileDialog, QMessageBox
 
-from engine.api import Library
-from engine.catalog import Photo
+from engine.library import Library
+from engine.storage.catalog import Photo
 from myvlm_desktop import app as app_module
 from myvlm_desktop.folders import SubtitleRole
 from myvlm_desktop.grid import CELL_PADDING, PhotoGridModel, PhotoRole, ThumbStateRole
@@ -641,7 +641,7 @@ def test_settings_models_table_shows_every_column_in_full(qtbot, open_window) ->
 
 
 def test_model_updates_in_place(qtbot) -> None:
-    from engine.library import LibraryPaths
+    from engine.storage.library_folder import LibraryPaths
     from myvlm_desktop.thumbnails import ThumbnailLoader
 
     loader = ThumbnailLoader(LibraryPaths(Path("/nonexistent-library")))

@@ -22,7 +22,7 @@ from PySide6.QtCore import QMimeData, QPoint, QPointF, QSettings, Qt, QTimer
 from PySide6.QtGui import QDropEvent
 from PySide6.QtWidgets import QApplication, QPushButton, QToolButton
 
-from engine.api import Library
+from engine.library import Library
 from myvlm_desktop import app as app_module
 from myvlm_desktop.folders import SubtitleRole
 from myvlm_desktop.grid import PhotoRole, WhyRole

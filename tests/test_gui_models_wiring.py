@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import pytestqt  # noqa: F401 - a test dependency: its absence must fail, not skip
 
-from engine.api import Library
+from engine.library import Library
 from myvlm_desktop import app as app_module
 from myvlm_desktop.main_window import MainWindow
 from myvlm_desktop.tasks import user_message
@@ -106,7 +106,7 @@ def test_nothing_waiting_nothing_to_run(qtbot, window, weights: Path) -> None:
 
 
 def test_model_manager_errors_are_shown_as_their_sentences() -> None:
-    from engine.model_manager import DownloadCancelled, ModelError, OfflineError
+    from engine.models.downloads import DownloadCancelled, ModelError, OfflineError
 
     assert user_message(ModelError("not enough disk space: the download needs 2.0 GB more")) == (
         "Not enough disk space: the download needs 2.0 GB more")

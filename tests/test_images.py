@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.images import PhotoReadError, classify, decode
+from engine.ingest.images import PhotoReadError, classify, decode
 
 from .helpers import mean_abs_diff, photo_array
 
@@ -99,7 +99,7 @@ def test_modes_become_rgb(tmp_path: Path):
 
 
 def test_heic_when_plugin_present(tmp_path: Path):
-    from engine import images
+    from engine.ingest import images
 
     if not images.HEIF_SUPPORTED:  # pillow-heif is a declared dependency; its absence is an install bug
         pytest.fail("pillow-heif is not importable although pyproject.toml declares it")

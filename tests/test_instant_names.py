@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from engine.api import Library
-from engine.captions import render_with
-from engine.personalize import instant
-from engine.personalize.instant import Scene, Seen, replace_class_word
-from engine.personalize.service import shared_wrapper
+from engine.library import Library
+from engine.domain.captions import render_with
+from engine.domain.personalize import instant
+from engine.domain.personalize.instant import Scene, Seen, replace_class_word
+from engine.domain.personalize.service import shared_wrapper
 
 STAGES = ("thumbnail", "faces", "concepts", "captions")   # CLIP is not needed: no thing is taught here
 SAID = "a man standing in front of a flag"
@@ -208,7 +208,7 @@ def test_the_info_pane_marks_a_caption_named_from_recognition(album, qtbot):
 
 
 def test_the_trained_embedding_replaces_the_instant_caption(album):
-    from engine.personalize.training import TrainingConfig
+    from engine.domain.personalize.training import TrainingConfig
 
     lib, ids = album["lib"], album["ids"]
     obama = _alex(lib, ids)
@@ -265,7 +265,7 @@ def test_settings_dialog_turns_instant_names_off(album, qtbot):
 
 def test_forgetting_a_person_leaves_someone_in_their_instant_texts(album):
     """Last: it forgets Alex. A forgotten person's name must not survive in any caption or answer."""
-    from engine.captions import person_placeholder
+    from engine.domain.captions import person_placeholder
 
     lib, ids = album["lib"], album["ids"]
     obama = _alex(lib, ids)

@@ -23,18 +23,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from engine.concepts.research import load_research_concept_embeddings
-from engine.personalize.embeddings import EmbeddingStore
-from engine.personalize.minigpt_v2 import (
+from engine.domain.concepts.research import load_research_concept_embeddings
+from engine.domain.personalize.embeddings import EmbeddingStore
+from engine.models.vlm.minigpt_v2 import (
     OFFICIAL_CHECKPOINT,
     LocateCancelled,
     MiniGptV2Config,
     parse_box,
     write_official_checkpoint,
 )
-from engine.personalize.tiny import ensure_tiny_checkpoint
-from engine.personalize.training import ConceptToTrain, ConceptTrainer, TrainingConfig, TrainingExample
-from engine.personalize.vlm import VlmWeightsMissing, load_vlm
+from engine.models.vlm.tiny import ensure_tiny_checkpoint
+from engine.domain.personalize.training import ConceptToTrain, ConceptTrainer, TrainingConfig, TrainingExample
+from engine.models.vlm.auto import VlmWeightsMissing, load_vlm
 
 from .helpers import stop_at_step
 
@@ -115,7 +115,7 @@ def test_the_official_checkpoint_maps_projection_and_lora_weights(models_dir, tm
     assert torch.equal(layers[1].self_attn.k_proj.weight, base_layers[1].self_attn.k_proj.weight)
     # a file without the projection is not a MiniGPT-v2 checkpoint: one sentence
     torch.save({"model": {"something.else": torch.zeros(2)}}, folder / OFFICIAL_CHECKPOINT)
-    from engine.model_files import ModelLoadError
+    from engine.models.files import ModelLoadError
 
     with pytest.raises(ModelLoadError, match="no llama_proj weights"):
         load_vlm(str(folder), models_dir=models_dir, dtype="fp32")
@@ -127,7 +127,7 @@ class _Hostile:
 
 
 def test_a_checkpoint_with_code_in_it_is_refused_in_one_sentence(models_dir, tmp_path):
-    from engine.model_files import ModelLoadError
+    from engine.models.files import ModelLoadError
 
     tiny = ensure_tiny_checkpoint(PRESET, models_dir / "tiny")
     folder = tmp_path / "hostile"
@@ -196,8 +196,8 @@ def test_gradients_reach_only_the_concept_values_through_the_lm_attention_regula
 
 
 def test_training_lowers_the_loss_resumes_and_exports_the_research_format(wrapper, tmp_path):
-    from engine.concepts.object_head import TrainingCancelled
-    from engine.personalize.training import DEFAULT_LAMBDA
+    from engine.domain.concepts.object_head import TrainingCancelled
+    from engine.domain.personalize.training import DEFAULT_LAMBDA
 
     w = wrapper
     assert DEFAULT_LAMBDA[("minigpt-v2", "caption")] == 1.0      # the reference code's λ for MiniGPT-v2
@@ -229,8 +229,8 @@ def test_training_lowers_the_loss_resumes_and_exports_the_research_format(wrappe
 
 
 def test_research_embeddings_of_minigpt_v2_import_for_the_real_checkpoint(library, tmp_path):
-    from engine.concepts.research import export_research_concept_embeddings, import_research_concept
-    from engine.personalize.vlm import VLM_SPECS
+    from engine.domain.concepts.research import export_research_concept_embeddings, import_research_concept
+    from engine.models.vlm.auto import VLM_SPECS
 
     folder = tmp_path / "sks_mug"
     folder.mkdir()
@@ -306,8 +306,8 @@ def test_locate_asks_refer_with_the_token_and_can_be_cancelled(wrapper):
 def bella_library(tmp_path_factory) -> dict:
     """Four photos, tiny MiniGPT-v2 as the library's captioner, and a thing "Bella" recognised in two of them and
     taught for a few steps. Its recognition is written as the concepts stage writes it (heads are tested elsewhere)."""
-    from engine.api import Library
-    from engine.personalize.training import TrainingConfig as Cfg
+    from engine.library import Library
+    from engine.domain.personalize.training import TrainingConfig as Cfg
 
     from .helpers import write_jpeg
 
@@ -332,7 +332,7 @@ def bella_library(tmp_path_factory) -> dict:
         pers = lib.personalizer()
         pers.prepare_targets("Bella")
         pers.train(["Bella"], config=Cfg(steps=3, augment=False))
-        from engine.personalize.locate import locate
+        from engine.domain.personalize.locate import locate
 
         expected = locate(pers, ids["0.jpg"], "Bella").as_dict()
         elsewhere = locate(pers, ids["2.jpg"], "bella").as_dict()
@@ -446,7 +446,7 @@ def test_llama_2_is_gated_the_manager_says_why_and_asks_for_a_token(tmp_path, mo
     from huggingface_hub import constants
 
     from myvlm_cli.main import main
-    from engine.model_manager import ModelManager, TokenRequired
+    from engine.models.downloads import ModelManager, TokenRequired
 
     from .fake_hub import FakeHub
 
@@ -488,7 +488,7 @@ def test_llama_2_is_gated_the_manager_says_why_and_asks_for_a_token(tmp_path, mo
 
 
 def test_the_official_checkpoint_is_imported_after_a_check(models_dir, tmp_path):
-    from engine.model_manager import ModelError, ModelManager
+    from engine.models.downloads import ModelError, ModelManager
 
     tiny = ensure_tiny_checkpoint(PRESET, models_dir / "tiny")
     models = tmp_path / "models"
@@ -514,10 +514,10 @@ def test_the_real_layout_loads_blip2s_vit_llama_and_the_checkpoint_from_the_mode
     `vision_model.*` taken, at 448 px), the Llama folder, <models>/minigpt-v2/minigptv2_checkpoint.pth."""
     from transformers import Blip2ForConditionalGeneration
 
-    from engine.personalize.minigpt_v2 import MiniGptV2Wrapper
-    from engine.personalize.checkpoints import checkpoint_folder
-    from engine.personalize.specs import VLM_SPECS
-    from engine.personalize.tiny import build_tiny_blip2
+    from engine.models.vlm.minigpt_v2 import MiniGptV2Wrapper
+    from engine.models.vlm.checkpoints import checkpoint_folder
+    from engine.models.vlm.specs import VLM_SPECS
+    from engine.models.vlm.tiny import build_tiny_blip2
 
     tiny = ensure_tiny_checkpoint(PRESET, models_dir / "tiny")
     models = tmp_path / "models"

@@ -25,21 +25,21 @@ from huggingface_hub import (
     try_to_load_from_cache,
 )
 
-from engine import model_manager
-from engine.clip import CLIP_MODELS, find_cached_weights
-from engine.faces import (
+from engine.models import downloads as model_manager
+from engine.models.clip import CLIP_MODELS, find_cached_weights
+from engine.models.faces import (
     DlibBackend,
     InsightFaceBackend,
     create_backend,
     find_insightface_packs,
 )
-from engine.model_manager import (
+from engine.models.downloads import (
     DownloadCancelled,
     ModelError,
     ModelManager,
     OfflineError,
 )
-from engine.personalize.vlm import VLM_SPECS, VlmWeightsMissing, checkpoint_folder
+from engine.models.vlm.auto import VLM_SPECS, VlmWeightsMissing, checkpoint_folder
 from engine.progress import Progress
 from tests.conftest import ROOT
 from tests.fake_hub import FakeHub
@@ -152,7 +152,7 @@ def cache_file(repo: str, filename: str) -> Path | None:
 # -- states ----------------------------------------------------------------------------------------------------------
 
 def test_catalogue_lists_every_feature_and_what_is_here(mm: ModelManager, env: Path, hub: FakeHub) -> None:
-    from engine import doctor
+    from engine.admin import doctor
 
     rows = {s.name: s for s in mm.status()}
     assert {"dlib", "buffalo_l", "buffalo_s", "antelopev2", "ViT-B-32", "DFN5B-CLIP-ViT-H-14-378", "blip2",
@@ -162,8 +162,8 @@ def test_catalogue_lists_every_feature_and_what_is_here(mm: ModelManager, env: P
     assert rows["buffalo_l"].licence == "InsightFace: non-commercial research only"
     assert rows["buffalo_l"].where == str(env / "library" / "models" / "insightface" / "buffalo_l")
     assert rows["blip2"].repo_id == BLIP_REPO and rows["blip2"].licence == "MIT"
-    # the captioner marked default is the one that fits this computer (engine/hardware.py), and only that one
-    from engine.hardware import recommended_vlm
+    # the captioner marked default is the one that fits this computer (engine/models/hardware.py), and only that one
+    from engine.models.hardware import recommended_vlm
 
     assert [n for n, r in rows.items() if r.default and r.feature == "captions and questions"] == [recommended_vlm()]
     assert rows["llava"].licence == VLM_SPECS["llava"].license
@@ -528,7 +528,7 @@ def test_cli_offline(env: Path, hub: FakeHub, monkeypatch) -> None:
 # -- the Settings page -----------------------------------------------------------------------------------------------
 
 def test_settings_models_section_downloads_off_the_gui_thread(qtbot, env: Path, hub: FakeHub) -> None:
-    from engine.api import Library
+    from engine.library import Library
     from myvlm_desktop.settings_dialog import SettingsDialog
     from myvlm_desktop.tasks import EngineThread
 

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.api import Library
-from engine.concepts.object_head import (
+from engine.library import Library
+from engine.domain.concepts.object_head import (
     VIEWS_FILE,
     ObjectHeadConfig,
     ObjectHeadTrainer,
@@ -33,10 +33,10 @@ from engine.concepts.object_head import (
     score_heads,
     train_linear_head,
 )
-from engine.concepts.registry import ConceptError, ConceptRegistry
+from engine.domain.concepts.registry import ConceptError, ConceptRegistry
 from engine.progress import Progress
-from engine.clip import resolve_encoder
-from engine.vectors import load_clip_matrix
+from engine.models.clip import resolve_encoder
+from engine.storage.vectors import load_clip_matrix
 
 from .helpers import write_jpeg
 

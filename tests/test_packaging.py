@@ -84,7 +84,7 @@ def test_sdist_holds_the_sources_resources_and_licence(dists):
         pkg_info = tf.extractfile(f"myvlm_desktop-{__version__}/PKG-INFO").read().decode()
     for must in ["README.md", "LICENSE", "pyproject.toml", "setup.py", "MANIFEST.in", "Makefile",
                  "packaging/myvlm-desktop.spec", "packaging/README.md", "packaging/launchers/launch_gui.py",
-                 "myvlm_cli/main.py", "engine/backup.py", "myvlm_cli/backup.py", "myvlm_desktop/app.py",
+                 "myvlm_cli/main.py", "engine/admin/backup.py", "myvlm_cli/backup.py", "myvlm_desktop/app.py",
                  "myvlm_desktop/resources.py", "scripts/fetch_test_data.py", "scripts/render_icons.py",
                  "tests/conftest.py", "tests/test_packaging.py", "docs/cli-json.md",
                  *(f"resources/{f}" for f in RESOURCE_FILES)]:
@@ -100,7 +100,7 @@ def test_wheel_installs_into_a_fresh_environment_and_runs(dists, tmp_path: Path)
         entry_points = zf.read(f"myvlm_desktop-{__version__}.dist-info/entry_points.txt").decode()
     for f in RESOURCE_FILES:
         assert f"myvlm_desktop/_resources/{f}" in names, f
-    assert "engine/backup.py" in names and "myvlm_desktop/app.py" in names
+    assert "engine/admin/backup.py" in names and "myvlm_desktop/app.py" in names
     assert not [n for n in names if n.startswith(("tests/", "resources/", "bench/")) or "__pycache__" in n]
     assert "myvlm = myvlm_cli.main:main" in entry_points and "myvlm-desktop = myvlm_desktop.app:main" in entry_points
     assert f"myvlm_desktop-{__version__}.dist-info/licenses/LICENSE" in names

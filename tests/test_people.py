@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.catalog import now
-from engine.faces.backends import FaceThresholds
-from engine.faces.clustering import FaceClusterer
-from engine.vectors import to_blob
-from engine.people import People, PeopleError
+from engine.storage.catalog import now
+from engine.models.faces.backends import FaceThresholds
+from engine.domain.face_clustering import FaceClusterer
+from engine.storage.vectors import to_blob
+from engine.domain.people import People, PeopleError
 
 DIM = 64
 BACKEND = "test-space"
@@ -266,8 +266,8 @@ def test_create_person_from_faces(world: World):
 
 def test_person_concept_signals_follow_the_users_word(world: World):
     """The head is the paper's (nearest reference within the distance), but the user's word wins."""
-    from engine.concepts.detect import ConceptDetector
-    from engine.concepts.registry import ConceptRegistry, Head
+    from engine.domain.concepts.detect import ConceptDetector
+    from engine.domain.concepts.registry import ConceptRegistry, Head
 
     alex_faces = [world.face("alex") for _ in range(3)]
     people = People(world.cat)

@@ -15,16 +15,16 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.concepts.research import load_research_concept_embeddings
-from engine.personalize.embeddings import EmbeddingStore
-from engine.personalize.training import (
+from engine.domain.concepts.research import load_research_concept_embeddings
+from engine.domain.personalize.embeddings import EmbeddingStore
+from engine.domain.personalize.training import (
     ConceptToTrain,
     ConceptTrainer,
     TrainingConfig,
     TrainingExample,
     TrainingProgress,
 )
-from engine.personalize.vlm import VlmError, VlmWeightsMissing, load_vlm, resolve_spec
+from engine.models.vlm.auto import VlmError, VlmWeightsMissing, load_vlm, resolve_spec
 
 PRESETS = ["tiny-blip2", "tiny-blip2-opt", "tiny-llava"]
 
@@ -220,7 +220,7 @@ def test_several_concepts_train_together_and_each_gets_its_token(models_dir, tmp
 
 
 def test_cancel_and_resume_continue_exactly_where_the_run_stopped(models_dir, tmp_path):
-    from engine.concepts.object_head import TrainingCancelled
+    from engine.domain.concepts.object_head import TrainingCancelled
 
     w = load_vlm("tiny-blip2", models_dir=models_dir)
     cfg = TrainingConfig(steps=50, seed=5)
@@ -279,7 +279,7 @@ def test_missing_weights_and_unsupported_models_say_what_to_do(models_dir):
 
 
 def test_targets_rewrite_the_subject_phrase():
-    from engine.personalize.targets import (
+    from engine.domain.personalize.targets import (
         caption_targets,
         personalise_answer,
         pick_class_word,
@@ -296,7 +296,7 @@ def test_targets_rewrite_the_subject_phrase():
 
 
 def test_research_train_writes_the_reference_files(models_dir, tmp_path):
-    from engine.personalize.research_run import run_research_training
+    from engine.domain.personalize.research_run import run_research_training
 
     folder = tmp_path / "mug"
     folder.mkdir()
@@ -365,8 +365,8 @@ def test_personalised_caption_and_answer_end_to_end_through_the_cli(tmp_path: Pa
 
 def test_llava_vqa_targets_are_generated_with_the_class_word_and_personalised(library, tmp_path):
     """The desktop flow for VQA: the original LLaVA answers generic questions, the answers name the concept."""
-    from engine.concepts.research import import_research_concept
-    from engine.personalize.service import Personalizer
+    from engine.domain.concepts.research import import_research_concept
+    from engine.domain.personalize.service import Personalizer
 
     folder = tmp_path / "toy"
     folder.mkdir()
@@ -392,7 +392,7 @@ def test_llava_vqa_targets_are_generated_with_the_class_word_and_personalised(li
 
 def test_mirrored_views_get_mirrored_targets(models_dir, tmp_path, monkeypatch):
     """A flipped training view must not be told "Bella is on the left" when she is now on the right."""
-    from engine.personalize import training as T
+    from engine.domain.personalize import training as T
 
     assert T.mirror_text("Where is sks? On the left, to the left of the car.") == \
         "Where is sks? On the right, to the right of the car."
@@ -447,7 +447,7 @@ def test_mirrored_views_get_mirrored_targets(models_dir, tmp_path, monkeypatch):
 def test_training_augments_small_copies_of_big_photos(models_dir, tmp_path, monkeypatch):
     """A 1440 px preview is shrunk once to twice the model's input side before the steps augment it (rotating the
     full photo at every step was most of a CPU step); the photo itself is left as it was."""
-    from engine.personalize import training as T
+    from engine.domain.personalize import training as T
 
     w = load_vlm("tiny-blip2", models_dir=models_dir)
     side = T.working_side(w)
@@ -496,7 +496,7 @@ def test_concepts_trained_together_train_as_each_would_alone(models_dir, tmp_pat
 
 
 def test_each_concepts_gradient_is_clipped_on_its_own():
-    from engine.personalize.training import _clip_rows
+    from engine.domain.personalize.training import _clip_rows
 
     param = torch.nn.Parameter(torch.zeros(3, 4))
     param.grad = torch.tensor([[3.0, 4.0, 0, 0], [0.01, 0, 0, 0], [0, 0, 0, 0]])
@@ -510,7 +510,7 @@ def test_each_concepts_gradient_is_clipped_on_its_own():
 def test_rotated_training_views_have_black_corners_like_the_reference():
     """The reference's rotation fills the uncovered corners with black; mirroring the edges (the old fill) puts
     phantom copies of objects near the edges into the view, which the target caption does not mention."""
-    from engine.personalize.training import augment_view
+    from engine.domain.personalize.training import augment_view
 
     img = Image.new("RGB", (64, 64), (200, 40, 40))
     cfg = TrainingConfig(flip_p=0.0, brightness=0.0, max_rotation=45.0)

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from engine.api import Library
-from engine.pipeline import Job, Pipeline, ProgressEvent, Stage
-from engine.image_cache import ImageCache
+from engine.library import Library
+from engine.pipeline.runner import Job, Pipeline, ProgressEvent, Stage
+from engine.ingest.image_cache import ImageCache
 
 from .conftest import ROOT
 from .helpers import album_snapshot, mean_abs_diff, photo_array, write_jpeg
@@ -240,8 +240,8 @@ def test_kphotoalbum_demo_indexes_completely(kphotoalbum: Path, tmp_path: Path):
 
 WRITER = """
 import sys, time
-from engine.catalog import Catalog
-from engine.library import LibraryPaths
+from engine.storage.catalog import Catalog
+from engine.storage.library_folder import LibraryPaths
 cat = Catalog(LibraryPaths(__import__('pathlib').Path(sys.argv[1])))
 for i in range(300):
     cat.set_setting(f"{sys.argv[2]}-{i}", i)

@@ -28,8 +28,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from engine.api import Library
-from engine.personalize.training import TrainingConfig
+from engine.library import Library
+from engine.domain.personalize.training import TrainingConfig
 
 from . import netguard
 from .conftest import ROOT

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.concepts.face_head import REFERENCES
-from engine.concepts.registry import OBJECT, PERSON, ConceptError, ConceptRegistry
-from engine.concepts.research import (
+from engine.domain.concepts.face_head import REFERENCES
+from engine.domain.concepts.registry import OBJECT, PERSON, ConceptError, ConceptRegistry
+from engine.domain.concepts.research import (
     RESEARCH_EMBEDDINGS_DIR,
     VQA_FILE,
     export_research_concept_embeddings,
@@ -270,7 +270,7 @@ def test_import_person_folder_builds_a_face_head(library, test_data: Path, tmp_p
     """A person concept from a research folder: one reference per image; the two-person image keeps Obama's face."""
     from PIL import Image
 
-    from engine.faces.dlib_backend import DlibBackend
+    from engine.models.faces.dlib_backend import DlibBackend
 
     from .test_face_head import side_by_side
 
@@ -303,7 +303,7 @@ def test_import_person_folder_builds_a_face_head(library, test_data: Path, tmp_p
 def test_research_embedding_names_in_every_spelling_the_reference_writes():
     from enum import Enum
 
-    from engine.concepts.research import parse_research_embeddings_name as parse
+    from engine.domain.concepts.research import parse_research_embeddings_name as parse
 
     class VLMType(str, Enum):            # the reference code's enums: its file names are f"{vlm_type}_{task}"
         BLIP2 = "blip-2"
@@ -341,8 +341,8 @@ def _embeddings_folder(root: Path, name: str, file: str, dim: int, seed: int = 0
 
 
 def test_research_embeddings_of_every_family_import_for_their_checkpoints_and_export_again(library, tmp_path: Path):
-    from engine.personalize.embeddings import EmbeddingStore
-    from engine.personalize.specs import CONCEPT_DIM, VLM_SPECS
+    from engine.domain.personalize.embeddings import EmbeddingStore
+    from engine.models.vlm.specs import CONCEPT_DIM, VLM_SPECS
 
     registry = ConceptRegistry(library.catalog)
     store = EmbeddingStore(library.catalog.paths.concepts)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.api import Library
-from engine.catalog import Catalog
+from engine.library import Library
+from engine.storage.catalog import Catalog
 
 from .helpers import write_jpeg
 

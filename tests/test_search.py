@@ -26,14 +26,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.api import Library
-from engine.catalog import now
-from engine.search import choose_floor
-from engine.search.dates import date_words, period
-from engine.search.documents import pending
-from engine.search.query import PERSON, THING, Entity, NameIndex, parse
-from engine.stages.faces import iou
-from engine.vectors import to_blob
+from engine.library import Library
+from engine.storage.catalog import now
+from engine.domain.search import choose_floor
+from engine.domain.search.dates import date_words, period
+from engine.domain.search.documents import pending
+from engine.domain.search.query import PERSON, THING, Entity, NameIndex, parse
+from engine.pipeline.faces import iou
+from engine.storage.vectors import to_blob
 
 from .conftest import myvlm
 
@@ -513,7 +513,7 @@ def test_dates():
 
 
 def test_image_matrix_keeps_up_and_coarse_pass_agrees(library, monkeypatch):
-    from engine.search import visual
+    from engine.domain.search import visual
 
     enc = StandInEncoder()
     album = Album(library, enc)
@@ -552,7 +552,7 @@ def test_coarse_pass_is_exact_for_queries_outside_the_principal_directions(monke
     """Photos near a few directions with noise, queries half outside them: the coarse pass alone (best 120 of the
     projection) returned 0.6-0.9 of the true top 50 here; with the bound check it returns exactly the true top 50,
     with and without filters."""
-    from engine.search import visual
+    from engine.domain.search import visual
 
     monkeypatch.setattr(visual, "COARSE_KEEP", 120)
     rng = np.random.default_rng(5)
@@ -582,7 +582,7 @@ def test_coarse_pass_is_exact_for_queries_outside_the_principal_directions(monke
 def test_a_query_is_encoded_on_one_torch_thread_and_the_threads_are_restored():
     import torch
 
-    from engine.clip import RANDOM, ClipEncoder
+    from engine.models.clip import RANDOM, ClipEncoder
 
     seen = []
 

@@ -8,8 +8,8 @@ import json
 
 import numpy as np
 
-from engine.search import visual
-from engine.vectors import to_blob
+from engine.domain.search import visual
+from engine.storage.vectors import to_blob
 
 from .test_search import Album, StandInEncoder
 

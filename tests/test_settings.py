@@ -11,39 +11,39 @@ from engine.errors import InvalidInput, UserError
 
 
 def _backend(cat):
-    from engine.stages.faces import resolve_backend
+    from engine.pipeline.faces import resolve_backend
 
     b = resolve_backend(cat)
     return type(b).__name__, getattr(getattr(b, "config", None), "detector", None)
 
 
 def _clip_model(cat):
-    from engine.clip import resolve_encoder
+    from engine.models.clip import resolve_encoder
 
     return resolve_encoder(cat).spec.name
 
 
 def _clip_weights(cat):
-    from engine.clip import resolve_encoder
+    from engine.models.clip import resolve_encoder
 
     return resolve_encoder(cat).weights
 
 
 def _vlm(cat):
-    from engine.hardware import resolve_vlm_name
+    from engine.models.hardware import resolve_vlm_name
 
     return resolve_vlm_name(cat)
 
 
 def _polling(cat):
-    from engine.watch import polling_wanted
+    from engine.ingest.watch import polling_wanted
 
     return polling_wanted(cat)
 
 
 def _preview_cap(cat):
     """The cap the thumbnail stage enforces at the end of a run."""
-    from engine.stages.thumbnails import ThumbnailStage
+    from engine.pipeline.thumbnails import ThumbnailStage
 
     caps: list[int] = []
 
@@ -58,13 +58,13 @@ def _preview_cap(cat):
 
 
 def _instant(cat):
-    from engine.personalize import instant
+    from engine.domain.personalize import instant
 
     return instant.enabled(cat)
 
 
 def _floor(cat):
-    from engine.search.visual import floor_for
+    from engine.domain.search.visual import floor_for
 
     return floor_for(cat, "ViT-B-32/laion2b_s34b_b79k")
 
@@ -101,7 +101,7 @@ def test_reader_falls_back_to_the_declared_default(library, key):
 
 
 def test_declared_defaults_are_the_ones_the_engine_uses(library):
-    from engine.clip import DEFAULT_MODEL
+    from engine.models.clip import DEFAULT_MODEL
 
     cat = library.catalog
     assert _clip_model(cat) == settings.SETTINGS["clip_model"].default == DEFAULT_MODEL
@@ -141,8 +141,8 @@ def test_set_setting_checks_the_value_and_stores_it(library):
 def test_switching_the_vlm_makes_embeddings_of_the_other_vlm_stale(library):
     """The rule `myvlm settings vlm X` and the Settings dialog share: concepts trained on another VLM are stale,
     and switching back makes them ready again."""
-    from engine.personalize.embeddings import ConceptEmbedding, EmbeddingStore
-    from engine.personalize.specs import resolve_spec
+    from engine.domain.personalize.embeddings import ConceptEmbedding, EmbeddingStore
+    from engine.models.vlm.specs import resolve_spec
 
     assert library.set_setting("vlm", "tiny-blip2")["stale_concepts"] == 0
     concept = library.concepts().create("object", "Spiff")

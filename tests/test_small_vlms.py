@@ -14,11 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.concepts.research import load_research_concept_embeddings
-from engine.personalize.embeddings import EmbeddingStore
-from engine.personalize.specs import CONCEPT_DIM
-from engine.personalize.training import ConceptToTrain, ConceptTrainer, TrainingConfig, TrainingExample
-from engine.personalize.vlm import VLM_SPECS, GenerationSettings, load_vlm, resolve_spec
+from engine.domain.concepts.research import load_research_concept_embeddings
+from engine.domain.personalize.embeddings import EmbeddingStore
+from engine.models.vlm.specs import CONCEPT_DIM
+from engine.domain.personalize.training import ConceptToTrain, ConceptTrainer, TrainingConfig, TrainingExample
+from engine.models.vlm.auto import VLM_SPECS, GenerationSettings, load_vlm, resolve_spec
 
 from .helpers import stop_at_step
 
@@ -149,7 +149,7 @@ def test_loss_falls_checkpoints_round_trip_and_export_for_research(preset, model
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_cancel_and_resume_continue_exactly_where_the_run_stopped(preset, models_dir, tmp_path):
-    from engine.concepts.object_head import TrainingCancelled
+    from engine.domain.concepts.object_head import TrainingCancelled
 
     w = load_vlm(preset, models_dir=models_dir)
     prompt = w.training_prompt("caption", "sks")
@@ -183,7 +183,7 @@ def test_vqa_trains_on_question_answer_pairs_and_answers(preset, models_dir, tmp
 
 
 def test_the_small_captioners_are_in_the_catalogue_and_their_folders_are_recognised(models_dir):
-    from engine.model_manager import CAPTIONS, catalogue
+    from engine.models.downloads import CAPTIONS, catalogue
 
     entries = {e.name: e for e in catalogue()}
     for key, repo in [("smolvlm-256m", "HuggingFaceTB/SmolVLM-256M-Instruct"),
@@ -194,7 +194,7 @@ def test_the_small_captioners_are_in_the_catalogue_and_their_folders_are_recogni
         assert 0 < e.size_bytes < 2.5e9 and "questions" in e.purpose
         assert VLM_SPECS[key].params_b < 1
     # the concept widths research imports are checked against are the real configs' (tiny.py copies them)
-    from engine.personalize.tiny import LLAVA_OV_05B, QWEN2_VL_2B, QWEN25_VL_3B, SMOLVLM_256M, SMOLVLM_500M
+    from engine.models.vlm.tiny import LLAVA_OV_05B, QWEN2_VL_2B, QWEN25_VL_3B, SMOLVLM_256M, SMOLVLM_500M
 
     for key, sizes in [("smolvlm-256m", SMOLVLM_256M), ("smolvlm-500m", SMOLVLM_500M),
                        ("llava-ov-0.5b", LLAVA_OV_05B), ("qwen2-vl-2b", QWEN2_VL_2B),

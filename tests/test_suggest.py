@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.catalog import now
-from engine.concepts.registry import ConceptRegistry
-from engine.concepts.suggest import suggest_things
-from engine.vectors import to_blob
+from engine.storage.catalog import now
+from engine.domain.concepts.registry import ConceptRegistry
+from engine.domain.concepts.suggest import suggest_things
+from engine.storage.vectors import to_blob
 
 DIM = 32
 SPACE = "test-clip"

@@ -10,15 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.personalize.embeddings import EmbeddingStore
-from engine.personalize.training import (
+from engine.domain.personalize.embeddings import EmbeddingStore
+from engine.domain.personalize.training import (
     ConceptToTrain,
     ConceptTrainer,
     TrainingConfig,
     TrainingExample,
     build_feature_pool,
 )
-from engine.personalize.vlm import load_vlm
+from engine.models.vlm.auto import load_vlm
 
 from .helpers import stop_at_step
 
@@ -97,7 +97,7 @@ def test_the_vision_tower_runs_once_per_view_not_per_step(preset, models_dir, tm
 
 def test_the_pool_holds_the_views_the_uncached_path_would_see(models_dir):
     """Pool view v of photo i is the augmentation its seed gives, and its features are the tower's output for it."""
-    from engine.personalize.training import augment_view_flipped
+    from engine.domain.personalize.training import augment_view_flipped
 
     w = load_vlm("tiny-smolvlm", models_dir=models_dir)
     images = _images(2, 5)
@@ -114,7 +114,7 @@ def test_the_pool_holds_the_views_the_uncached_path_would_see(models_dir):
 
 
 def test_a_run_with_another_pool_does_not_resume_and_blip2_keeps_its_key(models_dir, tmp_path):
-    from engine.concepts.object_head import TrainingCancelled
+    from engine.domain.concepts.object_head import TrainingCancelled
 
     w = load_vlm("tiny-smolvlm", models_dir=models_dir)
     store = EmbeddingStore(tmp_path)
@@ -137,7 +137,7 @@ def test_a_run_with_another_pool_does_not_resume_and_blip2_keeps_its_key(models_
 
 def test_the_apps_cpu_estimate_of_a_concept_counts_the_pool_and_the_steps(monkeypatch):
     """The app's estimate is the benchmark's measurement: pool views plus cached steps where there is a pool."""
-    from engine.personalize import cpu_times
+    from engine.models.vlm import cpu_times
 
     monkeypatch.setattr(cpu_times, "MEASURED", {"a": {"step_s": 9.0, "step_cached_s": 2.0, "pool_view_s": 3.0},
                                                 "b": {"step_s": 9.0}})

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.api import Library
-from engine.catalog import FOLDER_OFFLINE, FOLDER_ONLINE, GONE, OK, OFFLINE
-from engine.scanner import content_hash
-from engine.image_cache import ImageCache
-from engine.watch import FolderWatcher, WatchUpdate
+from engine.library import Library
+from engine.storage.catalog import FOLDER_OFFLINE, FOLDER_ONLINE, GONE, OK, OFFLINE
+from engine.ingest.scanner import content_hash
+from engine.ingest.image_cache import ImageCache
+from engine.ingest.watch import FolderWatcher, WatchUpdate
 
 TIMEOUT = 30.0
 
@@ -441,7 +441,7 @@ def test_folder_added_while_watching(tmp_path, album, library, watch):
 
 
 def test_library_inside_the_album_is_ignored(tmp_path, watch):
-    from engine.api import Library
+    from engine.library import Library
 
     album = tmp_path / "photos"
     lib_dir = album / ".." / "photos" / "MyLibrary"  # the library is kept inside the watched album
@@ -474,7 +474,7 @@ def test_watch_limit_falls_back_to_polling(album, library, watch, monkeypatch):
 
     from watchdog.observers import Observer
 
-    import engine.watch as watch_mod
+    import engine.ingest.watch as watch_mod
 
     class LimitedObserver(Observer):
         def schedule(self, *args, **kwargs):

@@ -196,7 +196,7 @@ def test_blip2_world_checkpoint_loads_and_captions(blip2):
 
 
 def test_llava_world_checkpoint_answers_through_the_project_wrapper(tmp_path):
-    from engine.personalize.vlm import GenerationSettings, load_vlm
+    from engine.models.vlm.auto import GenerationSettings, load_vlm
 
     assert (P.LLAVA_DIR / "model.safetensors").exists(), "run: .venv/bin/python bench/world/pretrain.py llava"
     torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -328,7 +328,7 @@ def test_blip2_world2_checkpoint_speaks_v2_and_the_concept_layer_is_a_no_op(tmp_
     and the project's wrapper with concepts known but none fired gives exactly the plain transformers model's
     captions (issue 18, decision 1a: the layer's own no-op is exact)."""
     from bench.world import world2 as V
-    from engine.personalize.vlm import GenerationSettings, load_vlm
+    from engine.models.vlm.auto import GenerationSettings, load_vlm
 
     folder = P.MODELS / "blip2-world2"
     assert (folder / "model.safetensors").exists(), "run: .venv/bin/python bench/world/pretrain_v2.py"

@@ -7,7 +7,7 @@ seed (world stream + torch seed, one CPU thread) and writes a checkpoint folder 
     model.save_pretrained(folder)  +  processor.save_pretrained(folder)   (safetensors)
     Blip2ForConditionalGeneration.from_pretrained(folder), Blip2Processor.from_pretrained(folder)
 
-Input layouts are the ones the project's wrappers use (engine/personalize/blip2.py, llava.py):
+Input layouts are the ones the project's wrappers use (engine/models/vlm/blip2.py, llava.py):
 
 * BLIP-2 / T5: encoder input = `num_query_tokens` `<image>` placeholders, then the tokenised prompt (no prompt:
   just `</s>`), as `processor(images=..., text=[""] * B)` builds it; labels = `tokenizer(captions).input_ids`

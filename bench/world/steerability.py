@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import bench_myvlm_world as B
 from bench.world import world as W
-from engine.personalize.vlm import load_vlm
+from engine.models.vlm.auto import load_vlm
 
 
 class FreeAppendedKV:

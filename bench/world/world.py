@@ -501,7 +501,7 @@ def _subject(obj: SceneObject, identifiers: dict[str, str] | None) -> str:
     return f"the {obj.class_word}"
 
 
-# Object questions, including the forms the app's VQA augmentation asks (engine/personalize/targets.py).
+# Object questions, including the forms the app's VQA augmentation asks (engine/domain/personalize/targets.py).
 COLOUR_QUESTIONS = ("What colour is {c}?", "What color is {c}?")
 WHERE_QUESTIONS = ("Where is {c}?", "Where is {c} in the image?", "Where is {c} positioned in the image?")
 PATTERN_QUESTIONS = ("What pattern does {c} have?", "What is the texture of {c}?")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from PySide6.QtCore import QTimer
 
 from engine import read_models
-from engine.api import OK, Library, Photo
+from engine.library import OK, Library, Photo
 
 from ..folders import FolderCounts
 from ..sidebar import CONCEPT, FOLDER, LIBRARY, PEOPLE, PERSON, SEARCH, THINGS

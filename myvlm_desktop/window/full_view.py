@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from engine import read_models
-from engine.api import Photo
+from engine.library import Photo
 
 from ..detail import FaceBox
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtWidgets import QStyle
 
-from engine.api import Library, ProgressEvent
+from engine.library import Library, ProgressEvent
 
 from ..indexing import SCAN, IndexResult
 from ..resources import themed_icon
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 class _WatchBridge(QObject):
-    updated = Signal(object)  # engine.watch.WatchUpdate, from the watcher's thread
+    updated = Signal(object)  # engine.ingest.watch.WatchUpdate, from the watcher's thread
 
 
 class IndexingFlow:

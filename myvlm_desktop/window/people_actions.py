@@ -73,7 +73,7 @@ class PeopleActions:
         def after(person_id: int) -> None:
             if w.state.view == (PERSON, group_id) and person_id != group_id:
                 w.navigate(PERSON, person_id)  # merged into someone else: show them
-            if w.auto_index:   # their photos' captions use the name now (engine/personalize/instant.py)
+            if w.auto_index:   # their photos' captions use the name now (engine/domain/personalize/instant.py)
                 w.indexing_flow.start_indexing(scan=False, stages=["captions"])
 
         shown = list(face_ids) if face_ids else None

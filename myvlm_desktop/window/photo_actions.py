@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from PySide6.QtWidgets import QMenu
 
-from engine.api import Photo
+from engine.library import Photo
 from engine.errors import Cancelled
 
 from ..detail import FaceBox

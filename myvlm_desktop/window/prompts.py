@@ -16,7 +16,7 @@ from PySide6.QtWidgets import (
 )
 
 from engine import __version__, read_models
-from engine.api import APP_NAME
+from engine.library import APP_NAME
 
 from ..things_page import NameThingPrompt
 

@@ -8,7 +8,7 @@ from typing import Any
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QFrame, QGridLayout, QLabel, QProgressBar, QWidget
 
-from engine.api import ProgressEvent
+from engine.library import ProgressEvent
 
 from ..indexing import SCAN
 

@@ -1,0 +1,1 @@
+"""Administration: backup and move, integrity checks, the doctor's report."""

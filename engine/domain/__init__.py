@@ -1,0 +1,1 @@
+"""The domain: people, concepts, captions, search and personalisation (MyVLM)."""

@@ -1,0 +1,1 @@
+"""Models: CLIP, face backends and VLM families (one file each), hardware, downloads."""

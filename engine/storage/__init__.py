@@ -1,0 +1,1 @@
+"""Storage: the catalog (SQLite, its schema and migrations), the library folder, paths, vectors."""
