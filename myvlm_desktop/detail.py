@@ -584,7 +584,7 @@ class DetailPane(QScrollArea):
             self.caption_edit.setPlainText(shown)
             self.caption_edit.blockSignals(False)
         kind = captions[0]["kind"] if captions else None
-        named = kind == "personalised" and captions[0].get("instant")   # before training: engine/personalize/instant
+        named = kind == "personalised" and captions[0].get("instant")   # before training: engine/domain/personalize/instant.py
         self.caption_note.setText(INSTANT_NOTE if named else {
             "user": "Your caption", "personalised": "Written by the model, with your names",
             "original": "Written by the model"}.get(kind or "", ""))

@@ -1,5 +1,5 @@
 """What VLMs there are and where their weights are: no torch, so that `myvlm status`, the settings and the
-pipeline's "can this stage run here?" stay fast (the model code is in vlm.py, which re-exports these names)."""
+pipeline's "can this stage run here?" stay fast (the model code is in auto.py, which re-exports these names)."""
 
 from __future__ import annotations
 

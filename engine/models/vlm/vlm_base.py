@@ -4,7 +4,7 @@ A `VlmWrapper` hides each architecture's plumbing (preprocessing, prompt layout,
 which attention the regulariser reads) behind the same few calls: `caption`, `answer` and `training_loss`.
 `DecoderVlmWrapper` is the plumbing of the families whose language model reads the photo as prompt tokens (all but
 BLIP-2). Each family's file (blip2.py, llava.py, smolvlm.py, ...) subclasses one of them and imports only this module
-(LLaVA-OneVision, LLaVA's layout, also llava.py); vlm.py finds a family's class by name when a model is loaded, so
+(LLaVA-OneVision, LLaVA's layout, also llava.py); auto.py finds a family's class by name when a model is loaded, so
 nothing here imports a family.
 """
 
