@@ -97,7 +97,7 @@ def measure(sides: dict[str, tuple[Path, Path]], cmds: list[list[str]], repeat: 
     for args in cmds:
         key = " ".join(args)
         out[key] = {side: [] for side in sides}
-        for side, (code, lib) in sides.items():   # warm-up: bytecode, file cache, the after side's migration
+        for code, lib in sides.values():   # warm-up: bytecode, file cache, the after side's migration
             run_cli(code, lib, args, env)
         for _ in range(repeat):
             for side, (code, lib) in sides.items():

@@ -61,12 +61,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.library import Library  # noqa: E402
-from engine.storage.catalog import Catalog, now  # noqa: E402
-from engine.models.faces.dlib_backend import DLIB_KEY, DLIB_THRESHOLDS  # noqa: E402
-from engine.models.faces.insightface_backend import INSIGHTFACE_THRESHOLDS  # noqa: E402
 from engine.domain import face_clustering as clustering  # noqa: E402
 from engine.domain.face_clustering import MIN_CLUSTER_SIZE, FaceClusterer  # noqa: E402
+from engine.library import Library  # noqa: E402
+from engine.models.faces.dlib_backend import DLIB_KEY, DLIB_THRESHOLDS  # noqa: E402
+from engine.models.faces.insightface_backend import INSIGHTFACE_THRESHOLDS  # noqa: E402
+from engine.storage.catalog import Catalog, now  # noqa: E402
 
 CACHE = ROOT / ".cache" / "bench"
 

@@ -49,9 +49,9 @@ from PIL import Image, ImageDraw
 from PySide6.QtCore import QEvent, QObject, QThread, QTimer, Signal
 from PySide6.QtWidgets import QApplication
 
+from engine.ingest.image_cache import ImageCache
 from engine.library import Library
 from engine.storage.catalog import now
-from engine.ingest.image_cache import ImageCache
 
 TARGET_STALL_MS = 100.0
 

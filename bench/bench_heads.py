@@ -44,7 +44,6 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.models.clip import RANDOM, ClipEncoder
 from engine.domain.concepts.object_head import (
     ObjectHeadConfig,
     augment,
@@ -53,6 +52,7 @@ from engine.domain.concepts.object_head import (
     train_linear_head,
 )
 from engine.domain.concepts.registry import Head, softmax_p1
+from engine.models.clip import RANDOM, ClipEncoder
 
 DATA = Path(os.environ.get("MYVLM_TEST_DATA", ROOT / ".cache" / "test-data"))
 TARGET_TRAIN = 20.0

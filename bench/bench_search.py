@@ -43,13 +43,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.library import Library
 from engine.domain.captions import placeholder
-from engine.storage.catalog import now
 from engine.domain.search import Searcher, choose_floor
 from engine.domain.search.documents import refresh
 from engine.domain.search.text import fts_quote
 from engine.domain.search.visual import TEXT_CACHE
+from engine.library import Library
+from engine.storage.catalog import now
 from engine.storage.vectors import to_blob
 
 TARGET_P95_MS = 30.0

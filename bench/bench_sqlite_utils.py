@@ -77,18 +77,18 @@ def main() -> None:
                 cat = fresh(tmp, f"{way}-{r}")
                 data = rows(n, way)
                 if way == "prepared":
-                    keep("photo rows prepared", in_chunks(cat, data, lambda row: cat.conn.execute(
+                    keep("photo rows prepared", in_chunks(cat, data, lambda row, cat=cat: cat.conn.execute(
                         _INSERT, [row[c] for c in _COLUMNS])))
                 else:
                     table = cat.db["photos"]
                     keep("photo rows sqlite-utils", in_chunks(cat, data, table.insert))
                 ids = [r_[0] for r_ in cat.conn.execute("SELECT id FROM photos")]
                 if way == "prepared":
-                    keep("stage marks prepared", in_chunks(cat, ids, lambda pid: cat.mark_stage(
+                    keep("stage marks prepared", in_chunks(cat, ids, lambda pid, cat=cat: cat.mark_stage(
                         pid, "thumbnail", 1, "done")))
                 else:
                     table = cat.db["stage_status"]
-                    keep("stage marks sqlite-utils", in_chunks(cat, ids, lambda pid: table.upsert(
+                    keep("stage marks sqlite-utils", in_chunks(cat, ids, lambda pid, table=table: table.upsert(
                         {"photo_id": pid, "stage": "thumbnail", "state": "done", "version": 1, "error": None,
                          "runs": 1, "updated_at": now()}, pk=("photo_id", "stage"))))
                 assert cat.scalar("SELECT COUNT(*) FROM stage_status") == n

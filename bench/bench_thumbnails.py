@@ -34,10 +34,10 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.library import Library  # noqa: E402
-from engine.storage.library_folder import LibraryPaths  # noqa: E402
 from engine.ingest.image_cache import PREVIEW_QUALITY, PREVIEW_SIZE, THUMB_QUALITY, THUMB_SIZE, ImageCache  # noqa: E402
+from engine.library import Library  # noqa: E402
 from engine.pipeline.thumbnails import ThumbnailStage  # noqa: E402
+from engine.storage.library_folder import LibraryPaths  # noqa: E402
 
 GEN_VERSION = 1  # bump when make_photo changes, so cached photos are regenerated
 CACHE = ROOT / ".cache" / "bench"

@@ -32,9 +32,9 @@ def build(device: torch.device):
         Blip2VisionConfig,
     )
 
+    from engine.models.vlm.auto import VLM_SPECS
     from engine.models.vlm.blip2 import Blip2Wrapper
     from engine.models.vlm.tiny import WORDS, build_word_tokenizer
-    from engine.models.vlm.auto import VLM_SPECS
 
     tok = build_word_tokenizer(WORDS, specials={"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"},
                                append_eos=True)

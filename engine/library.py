@@ -9,23 +9,31 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from engine.storage import paths as P
-from engine.errors import InvalidInput, NotFound
-from engine.progress import ProgressFn
-from engine.storage.catalog import OK, Catalog, Changes, Folder, Photo
-from engine.storage.library_folder import APP_NAME, LibraryPaths, default_library_path, default_pictures_path, setup_logging
 from engine.domain.people import People
-from engine.pipeline.runner import MISSING, Pipeline, PipelineReport, ProgressCallback, ProgressEvent
+from engine.errors import InvalidInput, NotFound
+from engine.ingest.image_cache import THUMB_SIZE, ImageCache
 from engine.ingest.scanner import Scanner, ScanReport
-from engine.pipeline.stages import REGISTRY
-# the engine types and helpers the GUI pages need, re-exported so the views import only this module
-from engine.storage.catalog import FOLDER_OFFLINE, DiskFull, SchemaTooNew
-from engine.storage.library_folder import APP_SLUG, ENV_LIBRARY, follow_moves
 from engine.models.downloads import DownloadCancelled, ModelError, ModelManager, TokenRequired
 from engine.models.downloads import _human as human_size
 from engine.models.vlm.estimates import HERE_LABEL, minutes_text, seconds_text
 from engine.pipeline.faces import crop_path
-from engine.ingest.image_cache import THUMB_SIZE, ImageCache
+from engine.pipeline.runner import MISSING, Pipeline, PipelineReport, ProgressCallback, ProgressEvent
+from engine.pipeline.stages import REGISTRY
+from engine.progress import ProgressFn
+from engine.storage import paths as P
+
+# the engine types and helpers the GUI pages need, re-exported so the views import only this module
+from engine.storage.catalog import FOLDER_OFFLINE, OK, Catalog, Changes, DiskFull, Folder, Photo, SchemaTooNew
+from engine.storage.library_folder import (
+    APP_NAME,
+    APP_SLUG,
+    ENV_LIBRARY,
+    LibraryPaths,
+    default_library_path,
+    default_pictures_path,
+    follow_moves,
+    setup_logging,
+)
 
 log = logging.getLogger(__name__)
 
@@ -572,8 +580,8 @@ class Library:
         """ "Where is Bella?": the captioner's box (Location.as_dict()). A captioner that cannot point answers
         {"cannot": why} (not an error: the user asked something this model does not do); `cancel` set stops the
         model at its next token and raises engine.errors.Cancelled."""
-        from engine.errors import Cancelled
         from engine.domain.personalize.locate import CannotLocate, locate
+        from engine.errors import Cancelled
         from engine.models.vlm.minigpt_v2 import LocateCancelled
 
         try:
@@ -621,8 +629,8 @@ class Library:
         with the user's reviewed `edits` ({example id: target captions}) stored first, and this computer's time per
         concept remembered for the next estimate. `config`: TrainingConfig fields to change ({"steps": 200});
         `personalizer`: one already made, so that its loaded model is reused. Returns {concept id: embedding}."""
-        from engine.models.vlm.estimates import TrainingClock
         from engine.domain.personalize.training import TrainingConfig
+        from engine.models.vlm.estimates import TrainingClock
 
         pers = personalizer or self.personalizer()
         for example_id, captions in (edits or {}).items():

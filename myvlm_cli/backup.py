@@ -37,7 +37,7 @@ class _Bar:
         if phase != self.phase:
             self.close()
             self.phase = phase
-            from tqdm import tqdm   # here: the other commands start faster without it
+            from tqdm import tqdm  # here: the other commands start faster without it
 
             self.bar = tqdm(total=total, desc=f"{phase:>8}", unit="file", file=sys.stderr, dynamic_ncols=True)
         assert self.bar is not None

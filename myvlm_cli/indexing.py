@@ -51,7 +51,7 @@ class IndexProgress:
                          "file" if stage == "scan" else "photo")
 
     def _bar(self, stage: str, total: int) -> Any:
-        from tqdm import tqdm   # only on a terminal
+        from tqdm import tqdm  # only on a terminal
 
         bar = self.bars.get(stage)
         if bar is None:

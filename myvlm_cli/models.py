@@ -41,7 +41,7 @@ class _Bar:
         if not self.enabled or p.phase == "listing":
             return
         if self.bar is None:
-            from tqdm import tqdm   # here: the other commands start faster without it
+            from tqdm import tqdm  # here: the other commands start faster without it
 
             self.bar = tqdm(total=p.total, initial=p.done, unit="B", unit_scale=True, unit_divisor=1024,
                             file=sys.stderr, dynamic_ncols=True, desc=p.name)

@@ -56,7 +56,7 @@ class _TrainBar:
     """A tqdm bar with loss and ETA, fed by the trainer's progress callback."""
 
     def __init__(self, quiet: bool, desc: str):
-        from tqdm import tqdm   # here: the other commands start faster without it
+        from tqdm import tqdm  # here: the other commands start faster without it
 
         self.bar = tqdm(total=None, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True,
                         disable=quiet or not sys.stderr.isatty())   # no bar drawn into a pipe or a log
@@ -208,8 +208,8 @@ def cmd_locate(args: argparse.Namespace, lib: Library) -> int:
 
 
 def cmd_research_train(args: argparse.Namespace, lib: Library) -> int:
-    from engine.library import research_train
     from engine.errors import Cancelled
+    from engine.library import research_train
 
     bar = _TrainBar(args.json, "training")
     try:

@@ -257,7 +257,7 @@ class SettingsDialog(QDialog):
                                  + (f"\nRecommended captioner here: {rec['title']} ({rec['reason']})" if rec else ""))
         self.device_info.setObjectName("deviceInfo")
         _choose(self.face_backend, values["face_backend"])
-        for key, title, licence, tiny in data["vlms"]:
+        for key, title, licence, _tiny in data["vlms"]:
             self.vlm.addItem(f"{title} — {licence}" + (" (recommended here)" if key == rec.get("vlm") else ""), key)
         _choose(self.vlm, values["vlm"])
         _choose(self.clip, values["clip_model"])

@@ -23,8 +23,8 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 
-from engine.library import Library
 from engine.errors import Cancelled, UserError
+from engine.library import Library
 
 log = logging.getLogger(__name__)
 

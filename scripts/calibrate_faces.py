@@ -45,11 +45,11 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from engine.domain.face_clustering import FaceClusterer
+from engine.ingest.image_cache import ImageCache
 from engine.library import Library
 from engine.models.faces.backends import FaceThresholds, create_backend
-from engine.domain.face_clustering import FaceClusterer
 from engine.pipeline.faces import iou
-from engine.ingest.image_cache import ImageCache
 
 TEST_DATA = ROOT / ".cache" / "test-data"
 DEFAULT_LABELS = ROOT / "tests" / "data" / "kphotoalbum_faces.json"

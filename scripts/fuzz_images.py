@@ -43,8 +43,8 @@ with atheris.instrument_imports():
     import PIL.TiffImagePlugin
     import PIL.WebPImagePlugin
 
-    from engine.ingest import images
     from engine.domain.search import places
+    from engine.ingest import images
 
 from tests import fuzz_media as M
 

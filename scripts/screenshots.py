@@ -86,7 +86,7 @@ def build_library(album: Path, lib_dir: Path) -> dict[str, int]:
     reg = lib.concepts()
     spiff = reg.add_object("Spiff", [ids["spiff.jpg"], ids["spiff_2.jpg"], ids["CategoryImages/People-Spiff.jpg"]])
     lib.train_concept_head(spiff.id)
-    for name, pid in named.items():
+    for pid in named.values():
         reg.add_person(pid)
         lib.train_concept_head(reg.for_person(pid).id)
     lib.close()

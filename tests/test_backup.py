@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.library import Library
+from engine import errors
 from engine.admin.backup import (
     MANIFEST,
     BackupError,
@@ -31,9 +31,9 @@ from engine.admin.backup import (
     restore_library,
     verify_backup,
 )
-from engine import errors
-from engine.storage.library_folder import LibraryPaths, follow_moves
+from engine.library import Library
 from engine.progress import Progress
+from engine.storage.library_folder import LibraryPaths, follow_moves
 
 from .conftest import myvlm
 from .helpers import album_snapshot

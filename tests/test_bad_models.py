@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.models.files import ModelLoadError, folder_problem, load_problem, quick_problem
 from engine.models.downloads import ModelError, ModelManager
+from engine.models.files import ModelLoadError, folder_problem, load_problem, quick_problem
 from engine.models.vlm.tiny import build_tiny_blip2
 
 from .conftest import myvlm

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from engine.domain.captions import CaptionStore, placeholder, to_template
-from engine.storage.catalog import now
 from engine.errors import NotFound
+from engine.storage.catalog import now
 
 
 @pytest.fixture

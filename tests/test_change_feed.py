@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import sqlite_utils
 
-from engine.library import Changes, Library
-from engine.storage.catalog import CHANGES_KEPT, MIGRATIONS, SCHEMA_VERSION, Catalog, now
-from engine.models.faces.backends import FaceThresholds
 from engine.domain.face_clustering import FaceClusterer
-from engine.storage.library_folder import LibraryPaths
 from engine.domain.people import People
+from engine.library import Changes, Library
+from engine.models.faces.backends import FaceThresholds
+from engine.storage.catalog import CHANGES_KEPT, MIGRATIONS, SCHEMA_VERSION, Catalog, now
+from engine.storage.library_folder import LibraryPaths
 from engine.storage.vectors import to_blob
 
 from .conftest import ROOT

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from engine import __version__
-from engine.storage.catalog import SCHEMA_VERSION, Catalog, SchemaTooNew
-from myvlm_cli.indexing import IndexProgress, status_verdict
-from engine.storage.library_folder import LibraryPaths
 from engine.progress import Progress
+from engine.storage.catalog import SCHEMA_VERSION, Catalog, SchemaTooNew
+from engine.storage.library_folder import LibraryPaths
+from myvlm_cli.indexing import IndexProgress, status_verdict
 
 from .conftest import myvlm
 from .helpers import write_jpeg
@@ -230,8 +230,8 @@ def test_index_modes_are_the_pipelines():
 def test_errors_user_errors_said_cancels_quiet_bugs_logged(tmp_path: Path, monkeypatch, capsys):
     """One error contract at the top (myvlm_cli.main): a UserError is `myvlm: <message>` (2), a Cancelled exits 130
     saying nothing, anything else is a short sentence on stderr (1) with its traceback in the library's log."""
-    from engine.library import Library
     from engine.errors import Cancelled, NotFound
+    from engine.library import Library
     from myvlm_cli.main import main
 
     lib = tmp_path / "lib"

@@ -19,12 +19,12 @@ import pytest
 from .conftest import ROOT, myvlm
 
 MODEL_LIBRARIES = ("torch", "transformers", "open_clip", "insightface", "onnxruntime", "dlib", "cv2")
-PROBE = """
+PROBE = f"""
 import json, sys
 from myvlm_cli.main import main
 rc = main(sys.argv[1:])
-print("\\nMODULES " + json.dumps({"rc": rc, "loaded": [m for m in %r if m in sys.modules]}))
-""" % (MODEL_LIBRARIES,)
+print("\\nMODULES " + json.dumps({{"rc": rc, "loaded": [m for m in {MODEL_LIBRARIES!r} if m in sys.modules]}}))
+"""
 
 
 def imports_of(library: Path, *args: str) -> dict:
@@ -61,6 +61,6 @@ def test_light_commands_load_no_model_library(faces_library: Path):
 
 def test_version_loads_no_model_library(tmp_path: Path):
     res = subprocess.run([sys.executable, "-c", "import sys\nfrom myvlm_cli.main import main\ntry:\n    main(['--version'])\n"
-                          "except SystemExit:\n    pass\nprint([m for m in %r if m in sys.modules])" % (MODEL_LIBRARIES,)],
+                          f"except SystemExit:\n    pass\nprint([m for m in {MODEL_LIBRARIES!r} if m in sys.modules])"],
                          capture_output=True, text=True, cwd=ROOT, check=True)
     assert res.stdout.strip().splitlines()[-1] == "[]"

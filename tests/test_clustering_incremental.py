@@ -11,11 +11,11 @@ import numpy as np
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from engine.library import Library
-from engine.storage.catalog import Catalog, now
-from engine.models.faces.backends import FaceThresholds
 from engine.domain.face_clustering import FaceClusterer, cluster_state
 from engine.domain.people import People
+from engine.library import Library
+from engine.models.faces.backends import FaceThresholds
+from engine.storage.catalog import Catalog, now
 from engine.storage.vectors import to_blob
 
 DIM = 16

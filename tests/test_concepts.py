@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.library import Library
 from engine.domain.concepts.detect import ConceptDetector
 from engine.domain.concepts.registry import ConceptError, ConceptRegistry, Head
+from engine.library import Library
 from engine.models.clip import resolve_encoder
 from engine.storage.vectors import load_clip_matrix
 

@@ -24,10 +24,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engine.library import Library
-from engine.storage.claims import ClaimOwner
 from engine.admin.integrity import check_library
 from engine.ingest.watch import FolderWatcher
+from engine.library import Library
+from engine.storage.claims import ClaimOwner
 
 from .conftest import ROOT, myvlm
 
@@ -322,8 +322,8 @@ def _forget_clustering(lib: Library) -> None:
 
 
 def test_two_runs_clustering_the_same_faces_at_once_make_each_group_once(single: dict, tmp_path: Path):
-    from engine.storage.catalog import Catalog
     from engine.domain.face_clustering import FaceClusterer
+    from engine.storage.catalog import Catalog
 
     library = tmp_path / "library"
     shutil.copytree(single["library"], library, ignore=shutil.ignore_patterns("logs"))

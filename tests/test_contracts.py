@@ -47,10 +47,10 @@ def test_every_engine_exception_is_a_user_error_and_every_cancel_a_cancelled():
 
 def test_user_errors_keep_their_builtin_bases():
     """Existing `except ValueError` / `except OSError` clauses still catch what they caught."""
-    from engine.library import FolderNotFound
-    from engine.storage.catalog import DiskFull
     from engine.domain.concepts.registry import ConceptError
     from engine.domain.people import PeopleError
+    from engine.library import FolderNotFound
+    from engine.storage.catalog import DiskFull
 
     assert issubclass(ConceptError, ValueError) and issubclass(PeopleError, ValueError)
     assert issubclass(DiskFull, OSError) and issubclass(FolderNotFound, FileNotFoundError)

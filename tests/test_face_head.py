@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from engine.library import Library
 from engine.domain.concepts.face_head import (
     REFERENCES,
     build_person_head,
@@ -29,6 +28,7 @@ from engine.domain.concepts.face_head import (
     select_references,
 )
 from engine.domain.concepts.registry import PERSON, ConceptError, ConceptRegistry, Head
+from engine.library import Library
 from engine.pipeline.faces import iou
 
 ROOT = Path(__file__).resolve().parent.parent

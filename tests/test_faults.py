@@ -36,13 +36,13 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.library import Library
-from engine.storage.catalog import DiskFull
-from myvlm_cli.main import main as cli_main
 from engine.admin.integrity import check_library
 from engine.domain.personalize.embeddings import EmbeddingStore
 from engine.domain.personalize.training import TrainingConfig, TrainingOutOfMemory
+from engine.library import Library
 from engine.models.vlm.auto import VlmWrapper, resolve_spec
+from engine.storage.catalog import DiskFull
+from myvlm_cli.main import main as cli_main
 
 from .conftest import ROOT
 from .helpers import album_snapshot, write_jpeg

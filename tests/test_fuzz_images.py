@@ -27,8 +27,9 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from engine.domain.search.places import read_gps
 from engine.ingest import images
-from engine.library import Library
+from engine.ingest.image_cache import PREVIEW_SIZE, THUMB_SIZE, ImageCache
 from engine.ingest.images import (
     MAX_FULL_DECODE_PIXELS,
     MAX_PIXELS,
@@ -36,9 +37,8 @@ from engine.ingest.images import (
     decode,
     probe,
 )
+from engine.library import Library
 from engine.storage.library_folder import LibraryPaths
-from engine.domain.search.places import read_gps
-from engine.ingest.image_cache import PREVIEW_SIZE, THUMB_SIZE, ImageCache
 
 from . import fuzz_media as M
 from .helpers import album_snapshot

@@ -31,7 +31,6 @@ from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 from PIL import Image
 
-from engine.library import Library
 from engine.domain.concepts.registry import OBJECT, ConceptError, ConceptRegistry
 from engine.domain.concepts.research import (
     MAX_JSON_BYTES,
@@ -46,6 +45,7 @@ from engine.domain.personalize.embeddings import (
     EmbeddingFileError,
     EmbeddingStore,
 )
+from engine.library import Library
 from engine.models.vlm.auto import VLM_SPECS
 
 from . import fuzz_media as M

@@ -139,9 +139,9 @@ def test_split_placement_loads_through_accelerate(models_dir, monkeypatch):
     from PIL import Image
     from transformers import Blip2ForConditionalGeneration
 
+    from engine.models.vlm.auto import load_vlm
     from engine.models.vlm.blip2 import Blip2Wrapper
     from engine.models.vlm.checkpoints import checkpoint_folder
-    from engine.models.vlm.auto import load_vlm
 
     plain = load_vlm("tiny-blip2", models_dir=models_dir)
     spec = VLM_SPECS["tiny-blip2"]

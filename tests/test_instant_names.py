@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from engine.library import Library
 from engine.domain.captions import render_with
 from engine.domain.personalize import instant
 from engine.domain.personalize.instant import Scene, Seen, replace_class_word
 from engine.domain.personalize.service import shared_wrapper
+from engine.library import Library
 
 STAGES = ("thumbnail", "faces", "concepts", "captions")   # CLIP is not needed: no thing is taught here
 SAID = "a man standing in front of a flag"

@@ -25,6 +25,8 @@ from PIL import Image
 
 from engine.domain.concepts.research import load_research_concept_embeddings
 from engine.domain.personalize.embeddings import EmbeddingStore
+from engine.domain.personalize.training import ConceptToTrain, ConceptTrainer, TrainingConfig, TrainingExample
+from engine.models.vlm.auto import VlmWeightsMissing, load_vlm
 from engine.models.vlm.minigpt_v2 import (
     OFFICIAL_CHECKPOINT,
     LocateCancelled,
@@ -33,8 +35,6 @@ from engine.models.vlm.minigpt_v2 import (
     write_official_checkpoint,
 )
 from engine.models.vlm.tiny import ensure_tiny_checkpoint
-from engine.domain.personalize.training import ConceptToTrain, ConceptTrainer, TrainingConfig, TrainingExample
-from engine.models.vlm.auto import VlmWeightsMissing, load_vlm
 
 from .helpers import stop_at_step
 
@@ -306,8 +306,8 @@ def test_locate_asks_refer_with_the_token_and_can_be_cancelled(wrapper):
 def bella_library(tmp_path_factory) -> dict:
     """Four photos, tiny MiniGPT-v2 as the library's captioner, and a thing "Bella" recognised in two of them and
     taught for a few steps. Its recognition is written as the concepts stage writes it (heads are tested elsewhere)."""
-    from engine.library import Library
     from engine.domain.personalize.training import TrainingConfig as Cfg
+    from engine.library import Library
 
     from .helpers import write_jpeg
 
@@ -445,8 +445,8 @@ def test_llama_2_is_gated_the_manager_says_why_and_asks_for_a_token(tmp_path, mo
 
     from huggingface_hub import constants
 
-    from myvlm_cli.main import main
     from engine.models.downloads import ModelManager, TokenRequired
+    from myvlm_cli.main import main
 
     from .fake_hub import FakeHub
 
@@ -514,8 +514,8 @@ def test_the_real_layout_loads_blip2s_vit_llama_and_the_checkpoint_from_the_mode
     `vision_model.*` taken, at 448 px), the Llama folder, <models>/minigpt-v2/minigptv2_checkpoint.pth."""
     from transformers import Blip2ForConditionalGeneration
 
-    from engine.models.vlm.minigpt_v2 import MiniGptV2Wrapper
     from engine.models.vlm.checkpoints import checkpoint_folder
+    from engine.models.vlm.minigpt_v2 import MiniGptV2Wrapper
     from engine.models.vlm.specs import VLM_SPECS
     from engine.models.vlm.tiny import build_tiny_blip2
 

@@ -27,17 +27,17 @@ from huggingface_hub import (
 
 from engine.models import downloads as model_manager
 from engine.models.clip import CLIP_MODELS, find_cached_weights
-from engine.models.faces import (
-    DlibBackend,
-    InsightFaceBackend,
-    create_backend,
-    find_insightface_packs,
-)
 from engine.models.downloads import (
     DownloadCancelled,
     ModelError,
     ModelManager,
     OfflineError,
+)
+from engine.models.faces import (
+    DlibBackend,
+    InsightFaceBackend,
+    create_backend,
+    find_insightface_packs,
 )
 from engine.models.vlm.auto import VLM_SPECS, VlmWeightsMissing, checkpoint_folder
 from engine.progress import Progress

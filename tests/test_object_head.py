@@ -22,7 +22,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.library import Library
 from engine.domain.concepts.object_head import (
     VIEWS_FILE,
     ObjectHeadConfig,
@@ -34,8 +33,9 @@ from engine.domain.concepts.object_head import (
     train_linear_head,
 )
 from engine.domain.concepts.registry import ConceptError, ConceptRegistry
-from engine.progress import Progress
+from engine.library import Library
 from engine.models.clip import resolve_encoder
+from engine.progress import Progress
 from engine.storage.vectors import load_clip_matrix
 
 from .helpers import write_jpeg

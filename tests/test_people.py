@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.storage.catalog import now
-from engine.models.faces.backends import FaceThresholds
 from engine.domain.face_clustering import FaceClusterer
-from engine.storage.vectors import to_blob
 from engine.domain.people import People, PeopleError
+from engine.models.faces.backends import FaceThresholds
+from engine.storage.catalog import now
+from engine.storage.vectors import to_blob
 
 DIM = 64
 BACKEND = "test-space"

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from engine.ingest.image_cache import ImageCache
 from engine.library import Library
 from engine.pipeline.runner import Job, Pipeline, ProgressEvent, Stage
-from engine.ingest.image_cache import ImageCache
 
 from .conftest import ROOT
 from .helpers import album_snapshot, mean_abs_diff, photo_array, write_jpeg

@@ -28,8 +28,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from engine.library import Library
 from engine.domain.personalize.training import TrainingConfig
+from engine.library import Library
 
 from . import netguard
 from .conftest import ROOT

@@ -305,12 +305,13 @@ def test_research_embedding_names_in_every_spelling_the_reference_writes():
 
     from engine.domain.concepts.research import parse_research_embeddings_name as parse
 
-    class VLMType(str, Enum):            # the reference code's enums: its file names are f"{vlm_type}_{task}"
+    class VLMType(str, Enum):  # noqa: UP042 - as the reference writes it (a StrEnum formats differently)
+        # the reference code's enums: its file names are f"{vlm_type}_{task}"
         BLIP2 = "blip-2"
         LLAVA = "llava"
         MINIGPT_V2 = "minigpt-v2"
 
-    class PersonalizationTask(str, Enum):
+    class PersonalizationTask(str, Enum):  # noqa: UP042
         CAPTIONING = "captioning"
         VQA = "vqa"
 

@@ -26,13 +26,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.library import Library
-from engine.storage.catalog import now
 from engine.domain.search import choose_floor
 from engine.domain.search.dates import date_words, period
 from engine.domain.search.documents import pending
 from engine.domain.search.query import PERSON, THING, Entity, NameIndex, parse
+from engine.library import Library
 from engine.pipeline.faces import iou
+from engine.storage.catalog import now
 from engine.storage.vectors import to_blob
 
 from .conftest import myvlm

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from engine.library import Library
 from engine.domain.search.query import parse
+from engine.library import Library
 
 from .test_search import Album, StandInEncoder
 

@@ -16,9 +16,9 @@ from PIL import Image
 
 from engine.domain.concepts.research import load_research_concept_embeddings
 from engine.domain.personalize.embeddings import EmbeddingStore
-from engine.models.vlm.specs import CONCEPT_DIM
 from engine.domain.personalize.training import ConceptToTrain, ConceptTrainer, TrainingConfig, TrainingExample
 from engine.models.vlm.auto import VLM_SPECS, GenerationSettings, load_vlm, resolve_spec
+from engine.models.vlm.specs import CONCEPT_DIM
 
 from .helpers import stop_at_step
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.storage.catalog import now
 from engine.domain.concepts.registry import ConceptRegistry
 from engine.domain.concepts.suggest import suggest_things
+from engine.storage.catalog import now
 from engine.storage.vectors import to_blob
 
 DIM = 32

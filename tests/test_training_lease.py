@@ -9,10 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from engine.library import Library
-from engine.domain.concepts.registry import ConceptRegistry
 from engine.admin.integrity import check_library
+from engine.domain.concepts.registry import ConceptRegistry
 from engine.domain.personalize.lease import INTERRUPTED, LEASE_FILE, lease_held, training_lease
+from engine.library import Library
 
 
 def _dead_pid() -> int:

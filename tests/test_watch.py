@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.library import Library
-from engine.storage.catalog import FOLDER_OFFLINE, FOLDER_ONLINE, GONE, OK, OFFLINE
-from engine.ingest.scanner import content_hash
 from engine.ingest.image_cache import ImageCache
+from engine.ingest.scanner import content_hash
 from engine.ingest.watch import FolderWatcher, WatchUpdate
+from engine.library import Library
+from engine.storage.catalog import FOLDER_OFFLINE, FOLDER_ONLINE, GONE, OFFLINE, OK
 
 TIMEOUT = 30.0
 

@@ -948,8 +948,8 @@ def concept_separability(model, processor, world: World, n_train: int = 4, n_tes
         pos = world.concept_images(key, n_train + n_test, seed=77)
         neg = world.negative_images(40 + n_test, seed=77, concept=key)
         hard = world.negative_images(n_test, seed=78, concept=key, hard=True)
-        f = lambda scenes: F.normalize(pooled_features(model, processor_pixels(processor, [x.image for x in scenes])),
-                                       dim=-1)
+        def f(scenes):
+            return F.normalize(pooled_features(model, processor_pixels(processor, [x.image for x in scenes])), dim=-1)
         fp, fn, fh = f(pos), f(neg), f(hard)
         x = torch.cat([fp[:n_train], fn[:40]])
         y = torch.cat([torch.ones(n_train), torch.zeros(40)]).long()

@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -412,7 +412,7 @@ def backup_library(library: Path | str, dest: Path | str, *, with_thumbnails: bo
             "format": FORMAT,
             "app": "MyVLM Desktop",
             "app_version": __version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "source_library": str(paths.root),
             "schema_version": info["schema_version"],
             "with_thumbnails": bool(with_thumbnails),

@@ -11,9 +11,7 @@ import sys
 from typing import Any
 
 from engine import __version__
-
 from engine.ingest import images
-
 from engine.models import downloads as model_manager
 from engine.storage.library_folder import LibraryPaths
 

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.domain.personalize.lease import INTERRUPTED
 from engine.storage import claims
 from engine.storage.catalog import Catalog
-from engine.domain.personalize.lease import INTERRUPTED
 
 TEMP_PATTERNS = {"thumbs": ".tmp-*", "previews": ".tmp-*", "concepts": "*.tmp"}
 STALE_TEMP_S = 60.0

@@ -15,8 +15,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from engine.storage.catalog import Catalog, now
 from engine.errors import NotFound
+from engine.storage.catalog import Catalog, now
 
 ORIGINAL, PERSONALISED, USER = "original", "personalised", "user"
 GENERATED_KINDS = (ORIGINAL, PERSONALISED)

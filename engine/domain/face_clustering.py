@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engine.models.faces.backends import FaceThresholds
 from engine.storage.catalog import Catalog, now
 from engine.storage.vectors import VectorIndex, stack_blobs
-from engine.models.faces.backends import FaceThresholds
 
 log = logging.getLogger(__name__)
 

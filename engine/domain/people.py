@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from engine.storage.catalog import Catalog, now
-from engine.errors import UserError
 from engine.domain.personalize import instant
+from engine.errors import UserError
+from engine.storage.catalog import Catalog, now
 from engine.storage.vectors import from_blob
 
 log = logging.getLogger(__name__)

@@ -18,11 +18,11 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from engine.storage import catalog as C
 from engine.ingest import images
+from engine.progress import ProgressFn, report
+from engine.storage import catalog as C
 from engine.storage import paths as P
 from engine.storage.catalog import Catalog, Folder
-from engine.progress import ProgressFn, report
 
 log = logging.getLogger(__name__)
 

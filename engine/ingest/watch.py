@@ -25,10 +25,10 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from engine.storage import paths as P
 from engine import settings
-from engine.storage.catalog import FOLDER_OFFLINE, Folder
 from engine.ingest.scanner import Scanner, ScanReport
+from engine.storage import paths as P
+from engine.storage.catalog import FOLDER_OFFLINE, Folder
 
 if TYPE_CHECKING:
     from engine.pipeline.runner import PipelineReport, ProgressCallback

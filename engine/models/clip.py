@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from engine.errors import InvalidInput, UserError
 from engine import settings
-
+from engine.errors import InvalidInput, UserError
 from engine.settings import SETTINGS
 
 log = logging.getLogger(__name__)

@@ -48,10 +48,10 @@ from typing import Any
 from urllib.parse import quote, urlparse
 
 from engine.errors import Cancelled
-from engine.progress import Progress, ProgressFn
 from engine.models.files import ModelError  # defined with the weight checks (the lowest module that needs it)
-from engine.models.sizes import SIZES as _SIZES, download_size_text  # noqa: F401 - re-exported
+from engine.models.sizes import SIZES as _SIZES  # noqa: F401 - re-exported
 from engine.models.sizes import human as _human
+from engine.progress import Progress, ProgressFn
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 def hub_cache_dir() -> Path:
     """The hub cache huggingface_hub uses now (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub)."""
-    from huggingface_hub import constants   # the constants alone are light
+    from huggingface_hub import constants  # the constants alone are light
 
     return Path(constants.HF_HUB_CACHE).expanduser()
 

@@ -13,14 +13,14 @@ from __future__ import annotations
 import zlib
 from typing import TYPE_CHECKING
 
-from engine.storage.catalog import Catalog
 from engine.domain.concepts.registry import ConceptRegistry
-from engine.models.hardware import resolve_vlm_name
 from engine.models.files import ModelLoadError, vlm_quick_problem
+from engine.models.hardware import resolve_vlm_name
 from engine.models.vlm.checkpoints import checkpoint_folder
 from engine.models.vlm.specs import CAPTION, VlmError, resolve_spec
 from engine.pipeline.runner import Job, Stage, StageUnavailable
 from engine.pipeline.thumbnails import ImageCache
+from engine.storage.catalog import Catalog
 
 if TYPE_CHECKING:   # the model code (torch, transformers) is imported when captions are made, not to ask status
     from engine.domain.personalize.service import GeneratedText

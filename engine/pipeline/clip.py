@@ -11,11 +11,11 @@ import zlib
 
 import numpy as np
 
-from engine.storage.catalog import Catalog
-from engine.models.clip import ClipEncoder, resolve_encoder
-from engine.storage.vectors import to_blob
-from engine.pipeline.runner import Job, Stage, StageUnavailable
 from engine.ingest.image_cache import ImageCache
+from engine.models.clip import ClipEncoder, resolve_encoder
+from engine.pipeline.runner import Job, Stage, StageUnavailable
+from engine.storage.catalog import Catalog
+from engine.storage.vectors import to_blob
 
 log = logging.getLogger(__name__)
 

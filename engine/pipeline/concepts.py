@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import zlib
 
-from engine.storage.catalog import Catalog
 from engine.domain.concepts.detect import ConceptDetector, Signal
-from engine.pipeline.runner import Job, Stage
 from engine.models.clip import resolve_encoder
 from engine.pipeline.faces import resolve_backend
+from engine.pipeline.runner import Job, Stage
+from engine.storage.catalog import Catalog
 
 CODE_VERSION = 1
 

@@ -17,12 +17,12 @@ import numpy as np
 from PIL import Image
 
 from engine import settings
-from engine.storage.catalog import Catalog, now
-from engine.models.faces.backends import DetectedFace, FaceBackend, create_backend
 from engine.domain.face_clustering import FaceClusterer
-from engine.storage.vectors import to_blob
+from engine.models.faces.backends import DetectedFace, FaceBackend, create_backend
 from engine.pipeline.runner import Job, Stage
 from engine.pipeline.thumbnails import ImageCache
+from engine.storage.catalog import Catalog, now
+from engine.storage.vectors import to_blob
 
 log = logging.getLogger(__name__)
 

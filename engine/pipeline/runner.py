@@ -17,9 +17,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.storage import claims
 from engine.errors import InvalidInput, UserError
 from engine.progress import Progress
+from engine.storage import claims
 from engine.storage import paths as P
 from engine.storage.catalog import Catalog, DiskFull, disk_full, is_disk_full
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from engine.pipeline.runner import StageRegistry
 from engine.pipeline.captions import CaptionStage
 from engine.pipeline.clip import ClipStage
 from engine.pipeline.concepts import ConceptStage
 from engine.pipeline.faces import FaceStage
+from engine.pipeline.runner import StageRegistry
 from engine.pipeline.thumbnails import ThumbnailStage
 
 REGISTRY = StageRegistry()

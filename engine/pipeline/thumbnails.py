@@ -8,10 +8,10 @@ import logging
 import os
 
 from engine import settings
-from engine.storage.catalog import Catalog
 from engine.ingest.image_cache import ImageCache, ThumbnailResult, probe_photo
 from engine.ingest.images import PhotoReadError
 from engine.pipeline.runner import Job, Stage
+from engine.storage.catalog import Catalog
 
 log = logging.getLogger(__name__)
 

@@ -15,13 +15,13 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlite_utils
 
-from engine.storage import paths as P
 from engine.errors import InvalidInput, UserError
+from engine.storage import paths as P
 from engine.storage.library_folder import LibraryPaths
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ FOLDER_ONLINE, FOLDER_OFFLINE = "online", "offline"
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ class VectorIndex:
 
     def __init__(self, dim: int):
         self.dim = dim
-        import faiss   # here, not at the top: `myvlm status` and friends read blobs but never search
+        import faiss  # here, not at the top: `myvlm status` and friends read blobs but never search
 
         self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
 

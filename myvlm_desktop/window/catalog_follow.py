@@ -19,14 +19,13 @@ from PySide6.QtCore import QTimer
 
 from engine import read_models
 from engine.library import OK, Library, Photo
-
-from ..folders import FolderCounts
-from ..sidebar import CONCEPT, FOLDER, LIBRARY, PEOPLE, PERSON, SEARCH, THINGS
-from ..state import PHOTOS
-from ..tasks import user_message
+from myvlm_desktop.folders import FolderCounts
+from myvlm_desktop.sidebar import CONCEPT, FOLDER, LIBRARY, PEOPLE, PERSON, SEARCH, THINGS
+from myvlm_desktop.state import PHOTOS
+from myvlm_desktop.tasks import user_message
 
 if TYPE_CHECKING:
-    from ..main_window import MainWindow
+    from myvlm_desktop.main_window import MainWindow
 
 log = logging.getLogger(__name__)
 

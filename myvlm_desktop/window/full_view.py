@@ -7,11 +7,10 @@ from typing import TYPE_CHECKING
 
 from engine import read_models
 from engine.library import Photo
-
-from ..detail import FaceBox
+from myvlm_desktop.detail import FaceBox
 
 if TYPE_CHECKING:
-    from ..main_window import MainWindow
+    from myvlm_desktop.main_window import MainWindow
 
 
 class FullViewFlow:

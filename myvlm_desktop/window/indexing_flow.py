@@ -12,15 +12,15 @@ from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtWidgets import QStyle
 
 from engine.library import Library, ProgressEvent
+from myvlm_desktop.indexing import SCAN, IndexResult
+from myvlm_desktop.resources import themed_icon
+from myvlm_desktop.tasks import user_message
+from myvlm_desktop.widgets import show_error
 
-from ..indexing import SCAN, IndexResult
-from ..resources import themed_icon
-from ..tasks import user_message
-from ..widgets import show_error
 from .stages_popup import STAGE_ORDER, count, finished_text, stage_label
 
 if TYPE_CHECKING:
-    from ..main_window import MainWindow
+    from myvlm_desktop.main_window import MainWindow
 
 log = logging.getLogger(__name__)
 

@@ -26,19 +26,20 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..detail import DetailPane
-from ..grid import DEFAULT_THUMB_PX, MAX_THUMB_PX, MIN_THUMB_PX, DateScrubber, PhotoGridView
-from ..people_page import PeoplePage, PersonHeader
-from ..problems import ProblemsDock
-from ..resources import app_icon, themed_icon
-from ..sidebar import CONCEPT, PERSON, Sidebar
-from ..things_page import ConceptHeader, ThingsPage
-from ..viewer import FullView
-from ..widgets import ChipBar
+from myvlm_desktop.detail import DetailPane
+from myvlm_desktop.grid import DEFAULT_THUMB_PX, MAX_THUMB_PX, MIN_THUMB_PX, DateScrubber, PhotoGridView
+from myvlm_desktop.people_page import PeoplePage, PersonHeader
+from myvlm_desktop.problems import ProblemsDock
+from myvlm_desktop.resources import app_icon, themed_icon
+from myvlm_desktop.sidebar import CONCEPT, PERSON, Sidebar
+from myvlm_desktop.things_page import ConceptHeader, ThingsPage
+from myvlm_desktop.viewer import FullView
+from myvlm_desktop.widgets import ChipBar
+
 from .stages_popup import StagesPopup
 
 if TYPE_CHECKING:
-    from ..main_window import MainWindow
+    from myvlm_desktop.main_window import MainWindow
 
 
 def build_ui(w: MainWindow) -> None:

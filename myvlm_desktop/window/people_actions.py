@@ -7,12 +7,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from engine import read_models
-
-from ..people_page import PeopleData, load_people
-from ..sidebar import PEOPLE, PERSON
+from myvlm_desktop.people_page import PeopleData, load_people
+from myvlm_desktop.sidebar import PEOPLE, PERSON
 
 if TYPE_CHECKING:
-    from ..main_window import MainWindow
+    from myvlm_desktop.main_window import MainWindow
 
 
 class PeopleActions:

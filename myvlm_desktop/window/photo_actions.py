@@ -9,14 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 from PySide6.QtWidgets import QMenu
 
-from engine.library import Photo
 from engine.errors import Cancelled
-
-from ..detail import FaceBox
-from ..sidebar import PERSON
+from engine.library import Photo
+from myvlm_desktop.detail import FaceBox
+from myvlm_desktop.sidebar import PERSON
 
 if TYPE_CHECKING:
-    from ..main_window import MainWindow
+    from myvlm_desktop.main_window import MainWindow
 
 
 class PhotoActions:

@@ -17,8 +17,7 @@ from PySide6.QtWidgets import (
 
 from engine import __version__, read_models
 from engine.library import APP_NAME
-
-from ..things_page import NameThingPrompt
+from myvlm_desktop.things_page import NameThingPrompt
 
 
 def ask_name(parent: QWidget, title: str, prompt: str, names: list[str], text: str = "") -> str | None:

@@ -7,15 +7,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from engine import read_models
+from myvlm_desktop.search import SearchOutcome
+from myvlm_desktop.sidebar import CONCEPT, PERSON, SEARCH
+from myvlm_desktop.widgets import PERSON_CHIP, THING_CHIP
 
-from ..search import SearchOutcome
-from ..sidebar import CONCEPT, PERSON, SEARCH
-from ..widgets import PERSON_CHIP, THING_CHIP
 from .prompts import html
 from .stages_popup import count
 
 if TYPE_CHECKING:
-    from ..main_window import MainWindow
+    from myvlm_desktop.main_window import MainWindow
 
 MAX_RECENT_SEARCHES = 8
 

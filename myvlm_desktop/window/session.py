@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..main_window import MainWindow
+    from myvlm_desktop.main_window import MainWindow
 
 
 def _on(value: object) -> bool:

@@ -9,8 +9,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QFrame, QGridLayout, QLabel, QProgressBar, QWidget
 
 from engine.library import ProgressEvent
-
-from ..indexing import SCAN
+from myvlm_desktop.indexing import SCAN
 
 STAGE_LABELS = {SCAN: "Looking for photos", "thumbnail": "Making thumbnails", "faces": "Finding faces",
                 "clip": "Understanding pictures", "concepts": "Recognising people and things",

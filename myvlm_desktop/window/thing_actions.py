@@ -9,14 +9,13 @@ from typing import TYPE_CHECKING, Any
 from PySide6.QtCore import Qt
 
 from engine import read_models
-
-from ..sidebar import CONCEPT, THINGS
-from ..things_page import ThingsData, load_things
-from ..training import TeachDialog, TrainingOutcome, fmt_seconds
-from ..widgets import show_error
+from myvlm_desktop.sidebar import CONCEPT, THINGS
+from myvlm_desktop.things_page import ThingsData, load_things
+from myvlm_desktop.training import TeachDialog, TrainingOutcome, fmt_seconds
+from myvlm_desktop.widgets import show_error
 
 if TYPE_CHECKING:
-    from ..main_window import MainWindow
+    from myvlm_desktop.main_window import MainWindow
 
 
 class ThingActions:

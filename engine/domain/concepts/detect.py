@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engine.domain.concepts.registry import OBJECT, PERSON, Concept, ConceptRegistry, Head
 from engine.storage.catalog import Catalog
 from engine.storage.vectors import stack_blobs
-from engine.domain.concepts.registry import OBJECT, PERSON, Concept, ConceptRegistry, Head
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from engine.storage.catalog import Catalog
-from engine.models.faces.backends import FaceBackend
-from engine.storage.vectors import from_blob
 from engine.domain.concepts.registry import PERSON, ConceptError, Head
+from engine.models.faces.backends import FaceBackend
+from engine.storage.catalog import Catalog
+from engine.storage.vectors import from_blob
 
 log = logging.getLogger(__name__)
 

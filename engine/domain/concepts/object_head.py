@@ -35,12 +35,20 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from engine.storage import paths as P
+from engine.domain.concepts.registry import (
+    OBJECT,
+    ConceptError,
+    ConceptRegistry,
+    Head,
+    NotIndexedYet,
+    photo_not_indexed,
+    softmax_p1,
+)
 from engine.errors import Cancelled
-from engine.storage.catalog import Catalog
 from engine.ingest.images import IMAGE_EXTENSIONS, decode
 from engine.progress import Progress, ProgressFn, report
-from engine.domain.concepts.registry import OBJECT, ConceptError, ConceptRegistry, Head, NotIndexedYet, photo_not_indexed, softmax_p1
+from engine.storage import paths as P
+from engine.storage.catalog import Catalog
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from engine.storage.catalog import Catalog, now
 from engine.errors import UserError
+from engine.storage.catalog import Catalog, now
 
 log = logging.getLogger(__name__)
 

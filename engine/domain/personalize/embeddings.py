@@ -19,11 +19,18 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from engine.storage.catalog import disk_full, is_disk_full
 from engine.domain.concepts.registry import ConceptError
+from engine.domain.concepts.research import (
+    EMBEDDINGS_PREFIX,
+    RESEARCH_EMBEDDINGS_DIR,
+    export_research_concept_embeddings,
+    load_imported_embeddings,
+    parse_research_embeddings_name,
+    research_embeddings_checkpoints,
+)
 from engine.errors import NotFound
-from engine.domain.concepts.research import EMBEDDINGS_PREFIX, RESEARCH_EMBEDDINGS_DIR, export_research_concept_embeddings, load_imported_embeddings, parse_research_embeddings_name, research_embeddings_checkpoints
 from engine.models.vlm.specs import CAPTION, CONCEPT_DIM, VLM_SPECS
+from engine.storage.catalog import disk_full, is_disk_full
 
 log = logging.getLogger(__name__)
 

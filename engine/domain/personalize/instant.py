@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from engine import settings
 from engine.domain.captions import person_placeholder, placeholder, to_template
 from engine.domain.personalize.generated import GeneratedText
-from engine.domain.personalize.targets import PET_AND_THING_WORDS, PERSON_WORDS
+from engine.domain.personalize.targets import PERSON_WORDS, PET_AND_THING_WORDS
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -21,8 +21,8 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from engine.storage.catalog import Catalog, now
 from engine.domain.concepts.registry import ConceptRegistry
+from engine.storage.catalog import Catalog, now
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,8 @@ def recover_interrupted_training(catalog: Catalog) -> list[str]:
     if not dead:
         return []
     # the embedding store and the VLM catalogue: only when there is something to mend
-    from engine.models.hardware import resolve_vlm_name
     from engine.domain.personalize.embeddings import EmbeddingStore
+    from engine.models.hardware import resolve_vlm_name
     from engine.models.vlm.specs import CAPTION, resolve_spec
 
     store = EmbeddingStore(catalog.paths.concepts)

@@ -17,11 +17,16 @@ import numpy as np
 import torch
 
 from engine.domain.concepts.registry import OBJECT_TOKENS
-from engine.domain.concepts.research import IMAGE_SUFFIXES, _identifier_in_captions, read_research_captions, read_research_vqa
-from engine.errors import InvalidInput
-from engine.ingest.images import decode
+from engine.domain.concepts.research import (
+    IMAGE_SUFFIXES,
+    _identifier_in_captions,
+    read_research_captions,
+    read_research_vqa,
+)
 from engine.domain.personalize.embeddings import RESEARCH_TASK, EmbeddingStore
 from engine.domain.personalize.training import ConceptToTrain, ConceptTrainer, TrainingConfig, TrainingExample
+from engine.errors import InvalidInput
+from engine.ingest.images import decode
 from engine.models.vlm.auto import VQA, load_vlm
 
 CONCEPT_ID = 1   # the one concept of a research run

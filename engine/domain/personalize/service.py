@@ -20,20 +20,27 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine.storage import paths as P
-from engine.storage.catalog import Catalog, now
 from engine.domain.concepts.object_head import TrainingCancelled
 from engine.domain.concepts.registry import PERSON, Concept, ConceptError, ConceptRegistry, photo_not_indexed
 from engine.domain.concepts.research import VQA_FILE
-from engine.models.hardware import resolve_vlm_name
-from engine.progress import ProgressFn, report
 from engine.domain.personalize import instant
 from engine.domain.personalize.embeddings import EmbeddingStore
 from engine.domain.personalize.generated import GeneratedText  # noqa: F401 - re-exported
 from engine.domain.personalize.lease import training_lease
-from engine.domain.personalize.targets import TargetSet, caption_targets, class_words_for, personalise_answer, pick_class_word, questions_for
+from engine.domain.personalize.targets import (
+    TargetSet,
+    caption_targets,
+    class_words_for,
+    personalise_answer,
+    pick_class_word,
+    questions_for,
+)
 from engine.domain.personalize.training import ConceptToTrain, ConceptTrainer, TrainingConfig, TrainingExample
-from engine.models.vlm.auto import CAPTION, DEFAULT_VLM, VQA, GenerationSettings, VlmWrapper, load_vlm
+from engine.models.hardware import resolve_vlm_name
+from engine.models.vlm.auto import CAPTION, VQA, GenerationSettings, VlmWrapper, load_vlm
+from engine.progress import ProgressFn, report
+from engine.storage import paths as P
+from engine.storage.catalog import Catalog, now
 
 log = logging.getLogger(__name__)
 

@@ -36,11 +36,11 @@ import torch
 from PIL import Image, ImageEnhance
 
 from engine.domain.concepts.object_head import TrainingCancelled, rotate_filled
-from engine.errors import InvalidInput, UserError
-from engine.progress import Progress, ProgressFn
-from engine.models.vlm.concept_layer import init_values
 from engine.domain.personalize.embeddings import ConceptEmbedding, EmbeddingStore, as_numpy
+from engine.errors import InvalidInput, UserError
 from engine.models.vlm.auto import CAPTION, VQA, VlmWrapper
+from engine.models.vlm.concept_layer import init_values
+from engine.progress import Progress, ProgressFn
 
 log = logging.getLogger(__name__)
 

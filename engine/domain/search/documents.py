@@ -17,13 +17,13 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from engine.storage import paths as P
 from engine.domain.captions import PRIORITY, USER, concept_names, person_ids, person_names, placeholder_ids, render_with
-from engine.storage.catalog import BUSY_TIMEOUT_MS, Catalog
 from engine.domain.concepts.registry import OBJECT_TOKENS
 from engine.domain.search import places
 from engine.domain.search.dates import date_words
 from engine.domain.search.text import path_words
+from engine.storage import paths as P
+from engine.storage.catalog import BUSY_TIMEOUT_MS, Catalog
 
 log = logging.getLogger(__name__)
 

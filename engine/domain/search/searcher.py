@@ -24,13 +24,13 @@ from typing import Any
 import numpy as np
 
 from engine.domain.captions import CaptionStore
-from engine.storage.catalog import BUSY_TIMEOUT_MS, Catalog
 from engine.domain.search import documents
 from engine.domain.search.dates import MONTHS, Period
 from engine.domain.search.documents import concept_tag, is_alias, person_tag
 from engine.domain.search.query import PERSON, THING, Entity, NameIndex, ParsedQuery, parse
 from engine.domain.search.text import clean, fts_quote, searchable
 from engine.domain.search.visual import NO_DATE, TEXT_CACHE, date_key, floor_for, image_matrix
+from engine.storage.catalog import BUSY_TIMEOUT_MS, Catalog
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,6 @@ from engine import settings
 from engine.storage.catalog import Catalog
 from engine.storage.vectors import stack_blobs
 
-
 # Provisional: typical cosine ranges of these models between a short phrase and a photo it describes vs. one it
 # does not (matching pairs ~0.28-0.35, unrelated ~0.10-0.20). To be measured with choose_floor on labelled photos
 # once the weights are on a machine; until then the setting overrides per library.

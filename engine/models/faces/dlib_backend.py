@@ -8,13 +8,23 @@ from __future__ import annotations
 import importlib.util
 import math
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from engine.models.faces.backends import ARCFACE_TEMPLATE_112, DetectedFace, FaceBackend, FaceBackendError, FaceThresholds, check_image, l2_normalise, thresholds_dict
+from engine.models.faces.backends import (
+    ARCFACE_TEMPLATE_112,
+    DetectedFace,
+    FaceBackend,
+    FaceBackendError,
+    FaceThresholds,
+    check_image,
+    l2_normalise,
+    thresholds_dict,
+)
 
 DLIB_KEY = "dlib-resnet-v1"
 DLIB_LICENCE = "CC0 1.0 (dlib models by Davis King, packaged by face-recognition-models)"

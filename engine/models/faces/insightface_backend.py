@@ -7,13 +7,22 @@ The shared interface and conventions, and where packs are found, are in backends
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from engine.models.faces.backends import DetectedFace, FaceBackend, FaceBackendError, FaceThresholds, check_image, l2_normalise, thresholds_dict
+from engine.models.faces.backends import (
+    DetectedFace,
+    FaceBackend,
+    FaceBackendError,
+    FaceThresholds,
+    check_image,
+    l2_normalise,
+    thresholds_dict,
+)
 
 INSIGHTFACE_LICENCE = "InsightFace model licence: non-commercial research use only"
 

@@ -19,8 +19,29 @@ from pathlib import Path
 import torch
 
 from engine.models.vlm.checkpoints import checkpoint_folder  # noqa: F401 - re-exported
-from engine.models.vlm.specs import CAPTION, DEFAULT_VLM, UNSUPPORTED, VLM_SPECS, VQA, VlmError, VlmSpec, VlmTooLarge, VlmWeightsMissing, resolve_spec
-from engine.models.vlm.vlm_base import THREAD_ENV, GenerationSettings, LossParts, VlmWrapper, check_memory, cpu_threads, pick_device, pick_dtype, seeded
+from engine.models.vlm.specs import (  # noqa: F401 - re-exported: the light part, importable without torch
+    CAPTION,
+    DEFAULT_VLM,
+    UNSUPPORTED,
+    VLM_SPECS,
+    VQA,
+    VlmError,
+    VlmSpec,
+    VlmTooLarge,
+    VlmWeightsMissing,
+    resolve_spec,
+)
+from engine.models.vlm.vlm_base import (  # noqa: F401 - re-exported: the wrappers' base and helpers
+    THREAD_ENV,
+    GenerationSettings,
+    LossParts,
+    VlmWrapper,
+    check_memory,
+    cpu_threads,
+    pick_device,
+    pick_dtype,
+    seeded,
+)
 
 log = logging.getLogger(__name__)
 
