@@ -37,6 +37,8 @@ gui: $(STAMP)
 ## measured before tests/conftest.py started the heaviest first, long independent tests on their own, and forked
 ## `myvlm` commands from a process that has imported torch (MYVLM_TEST_FORK=0: a fresh interpreter each)
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-logo --no-cache
 	$(PY) scripts/fetch_test_data.py
 	$(PY) -m pytest -q -ra --durations=15 -n 2 --dist loadfile
 
