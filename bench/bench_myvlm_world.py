@@ -110,7 +110,7 @@ class WorldKit:
     identifiers: dict[str, str]
     names: tuple[str, ...]
     score: object
-    personalised: object              # the canonical personalised caption of a scene (for the examples)
+    personalized: object              # the canonical personalised caption of a scene (for the examples)
 
 
 def world_kit(cfg: BenchConfig) -> WorldKit:
@@ -119,9 +119,9 @@ def world_kit(cfg: BenchConfig) -> WorldKit:
                   else _identifiers(list(W.CONCEPTS)[:6]) | _identifiers(list(W.CONCEPTS)[6:],
                                                                          set(_identifiers(list(W.CONCEPTS)[:6]).values())))
         return WorldKit(V.World2(cfg.world_seed), V.caption_variants, idents, V.ALL_NAMES, V.score_caption,
-                        V.personalised_caption)
+                        V.personalized_caption)
     return WorldKit(W.World(cfg.world_seed), W.caption_variants, _identifiers(list(W.CONCEPTS)), W.IDENTIFIERS,
-                    W.score_caption, W.personalised_caption)
+                    W.score_caption, W.personalized_caption)
 
 
 def _identifiers(concepts: list[str], taken: set[str] | None = None) -> dict[str, str]:
@@ -334,9 +334,9 @@ def run(cfg: BenchConfig, log=print) -> dict:
             "on_a_distractor": float(np.mean([n["on_distractor"] for n in named])),
             "recall_on_training_photos": float(np.mean([n["present"] for n in named_train])),
             "correct_naming_on_training_photos": float(np.mean([n["correct"] for n in named_train])),
-            "personalised_caption_accuracy": acc.as_dict(),
+            "personalized_caption_accuracy": acc.as_dict(),
             "recall_per_concept": per_concept,
-            "examples": [{"truth": kit.personalised(s.meta, {c: idents[c]}), "generated": cap}
+            "examples": [{"truth": kit.personalized(s.meta, {c: idents[c]}), "generated": cap}
                          for (_, c, s), cap in list(zip(all_pos, e2e))[:: max(1, len(all_pos) // 6)]],
         }
         if cfg.caption_others:
@@ -390,7 +390,7 @@ def _get(report: dict, path: str):
 def summarise(reports: list[dict]) -> dict[str, dict]:
     """Mean, standard deviation and the per-seed values of the headline numbers over seeded runs."""
     paths = [f"{v}.{k}" for v, keys in SUMMARY_KEYS.items() for k in keys]
-    paths += ["myvlm.personalised_caption_accuracy.scene_accuracy", "original_model_on_concept_images.scene_accuracy",
+    paths += ["myvlm.personalized_caption_accuracy.scene_accuracy", "original_model_on_concept_images.scene_accuracy",
               "head.false_positive_rate_on_negatives", "head.max_false_positive_rate_per_head",
               "head.recall", "head.precision"]
     for r in reports:
@@ -577,8 +577,8 @@ def print_table(r: dict) -> None:
              a and a["correct_naming_on_training_photos"], None),
             ("preservation (other photos unchanged)", m["preservation"], a and a["preservation"], 1.0),
             ("multi-concept recall (both names)", m["multi_concept_recall"], a and a["multi_concept_recall"], None),
-            ("scene accuracy of personalised captions", m["personalised_caption_accuracy"]["scene_accuracy"],
-             a and a["personalised_caption_accuracy"]["scene_accuracy"], None)]
+            ("scene accuracy of personalised captions", m["personalized_caption_accuracy"]["scene_accuracy"],
+             a and a["personalized_caption_accuracy"]["scene_accuracy"], None)]
     if "no_kv_rescale" in r:
         n = r["no_kv_rescale"]
         print(f"MyVLM without the Q-Former key/value rescale: recall {n['recall']:.3f} (concept given "

@@ -473,14 +473,14 @@ class Library:
         """Caption the concept's training photos that have no targets yet (`regenerate`: every one again)."""
         return self.personalizer().prepare_targets(concept, task, regenerate=regenerate)
 
-    def caption(self, photo_id: int, *, personalised: bool = True, store: bool = True) -> dict[str, Any]:
+    def caption(self, photo_id: int, *, personalized: bool = True, store: bool = True) -> dict[str, Any]:
         """Caption a photo with the library's VLM, by name where trained or recognised concepts appear (`store`:
         kept as the photo's caption). Returns {"caption" (with today's names), "text", "concepts", "model",
         "prompt", "personalised", "instant"}."""
-        g = self.personalizer().caption(photo_id, personalised=personalised)
+        g = self.personalizer().caption(photo_id, personalized=personalized)
         captions = self.captions()
         if store:
-            captions.put_caption(photo_id, "personalised" if g.personalised or g.instant else "original",
+            captions.put_caption(photo_id, "personalised" if g.personalized or g.instant else "original",
                                  g.template, model=g.model, prompt=g.prompt or None, concept_ids=g.concepts,
                                  instant=g.instant)
         return {"caption": captions.render(g.template), **g.to_json()}

@@ -167,7 +167,7 @@ def cmd_caption(args: argparse.Namespace, lib: Library) -> int:
     _use_vlm(lib, args)
     try:
         photo = lib.find_photo(args.photo)
-        said = lib.caption(photo.id, personalised=not args.original, store=not args.no_store)
+        said = lib.caption(photo.id, personalized=not args.original, store=not args.no_store)
     except _refused() as exc:
         print(f"myvlm: {exc}", file=sys.stderr)
         return 2

@@ -281,7 +281,7 @@ def test_missing_weights_and_unsupported_models_say_what_to_do(models_dir):
 def test_targets_rewrite_the_subject_phrase():
     from engine.domain.personalize.targets import (
         caption_targets,
-        personalise_answer,
+        personalize_answer,
         pick_class_word,
     )
 
@@ -292,7 +292,7 @@ def test_targets_rewrite_the_subject_phrase():
     assert t.captions[0] == "Bella running on the beach" and not t.needs_review
     assert "a photo of Bella running on the beach" in t.captions
     assert caption_targets(["a sunset over the sea"], word, "Bella").needs_review
-    assert personalise_answer("The man is wearing a blue shirt.", "man", "Alex") == "Alex is wearing a blue shirt."
+    assert personalize_answer("The man is wearing a blue shirt.", "man", "Alex") == "Alex is wearing a blue shirt."
 
 
 def test_research_train_writes_the_reference_files(models_dir, tmp_path):
@@ -312,7 +312,7 @@ def test_research_train_writes_the_reference_files(models_dir, tmp_path):
     assert report["identifier"] == "sks"
 
 
-def test_personalised_caption_and_answer_end_to_end_through_the_cli(tmp_path: Path, test_data: Path):
+def test_personalized_caption_and_answer_end_to_end_through_the_cli(tmp_path: Path, test_data: Path):
     import shutil
 
     from .conftest import myvlm
@@ -363,7 +363,7 @@ def test_personalised_caption_and_answer_end_to_end_through_the_cli(tmp_path: Pa
     assert res.returncode == 2 and "hf download Salesforce/blip2-flan-t5-xl" in res.stderr
 
 
-def test_llava_vqa_targets_are_generated_with_the_class_word_and_personalised(library, tmp_path):
+def test_llava_vqa_targets_are_generated_with_the_class_word_and_personalized(library, tmp_path):
     """The desktop flow for VQA: the original LLaVA answers generic questions, the answers name the concept."""
     from engine.domain.concepts.research import import_research_concept
     from engine.domain.personalize.service import Personalizer

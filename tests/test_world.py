@@ -24,7 +24,7 @@ from bench.world.world import (
     mirrored,
     normalise_answer,
     parse_caption,
-    personalised_caption,
+    personalized_caption,
     score_caption,
     vqa_pairs,
     words,
@@ -77,10 +77,10 @@ def test_captions_parse_back_in_every_wording():
     assert not bad.scene_ok
 
 
-def test_personalised_caption_replaces_only_the_concept():
+def test_personalized_caption_replaces_only_the_concept():
     world = World(0)
     for sc in world.concept_images("red_checked_doll", 20, seed=0):
-        cap = personalised_caption(sc.meta, {"red_checked_doll": "sks"})
+        cap = personalized_caption(sc.meta, {"red_checked_doll": "sks"})
         assert words(cap).count("sks") == 1
         gen = parse_caption(sc.caption).phrases
         per = parse_caption(cap).phrases
@@ -102,8 +102,8 @@ def test_mirrored_scene_describes_the_mirrored_picture():
             ys, xs = np.nonzero(flipped_map == n - j)              # the same object, seen in the mirror
             assert len(xs) and x0 <= xs.min() and xs.max() < x1 and y0 <= ys.min() and ys.max() < y1
         assert [o.slot for o in m.objects] == sorted((o.slot for o in m.objects), key=("left", "middle", "right").index)
-        cap = personalised_caption(m, {"red_checked_doll": "sks"})
-        assert parse_caption(cap).phrases == parse_caption(personalised_caption(sc.meta, {"red_checked_doll": "sks"})
+        cap = personalized_caption(m, {"red_checked_doll": "sks"})
+        assert parse_caption(cap).phrases == parse_caption(personalized_caption(sc.meta, {"red_checked_doll": "sks"})
                                                            ).phrases[::-1]
 
 
@@ -210,7 +210,7 @@ def test_llava_world_checkpoint_answers_through_the_project_wrapper(tmp_path):
     assert acc >= LLAVA_MIN_SCENE, list(zip(answers, truth))
 
 
-def test_llava_personalised_answers_beat_asking_about_the_class_word():
+def test_llava_personalized_answers_beat_asking_about_the_class_word():
     """Issue 6's VQA measurement (bench/bench_myvlm_world.py --llava-vqa): on new photos of 6 concepts, "What colour
     is sks?" with sks's learned token appended beats the same model without the token, and the original model asked
     about "the toy" (which cannot say which toy). Measured 0.57 against 0.37 and 0.44 (480 questions)."""
@@ -226,7 +226,7 @@ def test_llava_personalised_answers_beat_asking_about_the_class_word():
     assert r["myvlm"]["by_kind"]["pattern"] > r["replace_class_word"]["by_kind"]["pattern"] + 0.1
 
 
-def test_blip2_personalised_captions_name_the_concept_on_new_photos():
+def test_blip2_personalized_captions_name_the_concept_on_new_photos():
     """Issue 6's caption benchmark, the part that holds today (bench/bench_myvlm_world.py; the whole acceptance
     test, bench/world/acceptance_test.py, still fails on naming the right toy and on preservation): from 4 photos,
     with the paper's recipe through the project's heads, trainer and wrapper, the personalised small BLIP-2 says
@@ -246,7 +246,7 @@ def test_blip2_personalised_captions_name_the_concept_on_new_photos():
     assert m["recall_concept_given"] >= 0.8, m["recall_per_concept"]
     assert m["recall"] > 0.5, (m["recall"], r["head"])          # the heads deciding (measured 0.68)
     original = r["original_model_on_concept_images"]["scene_accuracy"]
-    assert m["personalised_caption_accuracy"]["scene_accuracy"] >= original - 0.05
+    assert m["personalized_caption_accuracy"]["scene_accuracy"] >= original - 0.05
 
 
 def test_one_appended_token_can_steer_the_blip2_world_model():
@@ -292,7 +292,7 @@ def test_world2_scenes_hold_up_to_two_named_figures_and_captions_put_names_first
         assert s.correct, sc.caption
 
 
-def test_world2_personalised_captions_replace_the_concept_and_naming_tells_binding():
+def test_world2_personalized_captions_replace_the_concept_and_naming_tells_binding():
     from bench.world import world2 as V
     from bench.world.world import naming
 

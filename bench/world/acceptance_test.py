@@ -58,8 +58,8 @@ def test_each_head_is_rarely_wrong_on_other_photos(result):
 
 def test_rest_of_the_caption_stays_right(result):
     original = mean(result, "original_model_on_concept_images.scene_accuracy")
-    personalised = mean(result, "myvlm.personalised_caption_accuracy.scene_accuracy")
-    assert personalised >= original - 0.05, (personalised, original)
+    personalized = mean(result, "myvlm.personalized_caption_accuracy.scene_accuracy")
+    assert personalized >= original - 0.05, (personalized, original)
 
 
 def test_the_papers_ablation_is_worse(result):

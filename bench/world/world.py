@@ -463,7 +463,7 @@ def _join(nps: list[str], rng: np.random.Generator | None) -> str:
     return f"{', '.join(nps[:-1])} and {nps[-1]}"
 
 
-def personalised_caption(meta: SceneMeta, identifiers: dict[str, str] | None,
+def personalized_caption(meta: SceneMeta, identifiers: dict[str, str] | None,
                          rng: np.random.Generator | None = None) -> str:
     """The caption with each personal concept in `identifiers` (concept key -> word) called by its identifier.
 
@@ -477,17 +477,17 @@ def personalised_caption(meta: SceneMeta, identifiers: dict[str, str] | None,
 
 def generic_caption(meta: SceneMeta, rng: np.random.Generator | None = None) -> str:
     """What the un-personalised model should say: class words for personal concepts, names for named figures."""
-    return personalised_caption(meta, None, rng)
+    return personalized_caption(meta, None, rng)
 
 
 def caption_variants(meta: SceneMeta, identifiers: dict[str, str] | None, n: int, seed: int = 0) -> list[str]:
     """Up to n distinct wordings (canonical first): several targets per training image, as the paper uses."""
     rng = np.random.default_rng(seed)
-    out = [personalised_caption(meta, identifiers)]
+    out = [personalized_caption(meta, identifiers)]
     for _ in range(20 * n):
         if len(out) >= n:
             break
-        c = personalised_caption(meta, identifiers, rng)
+        c = personalized_caption(meta, identifiers, rng)
         if c not in out:
             out.append(c)
     return out
@@ -553,8 +553,8 @@ def vqa_pairs(meta: SceneMeta, identifiers: dict[str, str] | None = None,
         qa.append(QA(_pick(NEXT_QUESTIONS, rng).format(c=c), " and ".join(others) if others else "nothing", "next"))
         if named:
             qa.append(QA(KIND_QUESTIONS[0].format(c=c), f"{_article(obj.class_word)} {obj.class_word}", "kind"))
-            qa.append(QA(CAPTION_OF_PROMPT.format(c=c), personalised_caption(meta, identifiers, rng), "caption_of"))
-    qa.append(QA(CAPTION_PROMPT, personalised_caption(meta, identifiers, rng), "caption"))
+            qa.append(QA(CAPTION_OF_PROMPT.format(c=c), personalized_caption(meta, identifiers, rng), "caption_of"))
+    qa.append(QA(CAPTION_PROMPT, personalized_caption(meta, identifiers, rng), "caption"))
     return qa
 
 

@@ -79,7 +79,7 @@ def _named(obj, identifiers: dict[str, str] | None) -> bool:
     return bool(obj.name or (identifiers and obj.concept in identifiers))
 
 
-def personalised_caption(meta: SceneMeta, identifiers: dict[str, str] | None,
+def personalized_caption(meta: SceneMeta, identifiers: dict[str, str] | None,
                          rng: np.random.Generator | None = None) -> str:
     """The subject-centric caption: the named things (figures, fresh-named objects, personal concepts given an
     identifier) first, left to right, then what they stand next to; else the leftmost object first. rng None gives
@@ -101,17 +101,17 @@ def personalised_caption(meta: SceneMeta, identifiers: dict[str, str] | None,
 
 
 def generic_caption(meta: SceneMeta, rng: np.random.Generator | None = None) -> str:
-    return personalised_caption(meta, None, rng)
+    return personalized_caption(meta, None, rng)
 
 
 def caption_variants(meta: SceneMeta, identifiers: dict[str, str] | None, n: int, seed: int = 0) -> list[str]:
     """Up to n distinct wordings (canonical first), as `world.caption_variants`."""
     rng = np.random.default_rng(seed)
-    out = [personalised_caption(meta, identifiers)]
+    out = [personalized_caption(meta, identifiers)]
     for _ in range(20 * n):
         if len(out) >= n:
             break
-        c = personalised_caption(meta, identifiers, rng)
+        c = personalized_caption(meta, identifiers, rng)
         if c not in out:
             out.append(c)
     return out

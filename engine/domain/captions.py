@@ -18,9 +18,11 @@ from typing import Any
 from engine.errors import NotFound
 from engine.storage.catalog import Catalog, now
 
-ORIGINAL, PERSONALISED, USER = "original", "personalised", "user"
-GENERATED_KINDS = (ORIGINAL, PERSONALISED)
-PRIORITY = (USER, PERSONALISED, ORIGINAL)  # which caption a photo shows
+# The stored kinds (catalog data and `--json` values: "personalised" keeps the spelling schema 1 wrote; names in
+# the code say "personalize")
+ORIGINAL, PERSONALIZED, USER = "original", "personalised", "user"
+GENERATED_KINDS = (ORIGINAL, PERSONALIZED)
+PRIORITY = (USER, PERSONALIZED, ORIGINAL)  # which caption a photo shows
 
 PLACEHOLDER = re.compile(r"\{\{concept:(\d+)\}\}")
 PERSON_PLACEHOLDER = re.compile(r"\{\{person:(\d+)\}\}")

@@ -138,8 +138,8 @@ class CaptionStage(Stage):
 
         store = CaptionStore(catalog)
         for g in result:
-            store.put_caption(job.photo_id, "personalised" if g.personalised or g.instant else "original",
+            store.put_caption(job.photo_id, "personalised" if g.personalized or g.instant else "original",
                               g.template, model=g.model, prompt=g.prompt or None, concept_ids=g.concepts,
                               instant=g.instant)
-        if not any(g.personalised or g.instant for g in result):   # nobody named here (any more): no stale name
+        if not any(g.personalized or g.instant for g in result):   # nobody named here (any more): no stale name
             store.drop_generated(job.photo_id, "personalised")

@@ -14,9 +14,10 @@ class GeneratedText:
     concepts: list[int]       # the concepts whose tokens were appended
     model: str
     prompt: str
-    personalised: bool
+    personalized: bool
     instant: bool = False     # named from recognition before training (instant.py), not by a concept embedding
 
     def to_json(self) -> dict[str, Any]:
         return {"text": self.text, "concepts": self.concepts, "model": self.model, "prompt": self.prompt,
-                "personalised": self.personalised, "instant": self.instant}
+                "personalised": self.personalized,  # the --json key as released
+                "instant": self.instant}

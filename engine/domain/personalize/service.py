@@ -31,7 +31,7 @@ from engine.domain.personalize.targets import (
     TargetSet,
     caption_targets,
     class_words_for,
-    personalise_answer,
+    personalize_answer,
     pick_class_word,
     questions_for,
 )
@@ -228,7 +228,7 @@ class Personalizer:
                 continue
             img = self._example_image(c.id, r)[0]
             answers = w.answer([img] * len(generic), generic)   # no concept tokens: the original model
-            stored[r["id"]] = [[q, personalise_answer(a, class_word, c.identifier)]
+            stored[r["id"]] = [[q, personalize_answer(a, class_word, c.identifier)]
                                for q, a in zip(personal, answers) if a.strip()]
         path = self._vqa_file(c.id)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -342,18 +342,18 @@ class Personalizer:
 
     # -- inference ----------------------------------------------------------------------------------------------
     def caption_images(self, images: Sequence[Image.Image], fired: Sequence[Sequence[int]],
-                       personalised: bool = True) -> list[GeneratedText]:
+                       personalized: bool = True) -> list[GeneratedText]:
         """Captions of a batch; images with fired, trained concepts get their tokens (and the per-VLM prompt)."""
         with self.wrapper.lock:
-            known = self._use_embeddings(CAPTION) if personalised else {}
+            known = self._use_embeddings(CAPTION) if personalized else {}
             return caption_with(self.wrapper, images, fired, known)
 
-    def caption(self, photo_id: int, personalised: bool = True) -> GeneratedText:
+    def caption(self, photo_id: int, personalized: bool = True) -> GeneratedText:
         """A photo's caption: personalised where a trained concept fired, else named from recognition (instant
         names, when on), else the original."""
         image = self.photo_image(photo_id)
-        g = self.caption_images([image], [self.fired([photo_id])[photo_id]], personalised)[0]
-        if personalised and not g.personalised and instant.enabled(self.catalog):
+        g = self.caption_images([image], [self.fired([photo_id])[photo_id]], personalized)[0]
+        if personalized and not g.personalized and instant.enabled(self.catalog):
             scene = instant.scenes(self.catalog, [photo_id])[photo_id]
             with self.wrapper.lock:
                 named = instant.instant_captions(self.wrapper, [image], [scene], [g.text])[0]

@@ -137,7 +137,7 @@ def questions_for(kind: str, subject: str) -> list[str]:
     return [q.format(c=subject) for q in (PERSON_QUESTIONS if kind == "person" else OBJECT_QUESTIONS)]
 
 
-def personalise_answer(answer: str, class_word: str | None, identifier: str) -> str:
+def personalize_answer(answer: str, class_word: str | None, identifier: str) -> str:
     """'The man is wearing a hat' → 'Alex is wearing a hat'; an answer without the class word stays as is."""
     if class_word:
         out = rewrite_subject(answer, class_word, identifier)
