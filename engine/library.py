@@ -698,7 +698,7 @@ def research_train(folder: str | os.PathLike, out: str | os.PathLike, *, vlm: st
                                  progress=progress)
 
 
-_LAZY = {"TrainingOutOfMemory": ".personalize.training"}   # imports torch: only when a front door asks for it
+_LAZY = {"TrainingOutOfMemory": "engine.domain.personalize.training"}   # imports torch: only when a front door asks for it
 
 
 def __getattr__(name: str) -> Any:
@@ -706,7 +706,7 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name], __package__), name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

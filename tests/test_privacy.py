@@ -273,4 +273,4 @@ def test_listing_models_makes_no_connection_and_only_getting_one_does(tmp_path: 
     assert got.returncode != 0 and "Traceback" not in got.stderr, got.stderr[-3000:]
     assert "cannot reach the model hub" in got.stderr
     attempts = [e for e in netguard.read_log(log) if e["event"] == "attempt"]
-    assert attempts and all("model_manager.py" in e["where"] for e in attempts), json.dumps(attempts, indent=1)
+    assert attempts and all("downloads.py" in e["where"] for e in attempts), json.dumps(attempts, indent=1)
