@@ -52,6 +52,8 @@ class Library:
         self.catalog = Catalog(self.paths)
         self._mend_interrupted_training()
         self._pipeline: Pipeline | None = None
+        self._paused = False
+        self._captioner = None   # the Personalizer load_captioner() made, reused by teach_captioner
         self._scan_cancel = threading.Event()
         self.options: dict[str, Any] = {}  # per-run choices from the front door, e.g. {"face_backend": "dlib"}
 
@@ -116,10 +118,20 @@ class Library:
         if progress:
             pipe.subscribe(progress)
         self._pipeline = pipe
+        if self._paused:   # paused before this run began (set_paused reads _pipeline after setting the flag)
+            pipe.pause()
         try:
             return pipe.run(mode)
         finally:
             self._pipeline = None
+
+    def set_paused(self, paused: bool) -> None:
+        """Hold the running pipeline between photos, or let it go on (thread-safe); a run that starts while paused
+        starts held. cancel() also ends a held run."""
+        self._paused = paused
+        pipe = self._pipeline
+        if pipe is not None:
+            pipe.pause() if paused else pipe.resume()
 
     def cancel(self) -> None:
         """Stop a running scan, and the running pipeline after the photos in flight (thread-safe)."""
@@ -206,6 +218,12 @@ class Library:
         from engine.domain.personalize.service import Personalizer
 
         return Personalizer(self.catalog, vlm or self.options.get("vlm"), device=self.options.get("device"))
+
+    def load_captioner(self) -> tuple[Any, str]:
+        """Load the library's captioner now (slow: the VLM's weights) and keep it for this Library's next
+        teach_captioner; returns (the device it runs on, its name), for a view to say where teaching will run."""
+        self._captioner = self.personalizer()
+        return self._captioner.wrapper.device, self._captioner.vlm_name
 
     def can_locate(self) -> bool:
         """Whether the library's captioner answers "where is …?" with a box (MiniGPT-v2), without loading it."""
@@ -303,6 +321,10 @@ class Library:
             cached = self.__dict__["_searcher"] = Searcher(self.catalog, own)
         cached.encoder_missing = missing
         return cached
+
+    def warm_up_search(self) -> None:
+        """Build the search documents and the name index now (in the background), so the first query is quick."""
+        self.searcher().refresh()
 
     def search(self, query: str, *, limit: int = 50, encoder: Any = None):
         """Photos for a free-text query ("Alex at the beach"), best first, each with why it matched."""
@@ -495,7 +517,7 @@ class Library:
         return pers.store.export_research(self.concept(concept).id, checkpoint, task, Path(out_dir), spec.family)
 
     def close_and_restore(self, backup: str | os.PathLike, *, force: bool = False,
-                          progress: Callable[..., None] | None = None) -> Any:
+                          progress: ProgressFn | None = None) -> Any:
         """Restore a backup into this library's folder (engine.admin.backup.restore_library). A restore replaces the
         folder, so this Library lets go of its catalog and log file first and is closed afterwards."""
         from engine.admin.backup import restore_library
@@ -506,7 +528,7 @@ class Library:
         return restore_library(backup, self.paths.root, force=force, progress=progress)
 
     def close_and_move(self, new: str | os.PathLike, *, delete_old: bool = False,
-                       progress: Callable[..., None] | None = None) -> Any:
+                       progress: ProgressFn | None = None) -> Any:
         """Move this library's folder to `new` (copy, check every file, switch; engine.admin.backup.move_library), this
         Library closed first (the app's move_to keeps it open). Returns the MoveReport."""
         from engine.admin.backup import move_library
@@ -529,7 +551,7 @@ class Library:
         return len(face_ids)
 
     def teach_thing(self, name: str, photo_ids: Iterable[int], *, identifier: str | None = None,
-                    progress: Callable[..., None] | None = None, cancel: threading.Event | None = None,
+                    progress: ProgressFn | None = None, cancel: threading.Event | None = None,
                     negatives_folder: str | None = None) -> int:
         """Name a thing from photos that show it. A name already used for a thing (any case) ADDS these photos to
         its examples and retrains it; a new thing is made together with its trained head, or not at all (no
@@ -622,17 +644,16 @@ class Library:
 
     def teach_captioner(self, concepts: Iterable[int | str], task: str = "caption",
                         config: dict[str, Any] | None = None, *,
-                        edits: dict[int, list[str]] | None = None, progress: Callable[[Any], None] | None = None,
-                        cancel: threading.Event | None = None, resume: bool = True, personalizer: Any = None,
-                        ) -> dict[int, Any]:
+                        edits: dict[int, list[str]] | None = None, progress: ProgressFn | None = None,
+                        cancel: threading.Event | None = None, resume: bool = True) -> dict[int, Any]:
         """Train the concepts' embeddings into the library's VLM (engine.domain.personalize.service.Personalizer.train),
         with the user's reviewed `edits` ({example id: target captions}) stored first, and this computer's time per
-        concept remembered for the next estimate. `config`: TrainingConfig fields to change ({"steps": 200});
-        `personalizer`: one already made, so that its loaded model is reused. Returns {concept id: embedding}."""
+        concept remembered for the next estimate. `config`: TrainingConfig fields to change ({"steps": 200}). The
+        captioner load_captioner() loaded is reused. Returns {concept id: embedding}."""
         from engine.domain.personalize.training import TrainingConfig
         from engine.models.vlm.estimates import TrainingClock
 
-        pers = personalizer or self.personalizer()
+        pers = self._captioner or self.personalizer()
         for example_id, captions in (edits or {}).items():
             pers.set_targets(example_id, captions)
         clock = TrainingClock()
@@ -649,7 +670,7 @@ class Library:
         return result
 
     def backup(self, dest: str | os.PathLike, *, with_thumbnails: bool = False,
-               progress: Callable[..., None] | None = None, cancel: Any = None) -> Any:
+               progress: ProgressFn | None = None, cancel: Any = None) -> Any:
         """Back the library up into `dest` (engine.admin.backup.backup_library: safe while the app indexes). Returns
         its BackupReport."""
         from engine.admin.backup import backup_library
@@ -657,7 +678,7 @@ class Library:
         return backup_library(self.paths.root, dest, with_thumbnails=with_thumbnails, progress=progress,
                               cancel=cancel)
 
-    def move_to(self, new: str | os.PathLike, *, progress: Callable[..., None] | None = None) -> Any:
+    def move_to(self, new: str | os.PathLike, *, progress: ProgressFn | None = None) -> Any:
         """Move this library's folder to `new` while it is open here (engine.admin.backup.move_library; the old folder
         is kept). Returns its MoveReport; reopen the library at `report.new`."""
         from engine.admin.backup import move_library
@@ -687,7 +708,7 @@ def doctor_report(paths: LibraryPaths | None = None) -> dict[str, Any]:
 
 def research_train(folder: str | os.PathLike, out: str | os.PathLike, *, vlm: str, task: str,
                    config: dict[str, Any] | None, models_dir: Path, eval_images: str | os.PathLike | None = None,
-                   progress: Callable[[Any], None] | None = None) -> dict[str, Any]:
+                   progress: ProgressFn | None = None) -> dict[str, Any]:
     """Train from a MyVLM research-layout concept folder (no library involved); `config`: TrainingConfig fields to
     change. Returns the report (the files written)."""
     from engine.domain.personalize.research_run import run_research_training

@@ -46,7 +46,6 @@ class Worker:
         self.commands: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._cancel = threading.Event()
         self._paused = False
-        self._pipeline = None
         self._lock = threading.Lock()
         self._lib = None
         self._last_scan_event = 0.0
@@ -93,17 +92,18 @@ class Worker:
     def _set_paused(self, paused: bool) -> None:
         with self._lock:
             self._paused = paused
-            pipe = self._pipeline
-        if pipe is not None:
-            pipe.pause() if paused else pipe.resume()
+            lib = self._lib
+        if lib is not None:
+            lib.set_paused(paused)
 
     def _cancel_run(self) -> None:
         self._cancel.set()
         with self._lock:
-            pipe = self._pipeline
+            lib = self._lib
             self._paused = False
-        if pipe is not None:
-            pipe.cancel()
+        if lib is not None:
+            lib.cancel()
+            lib.set_paused(False)
 
     # -- work (main thread) -----------------------------------------------------------------------------------------
 
@@ -111,8 +111,13 @@ class Worker:
         if self._lib is None:
             from engine.library import Library
 
-            self._lib = Library(self.library_root)
-            self._lib.options.update(self.options)
+            lib = Library(self.library_root)
+            lib.options.update(self.options)
+            with self._lock:
+                self._lib = lib
+                paused = self._paused
+            if paused:   # "pause" came before the first run opened the library
+                lib.set_paused(True)
         return self._lib
 
     def serve(self) -> None:
@@ -153,15 +158,9 @@ class Worker:
                 result["scan"] = report.to_json()
                 self.send(event="progress", stage=SCAN, done=report.seen, total=report.seen, current="",
                           errors=report.errors, state="cancelled" if self._cancel.is_set() else "finished")
-            if not self._cancel.is_set():
-                pipeline = lib.pipeline(stages)
-                with self._lock:
-                    self._pipeline = pipeline
-                    if self._paused:
-                        pipeline.pause()
-                if self._cancel.is_set():
-                    pipeline.cancel()
-                result["pipeline"] = lib.process(mode=mode, progress=self._on_progress, pipeline=pipeline).to_json()
+            if not self._cancel.is_set():   # pause and cancel reach the run through the Library (thread-safe)
+                result["pipeline"] = lib.process(mode=mode, stages=stages, progress=self._on_progress,
+                                                 cancel=self._cancel).to_json()
         except Exception as exc:
             from engine.errors import UserError
 
@@ -171,9 +170,6 @@ class Worker:
             else:
                 log.exception("indexing failed")
                 result["error"] = f"{type(exc).__name__}: {exc}"
-        finally:
-            with self._lock:
-                self._pipeline = None
         self.send(event="finished", cancelled=self._cancel.is_set(), seconds=time.perf_counter() - started,
                   **result)
 

@@ -100,7 +100,7 @@ class SearchController(QObject):
 
     def warm_up(self) -> None:
         """Build the search documents and name index now, in the background (the first query is then quick)."""
-        self.thread.call(lambda lib: lib.searcher().refresh(), label="search warm-up")
+        self.thread.call(lambda lib: lib.warm_up_search(), label="search warm-up")
 
     def shutdown(self) -> None:
         self._timer.stop()

@@ -112,10 +112,9 @@ class TrainingJob(QObject):
         try:
             lib = Library(self.root)
             lib.options.update(self.options)
-            pers = lib.personalizer()
-            self.started.emit(device_text(pers.wrapper.device, pers.vlm_name))
+            self.started.emit(device_text(*lib.load_captioner()))
             result = lib.teach_captioner([self.concept_id], self.task, {"steps": self.steps}, edits=self.edits,
-                                         progress=self.progress.emit, cancel=self.flag, personalizer=pers)
+                                         progress=self.progress.emit, cancel=self.flag)
             out.ok = True
             out.steps = result[self.concept_id].step if self.concept_id in result else self.steps
             out.photos_to_recaption = concept_photo_count(lib, self.concept_id)
