@@ -207,10 +207,10 @@ def pytest_sessionfinish(session):
 # gives each worker two units to start (the 1st and 3rd to one, the 2nd and 4th to the other), then the next one as
 # a worker's queue runs low: the first four are ordered so that the two starts are about even.
 HEAVIEST_FIRST = [
-    "tests/test_personalize.py::test_personalised_caption_and_answer_end_to_end_through_the_cli",  # 98 idle, 150
-    "tests/test_world.py::test_blip2_personalised_captions_name_the_concept_on_new_photos",        # 84 idle, 685
+    "tests/test_personalize.py::test_personalized_caption_and_answer_end_to_end_through_the_cli",  # 98 idle, 150
+    "tests/test_world.py::test_blip2_personalized_captions_name_the_concept_on_new_photos",        # 84 idle, 685
     "tests/test_world.py::test_one_appended_token_can_steer_the_blip2_world_model",                # 212
-    "tests/test_world.py::test_llava_personalised_answers_beat_asking_about_the_class_word",       # 54 idle, 402
+    "tests/test_world.py::test_llava_personalized_answers_beat_asking_about_the_class_word",       # 54 idle, 402
     "tests/test_concurrent_index.py",                                                              # 377
     "tests/test_bad_models.py",                                                                    # 486 (now 165)
     "tests/test_faults.py",                                                                        # 164
