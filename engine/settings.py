@@ -30,6 +30,7 @@ class Setting:
     # "module:function" that raises a UserError for a value it refuses (resolved when used, so that this low-level
     # module imports none of the model code)
     validator: str | None = None
+    label: str = ""   # what the Settings dialog calls it where it has no widget of its own (else the key)
 
     def check(self, value: Any) -> Any:
         """`value` as stored, or InvalidInput with a sentence saying what the setting takes."""
@@ -50,7 +51,8 @@ class Setting:
 SETTINGS: dict[str, Setting] = {s.key: s for s in (
     Setting("face_backend", str, "auto", "auto, dlib, dlib-cnn, insightface, insightface:PACK or a pack folder"),
     Setting("clip_model", str, "ViT-B-32", "ViT-B-32 (default) or DFN5B-CLIP-ViT-H-14-378"),
-    Setting("clip_weights", str, None, "a local open_clip weights file (default: the Hugging Face cache)"),
+    Setting("clip_weights", str, None, "a local open_clip weights file (default: the Hugging Face cache)",
+            label="CLIP weights file"),
     Setting("vlm", str, None, "a VLM key (`myvlm models list`; default: the one `myvlm doctor` recommends for this "
                               "computer), a tiny-* preset or a checkpoint folder",
             validator="engine.models.vlm.specs:check_vlm_setting"),
@@ -59,7 +61,8 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
     Setting("instant_names", bool, True, "true (default): captions use a name as soon as a face or thing is "
                                          "recognised, before training; false: only trained concepts are named"),
     Setting("search_clip_floor", (int, float, dict), None,
-            "CLIP similarity under which search ignores looks: a number, or {model: number}"),
+            "CLIP similarity under which search ignores looks: a number, or {model: number}",
+            label="Search: least look similarity"),
 )}
 
 

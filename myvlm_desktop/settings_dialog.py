@@ -221,7 +221,7 @@ class SettingsDialog(QDialog):
             field.setToolTip(decl.help)
             if isinstance(field, QLineEdit):
                 field.setPlaceholderText(f"default: {field_text(decl.default) or 'none'}")
-            ol.addRow(decl.key, field)
+            ol.addRow(decl.label or decl.key, field)
             self.fields[decl.key] = field
         self.tabs.addTab(other_tab, "General")
 

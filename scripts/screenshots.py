@@ -260,6 +260,9 @@ def shoot(album: Path, work: Path, out: Path, size: tuple[int, int] = SIZE, keep
     settings.resize(settings.width(), 600)  # as wide as its models table needs
     settle(app)
     save("settings", settings)
+    settings.tabs.setCurrentIndex(2)   # General: every declared setting, the advanced ones typed as `myvlm settings`
+    settle(app)
+    save("settings-general", settings)
     settings.reject()
 
     # 9. dark

@@ -102,6 +102,8 @@ def test_settings_dialog_has_a_field_for_every_declared_setting(world: World, qt
         qtbot.waitUntil(lambda: dlg.data is not None, timeout=60_000)
         assert set(dlg.fields) == set(SETTINGS)
         assert all(dlg.fields[key].toolTip() == decl.help for key, decl in SETTINGS.items())
+        form = dlg.fields["clip_weights"].parentWidget().layout()   # an Advanced field is labelled in words
+        assert form.labelForField(dlg.fields["clip_weights"]).text() == SETTINGS["clip_weights"].label != ""
         assert dlg.changes() == {}   # nothing typed: nothing changes (the unlisted face pack is kept, not replaced)
         assert dlg.face_backend.currentData() == "insightface:antelopev2"
         dlg.fields["search_clip_floor"].setText('{"ViT-B-32": 0.25}')
