@@ -913,21 +913,45 @@ class Catalog:
 
     # -- summaries --------------------------------------------------------------------------------------------------
 
-    def _blocked_for_stage(self, stage: str, version: int, ancestors: list[str], versions: dict[str, int]) -> int:
-        """Photos a stage will never get to as things stand: the file could not be read (no content hash), or a
-        stage it needs failed on them (an unreadable picture fails the thumbnail stage). Not pending: errors."""
-        failed = " OR ".join("(r.stage = ? AND r.version = ?)" for _ in ancestors) or "0"
-        params: list[Any] = [stage, version]
-        for a in ancestors:
-            params += [a, versions[a]]
-        return int(self.scalar(
-            f"""SELECT COUNT(*) FROM photos p JOIN folders f ON f.id = p.folder_id
-                WHERE p.kind = 'image' AND p.status IN ('pending','ok','error') AND f.status = 'online'
-                  AND NOT EXISTS (SELECT 1 FROM stage_status s WHERE s.photo_id = p.id AND s.stage = ? AND s.version = ?
-                                  AND s.state IN ('done', 'error'))
-                  AND (p.content_hash IS NULL OR EXISTS (SELECT 1 FROM stage_status r WHERE r.photo_id = p.id
-                                                          AND r.state = 'error' AND ({failed})))""",
-            params) or 0)
+    def _stage_counts(self, stages: list[tuple[str, int, tuple[str, ...]]]) -> dict[str, dict[str, int]]:
+        """Each stage's done / errors / blocked / pending in one pass over the processable photos and their stage
+        rows (was one query per stage with correlated sub-queries per photo: 1.2 s of 1.9 at 100,000 photos).
+        Each photo is reduced to (no content hash, stages done, stages failed) with one bit per stage at its current
+        version; the few distinct triples are counted, and every stage's numbers follow from them.
+
+        Blocked: the file could not be read (no content hash), or a stage it needs failed on it (an unreadable
+        picture fails the thumbnail stage), and this stage has neither done nor failed it. Not pending: errors."""
+        if not stages:
+            return {}
+        bit = " ".join("WHEN s.stage = ? AND s.version = ? THEN ?" for _ in stages)
+        bit_params: list[Any] = []
+        for i, (name, version, _) in enumerate(stages):
+            bit_params += [name, version, 1 << i]
+        groups = self.query(
+            f"""SELECT nohash, done, err, COUNT(*) AS n FROM (
+                    SELECT p.content_hash IS NULL AS nohash,
+                           IFNULL(SUM(CASE WHEN s.state = 'done' THEN CASE {bit} END END), 0) AS done,
+                           IFNULL(SUM(CASE WHEN s.state = 'error' THEN CASE {bit} END END), 0) AS err
+                    FROM photos p JOIN folders f ON f.id = p.folder_id
+                    LEFT JOIN stage_status s ON s.photo_id = p.id
+                    WHERE p.kind = 'image' AND p.status IN ('pending','ok','error') AND f.status = 'online'
+                    GROUP BY p.id)
+                GROUP BY nohash, done, err""",
+            bit_params + bit_params,
+        )
+        eligible = sum(g["n"] for g in groups)
+        index = {name: i for i, (name, _, _) in enumerate(stages)}
+        out = {}
+        for i, (name, _, _) in enumerate(stages):
+            me = 1 << i
+            needs = sum(1 << index[a] for a in _stage_ancestors(name, stages))
+            done = sum(g["n"] for g in groups if g["done"] & me)
+            err = sum(g["n"] for g in groups if g["err"] & me)
+            blocked = sum(g["n"] for g in groups
+                          if not (g["done"] | g["err"]) & me and (g["nohash"] or g["err"] & needs))
+            out[name] = {"done": done, "errors": err, "blocked": blocked,
+                         "pending": max(0, eligible - done - err - blocked)}
+        return out
 
     def status_summary(self, stages: Iterable[tuple[str, int] | tuple[str, int, Iterable[str]]] = ()) -> dict[str, Any]:
         """Counts for `myvlm status` and the GUI status bar (shape documented in docs/cli-json.md)."""
@@ -938,31 +962,15 @@ class Catalog:
                FROM photos p JOIN folders f ON f.id = p.folder_id GROUP BY st"""
         ):
             counts[r["st"]] = r["n"]
-        folders = []
-        for f in self.folders():
-            n = self.scalar("SELECT COUNT(*) FROM photos WHERE folder_id = ? AND status != 'gone'", [f.id])
-            folders.append(
-                {"id": f.id, "path": f.path, "status": f.status, "photos": n, "last_scan_at": f.last_scan_at,
-                 "error": f.last_error}
-            )
-        stage_info = {}
-        eligible = self.scalar(
-            """SELECT COUNT(*) FROM photos p JOIN folders f ON f.id = p.folder_id
-               WHERE p.kind = 'image' AND p.status IN ('pending','ok','error') AND f.status = 'online'"""
-        )
+        live = {r["folder_id"]: r["n"] for r in self.query(
+            "SELECT folder_id, COUNT(*) AS n FROM photos WHERE status != 'gone' GROUP BY folder_id")}
+        folders = [
+            {"id": f.id, "path": f.path, "status": f.status, "photos": live.get(f.id, 0),
+             "last_scan_at": f.last_scan_at, "error": f.last_error}
+            for f in self.folders()
+        ]
         stages = [(s[0], s[1], tuple(s[2]) if len(s) > 2 else ()) for s in stages]   # (name, version[, requires])
-        versions = {name: version for name, version, _ in stages}
-        for name, version, _ in stages:
-            row = self.query(
-                """SELECT SUM(s.state = 'done' AND s.version = ?) AS done, SUM(s.state = 'error' AND s.version = ?) AS err
-                   FROM stage_status s JOIN photos p ON p.id = s.photo_id JOIN folders f ON f.id = p.folder_id
-                   WHERE s.stage = ? AND p.kind = 'image' AND p.status IN ('pending','ok','error') AND f.status = 'online'""",
-                [version, version, name],
-            )[0]
-            done, err = row["done"] or 0, row["err"] or 0
-            blocked = self._blocked_for_stage(name, version, _stage_ancestors(name, stages), versions)
-            stage_info[name] = {"done": done, "errors": err, "blocked": blocked,
-                                "pending": max(0, eligible - done - err - blocked)}
+        stage_info = self._stage_counts(stages)
         errors = [
             {"id": r["id"], "path": r["path"], "error": r["last_error"]}
             for r in self.query("SELECT id, path, last_error FROM photos WHERE last_error IS NOT NULL ORDER BY path_bytes")
