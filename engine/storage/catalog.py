@@ -915,7 +915,7 @@ class Catalog:
 
     def _stage_counts(self, stages: list[tuple[str, int, tuple[str, ...]]]) -> dict[str, dict[str, int]]:
         """Each stage's done / errors / blocked / pending in one pass over the processable photos and their stage
-        rows (was one query per stage with correlated sub-queries per photo, 2.6x slower: bench/bench_status.py).
+        rows (was one query per stage with correlated sub-queries per photo, 3x slower: bench/bench_status.py).
         Each photo is reduced to (no content hash, one code): bit i set when stage i is done at its current version,
         bit k + i when it failed there (k stages); the few distinct pairs are counted, and every stage's numbers
         follow from them. SQLite integers hold the code for up to 31 stages.
