@@ -502,9 +502,7 @@ class Library:
         g = self.personalizer().caption(photo_id, personalized=personalized)
         captions = self.captions()
         if store:
-            captions.put_caption(photo_id, "personalised" if g.personalized or g.instant else "original",
-                                 g.template, model=g.model, prompt=g.prompt or None, concept_ids=g.concepts,
-                                 instant=g.instant)
+            captions.put_generated(photo_id, g)
         return {"caption": captions.render(g.template), **g.to_json()}
 
     def export_embedding(self, concept: int | str, task: str, out_dir: str | os.PathLike) -> Path:
@@ -670,7 +668,7 @@ class Library:
         return result
 
     def backup(self, dest: str | os.PathLike, *, with_thumbnails: bool = False,
-               progress: ProgressFn | None = None, cancel: Any = None) -> Any:
+               progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> Any:
         """Back the library up into `dest` (engine.admin.backup.backup_library: safe while the app indexes). Returns
         its BackupReport."""
         from engine.admin.backup import backup_library

@@ -131,6 +131,13 @@ class CaptionStore:
 
     # -- writing -------------------------------------------------------------------------------------------------
 
+    def put_generated(self, photo_id: int, generated: Any) -> None:
+        """Store what the captioner wrote (a personalize.generated.GeneratedText): the personalised caption where it
+        named a concept (trained, or recognised before training), else the original one."""
+        named = generated.personalized or generated.instant
+        self.put_caption(photo_id, PERSONALIZED if named else ORIGINAL, generated.template, model=generated.model,
+                         prompt=generated.prompt or None, concept_ids=generated.concepts, instant=generated.instant)
+
     def put_caption(self, photo_id: int, kind: str, template: str, *, model: str, prompt: str | None = None,
                     concept_ids: Sequence[int] = (), instant: bool = False) -> None:
         """Store a generated caption; it replaces the photo's previous one of that kind (never the user's text).

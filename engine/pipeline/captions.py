@@ -134,12 +134,10 @@ class CaptionStage(Stage):
         return result
 
     def commit(self, catalog: Catalog, job: Job, result: list[GeneratedText]) -> None:
-        from engine.domain.captions import CaptionStore
+        from engine.domain.captions import PERSONALIZED, CaptionStore
 
         store = CaptionStore(catalog)
         for g in result:
-            store.put_caption(job.photo_id, "personalised" if g.personalized or g.instant else "original",
-                              g.template, model=g.model, prompt=g.prompt or None, concept_ids=g.concepts,
-                              instant=g.instant)
+            store.put_generated(job.photo_id, g)
         if not any(g.personalized or g.instant for g in result):   # nobody named here (any more): no stale name
-            store.drop_generated(job.photo_id, "personalised")
+            store.drop_generated(job.photo_id, PERSONALIZED)
